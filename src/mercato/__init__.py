@@ -1,0 +1,1 @@
+"""Mercato: a centralized crypto exchange backend."""
