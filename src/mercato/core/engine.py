@@ -1,0 +1,1099 @@
+"""The deterministic exchange engine: ledger, order books, matching, stops, expiry.
+
+``Engine.apply(seq, ts, command)`` is the only way to change state. It reads no clock,
+does no I/O and draws no random numbers: time and sequence come with the command, so
+the same command stream always yields the same events and the same ``state_hash()``.
+A command is validated completely before anything changes; a failed check raises
+:class:`Rejection`, which becomes a REJECTED result with nothing applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from heapq import heapify, heappop, heappush
+from typing import Any
+
+import msgspec
+
+from mercato.core import commands as c
+from mercato.core import events as e
+from mercato.core.book import BookSide, MarketState, Order
+from mercato.core.model import (
+    AVAILABLE,
+    DEPOSIT,
+    EXTERNAL_DEPOSITS,
+    EXTERNAL_WITHDRAWALS,
+    FEE,
+    FEES,
+    LIMIT_PRICED_TYPES,
+    LOCKED,
+    RELEASE,
+    RESERVE,
+    STOP_TYPES,
+    TRADE,
+    WITHDRAWAL,
+    Asset,
+    MarketRules,
+)
+from mercato.core.money import FEE_RATE_DENOMINATOR, MoneyError, parse_fee_rate
+from mercato.core.results import Rejection, Result
+
+STATE_VERSION = 1
+MAX_PRICE_TICKS = 10**15
+MAX_ASSET_DECIMALS = 30
+MARKET_TYPES = frozenset({"MARKET", "STOP_LOSS", "TAKE_PROFIT"})
+# Stops that fire when the last price rises to the stop price; the others fire on a fall.
+_FIRES_ON_RISE = {("BUY", "STOP_LOSS"), ("BUY", "STOP_LOSS_LIMIT"), ("SELL", "TAKE_PROFIT"),
+                  ("SELL", "TAKE_PROFIT_LIMIT")}  # fmt: skip
+_QUOTE_BUY_SENTINEL = 1 << 62  # "as many lots as the quote amount buys"
+
+Handler = Callable[[int, int, Any, list[e.Event]], Result]
+
+
+class Engine:
+    """One single-threaded state machine for all markets and balances."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.last_ts = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.assets: dict[str, Asset] = {}
+        self.markets: dict[str, MarketState] = {}
+        # balances[user][asset] = [available, locked]
+        self.balances: dict[int, dict[str, list[int]]] = {}
+        self.fees: dict[str, int] = {}
+        self.external_deposits: dict[str, int] = {}  # minus everything ever deposited
+        self.external_withdrawals: dict[str, int] = {}  # everything ever withdrawn
+        self.orders: dict[int, Order] = {}
+        self.client_ids: dict[tuple[int, str], int] = {}
+        self.fee_tiers: dict[int, tuple[int, int]] = {}
+        self.user_tiers: dict[int, int] = {}
+        self.frozen: set[int] = set()
+        self.kill_switch = "OFF"
+        self.deposit_ids: set[str] = set()
+        self.withdrawals: dict[
+            str, tuple[int, str, int, int]
+        ] = {}  # id -> user, asset, amount, fee
+        self.finished_withdrawals: set[str] = set()
+        self.gtd: list[tuple[int, int]] = []  # heap of (expire_at, order_id)
+        self._handlers: dict[type, Handler] = {
+            c.PlaceOrder: self._place,
+            c.CancelOrder: self._cancel,
+            c.CancelAll: self._cancel_all,
+            c.AmendOrder: self._amend,
+            c.CreditDeposit: self._deposit,
+            c.HoldWithdrawal: self._hold_withdrawal,
+            c.SettleWithdrawal: self._settle_withdrawal,
+            c.ReleaseWithdrawal: self._release_withdrawal,
+            c.UpsertAsset: self._upsert_asset,
+            c.UpsertMarket: self._upsert_market,
+            c.SetMarketStatus: self._set_market_status,
+            c.SetFeeTier: self._set_fee_tier,
+            c.SetUserFeeTier: self._set_user_fee_tier,
+            c.FreezeUser: self._freeze,
+            c.UnfreezeUser: self._unfreeze,
+            c.SetKillSwitch: self._set_kill_switch,
+            c.Tick: self._tick,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def apply(self, seq: int, ts: int, command: c.Command) -> Result:
+        """Apply one sequenced command. Never raises for bad input: it rejects.
+
+        GTD orders whose time has come expire first, whatever the command; their events
+        lead the result's events even when the command itself is rejected.
+        """
+        self.last_seq = seq
+        if ts > self.last_ts:
+            self.last_ts = ts
+        events: list[e.Event] = []
+        gtd = self.gtd
+        if gtd and gtd[0][0] <= ts:
+            self._expire_due(ts, events)
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            return Result(
+                seq, "REJECTED", events, "UNKNOWN_COMMAND", f"{command!r} is not a command"
+            )
+        try:
+            return handler(seq, ts, command, events)
+        except Rejection as rejection:
+            return Result(seq, "REJECTED", events, rejection.code, rejection.message)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _account(self, user: int, asset: str) -> list[int]:
+        try:
+            return self.balances[user][asset]
+        except KeyError:
+            return self.balances.setdefault(user, {}).setdefault(asset, [0, 0])
+
+    def _market(self, symbol: str) -> MarketState:
+        market = self.markets.get(symbol)
+        if market is None:
+            raise Rejection("UNKNOWN_MARKET", f"market {symbol!r} does not exist")
+        return market
+
+    def _trading_status(self, market: MarketState) -> str:
+        """The market's status after the global kill switch is applied."""
+        if self.kill_switch == "HALT" or market.status == "HALTED":
+            return "HALTED"
+        if self.kill_switch == "CANCEL_ONLY" or market.status == "CANCEL_ONLY":
+            return "CANCEL_ONLY"
+        return "TRADING"
+
+    def _require_can_trade(self, market: MarketState, user: int) -> None:
+        status = self._trading_status(market)
+        if status == "HALTED":
+            raise Rejection("MARKET_HALTED", f"market {market.spec.symbol} is halted")
+        if status == "CANCEL_ONLY":
+            raise Rejection(
+                "MARKET_CANCEL_ONLY", f"market {market.spec.symbol} accepts only cancels"
+            )
+        if user in self.frozen:
+            raise Rejection("USER_FROZEN", f"user {user} is frozen")
+
+    def _fee_rates(self, user: int, market: MarketState) -> tuple[int, int]:
+        """(maker, taker) fee rates in ppm: the user's tier, else the market's."""
+        tier = self.user_tiers.get(user)
+        if tier:
+            return self.fee_tiers[tier]
+        rules = market.rules
+        return rules.maker_fee, rules.taker_fee
+
+    def _order_for(self, user: int, order_id: int, client_order_id: str) -> Order:
+        if order_id:
+            order = self.orders.get(order_id)
+        elif client_order_id:
+            found = self.client_ids.get((user, client_order_id))
+            order = self.orders.get(found) if found else None
+        else:
+            raise Rejection("INVALID_ORDER", "give order_id or client_order_id")
+        # Another user's order is reported exactly like a missing one.
+        if order is None or order.user != user:
+            raise Rejection("UNKNOWN_ORDER", "no such open order")
+        return order
+
+    def _reserve_asset(self, market: MarketState, side: str) -> str:
+        return market.spec.quote if side == "BUY" else market.spec.base
+
+    def _required_reserve(self, market: MarketState, order: Order, lots: int) -> int:
+        if order.side == "BUY":
+            return order.price * lots * market.rules.notional_unit
+        return lots * market.rules.lot_atoms
+
+    def _release(
+        self, market: MarketState, order: Order, amount: int, events: list[e.Event]
+    ) -> None:
+        """Move ``amount`` of the order's reservation back to available."""
+        if amount <= 0:
+            return
+        asset = market.spec.quote if order.side == "BUY" else market.spec.base
+        account = self._account(order.user, asset)
+        account[0] += amount
+        account[1] -= amount
+        order.reserved -= amount
+        events.append(
+            e.Transfer(
+                asset, amount, LOCKED, order.user, AVAILABLE, order.user, RELEASE, order.order_id
+            )
+        )
+
+    def _close(self, order: Order, status: str, reason: str, events: list[e.Event]) -> None:
+        """Give ``order`` a final status: it leaves the open orders, its client id frees up."""
+        order.status = status
+        del self.orders[order.order_id]
+        if order.client_order_id:
+            self.client_ids.pop((order.user, order.client_order_id), None)
+        events.append(
+            e.OrderUpdated(
+                order.order_id,
+                order.user,
+                order.market,
+                status,
+                order.filled,
+                order.quantity,
+                reason,
+            )
+        )
+
+    def _finish_removed(
+        self, market: MarketState, order: Order, status: str, reason: str, events: list[e.Event]
+    ) -> None:
+        """Close an order already out of the book and return all it still reserves."""
+        self._release(market, order, order.reserved, events)
+        self._close(order, status, reason, events)
+
+    def _unplace(self, market: MarketState, order: Order) -> None:
+        """Take an open order out of the book or out of the untriggered stops."""
+        if order.in_book:
+            self._side(market, order.side).remove(order)
+        elif order.status == "UNTRIGGERED":
+            self._remove_stop(market, order)
+
+    def _side(self, market: MarketState, side: str) -> BookSide:
+        return market.bids if side == "BUY" else market.asks
+
+    # ------------------------------------------------------------------ placing orders
+
+    def _place(self, seq: int, ts: int, cmd: c.PlaceOrder, events: list[e.Event]) -> Result:
+        market = self._market(cmd.market)
+        self._require_can_trade(market, cmd.user)
+        order = self._validated_order(market, ts, cmd)
+        reserve = self._initial_reserve(market, order)
+        asset = market.spec.quote if order.side == "BUY" else market.spec.base
+        account = self._account(order.user, asset)
+        if reserve > account[0]:
+            raise Rejection(
+                "INSUFFICIENT_BALANCE",
+                f"order needs {reserve} {asset} atoms, {account[0]} available",
+            )
+        if order.type == "MARKET" and account[0] == 0:
+            raise Rejection("INSUFFICIENT_BALANCE", f"no {asset} available for this order")
+        # Validated: from here on the command applies in full.
+        order.order_id = self.next_order_id
+        self.next_order_id += 1
+        self.orders[order.order_id] = order
+        if order.client_order_id:
+            self.client_ids[(order.user, order.client_order_id)] = order.order_id
+        if order.time_in_force == "GTD":
+            heappush(self.gtd, (order.expire_at, order.order_id))
+        events.append(
+            e.OrderAccepted(
+                order.order_id, order.user, order.market, order.side, order.type, order.quantity,
+                order.price, order.time_in_force, order.client_order_id, order.quote_quantity,
+                order.stop_price, order.expire_at, order.iceberg_quantity, order.stp, order.status, ts,
+            )
+        )  # fmt: skip
+        if reserve:
+            account[0] -= reserve
+            account[1] += reserve
+            order.reserved = reserve
+            events.append(
+                e.Transfer(
+                    asset,
+                    reserve,
+                    AVAILABLE,
+                    order.user,
+                    LOCKED,
+                    order.user,
+                    RESERVE,
+                    order.order_id,
+                )
+            )
+        if order.status == "UNTRIGGERED":
+            self._add_stop(market, order)
+        else:
+            self._execute(market, order, ts, events)
+        return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+
+    def _validated_order(self, market: MarketState, ts: int, cmd: c.PlaceOrder) -> Order:
+        """Check every field of a new order; return it, not yet placed anywhere."""
+        rules = market.rules
+        otype = cmd.type
+        qty = cmd.quantity
+        price = cmd.price
+        tif = cmd.time_in_force
+        if cmd.side != "BUY" and cmd.side != "SELL":
+            raise Rejection("INVALID_ORDER", "side must be BUY or SELL")
+        is_market = otype in MARKET_TYPES
+        if otype in LIMIT_PRICED_TYPES:
+            if not 0 < price <= MAX_PRICE_TICKS:
+                raise Rejection(
+                    "INVALID_PRICE", f"{otype} needs a price of 1..{MAX_PRICE_TICKS} ticks"
+                )
+        elif price:
+            raise Rejection("INVALID_ORDER", f"{otype} orders take no price")
+        if otype in STOP_TYPES:
+            if not 0 < cmd.stop_price <= MAX_PRICE_TICKS:
+                raise Rejection("INVALID_PRICE", f"{otype} needs a stop_price")
+        elif cmd.stop_price:
+            raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
+        if cmd.quote_quantity:
+            if not (is_market and cmd.side == "BUY") or qty:
+                raise Rejection(
+                    "INVALID_ORDER",
+                    "quote_quantity is only for market buys, instead of quantity",
+                )
+            if cmd.quote_quantity < 0:
+                raise Rejection("INVALID_QUANTITY", "quote_quantity must be positive")
+            if cmd.quote_quantity < rules.min_notional:
+                raise Rejection(
+                    "NOTIONAL_TOO_SMALL",
+                    f"quote_quantity is below min notional {rules.min_notional}",
+                )
+        elif not rules.min_lots <= qty <= rules.max_lots or qty <= 0:
+            raise Rejection(
+                "INVALID_QUANTITY",
+                f"quantity must be within {rules.min_lots}..{rules.max_lots} lots, got {qty}",
+            )
+        if is_market:
+            if tif not in ("GTC", "IOC", "FOK"):
+                raise Rejection("INVALID_ORDER", f"market orders cannot be {tif}")
+            if cmd.quote_quantity and tif == "FOK":
+                raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
+        elif tif not in ("GTC", "IOC", "FOK", "GTD"):
+            raise Rejection("INVALID_ORDER", f"unknown time_in_force {tif!r}")
+        if otype == "LIMIT_MAKER" and tif != "GTC":
+            raise Rejection("INVALID_ORDER", "LIMIT_MAKER orders are always GTC")
+        if tif == "GTD":
+            if cmd.expire_at <= ts:
+                raise Rejection("INVALID_EXPIRY", "expire_at must be in the future for GTD")
+        elif cmd.expire_at:
+            raise Rejection("INVALID_EXPIRY", "expire_at is only for GTD orders")
+        if otype in LIMIT_PRICED_TYPES and price * qty * rules.notional_unit < rules.min_notional:
+            raise Rejection(
+                "NOTIONAL_TOO_SMALL", f"order value is below min notional {rules.min_notional}"
+            )
+        if cmd.iceberg_quantity:
+            if otype not in LIMIT_PRICED_TYPES or tif not in ("GTC", "GTD"):
+                raise Rejection(
+                    "INVALID_ORDER", "iceberg orders must be resting limit orders (GTC or GTD)"
+                )
+            if not 0 < cmd.iceberg_quantity < qty:
+                raise Rejection(
+                    "INVALID_QUANTITY", "iceberg_quantity must be above 0 and below quantity"
+                )
+        stp = cmd.stp if cmd.stp is not None else market.spec.default_stp
+        if stp not in market.spec.allowed_stp:
+            raise Rejection("STP_MODE_NOT_ALLOWED", f"{stp} is not allowed on {market.spec.symbol}")
+        cid = cmd.client_order_id
+        if cid:
+            if len(cid) > 64:
+                raise Rejection("INVALID_ORDER", "client_order_id is longer than 64 characters")
+            if (cmd.user, cid) in self.client_ids:
+                raise Rejection("DUPLICATE_CLIENT_ORDER_ID", f"an open order already uses {cid!r}")
+        status = "NEW"
+        if otype in STOP_TYPES:
+            status = "UNTRIGGERED"
+            last = market.last_price
+            if last and self._stop_holds(cmd.side, otype, cmd.stop_price, last):
+                raise Rejection(
+                    "ORDER_WOULD_TRIGGER_IMMEDIATELY",
+                    f"last price {last} already meets stop_price {cmd.stop_price}",
+                )
+        elif otype == "LIMIT_MAKER" and self._crosses(market, cmd.side, price):
+            raise Rejection("ORDER_WOULD_TAKE", "a LIMIT_MAKER order would trade immediately")
+        return Order(
+            0, cmd.user, cmd.market, cmd.side, otype, qty, price, tif, cid, cmd.quote_quantity,
+            cmd.stop_price, cmd.expire_at, cmd.iceberg_quantity, stp, status, ts,
+        )  # fmt: skip
+
+    @staticmethod
+    def _stop_holds(side: str, otype: str, stop_price: int, last: int) -> bool:
+        if (side, otype) in _FIRES_ON_RISE:
+            return last >= stop_price
+        return last <= stop_price
+
+    def _crosses(self, market: MarketState, side: str, price: int) -> bool:
+        if side == "BUY":
+            best = market.asks.best()
+            return best != 0 and best <= price
+        best = market.bids.best()
+        return best != 0 and best >= price
+
+    def _protection_limit(self, market: MarketState, side: str, reference: int) -> int:
+        """The worst price a market order may trade at, from ``reference`` (ticks)."""
+        bps = market.spec.protection_bps
+        if side == "BUY":
+            return reference * (10_000 + bps) // 10_000
+        return -(-reference * (10_000 - bps) // 10_000)
+
+    def _initial_reserve(self, market: MarketState, order: Order) -> int:
+        """What a new order locks: exactly what it can spend."""
+        rules = market.rules
+        if order.side == "SELL":
+            return order.quantity * rules.lot_atoms
+        if order.quote_quantity:
+            return order.quote_quantity
+        if order.type in LIMIT_PRICED_TYPES:
+            return order.price * order.quantity * rules.notional_unit
+        if order.type == "MARKET":
+            # Worst case within the protection band, capped at what the user has.
+            best = market.asks.best()
+            if not best:
+                return 0  # nothing to buy: the order expires unfilled
+            worst = (
+                self._protection_limit(market, "BUY", best) * order.quantity * rules.notional_unit
+            )
+            return min(worst, self._account(order.user, market.spec.quote)[0])
+        # A stop-market buy reserves for its quantity at the band's edge above the stop.
+        limit = self._protection_limit(market, "BUY", order.stop_price)
+        return limit * order.quantity * rules.notional_unit
+
+    # ------------------------------------------------------------------ matching
+
+    def _execute(self, market: MarketState, order: Order, ts: int, events: list[e.Event]) -> None:
+        """Match a live order as taker, then rest, expire or finish it; fire stops."""
+        if order.type in MARKET_TYPES:
+            opposite = market.asks if order.side == "BUY" else market.bids
+            best = opposite.best()
+            order.price = self._protection_limit(market, order.side, best) if best else 0
+            if order.quote_quantity:
+                order.quantity = _QUOTE_BUY_SENTINEL
+            rests = False
+        else:
+            rests = order.time_in_force in ("GTC", "GTD")
+        if order.time_in_force == "FOK" and not self._can_fill_fully(market, order):
+            self._finish_removed(market, order, "EXPIRED", "FOK_NOT_FILLABLE", events)
+            return
+        before = market.last_price
+        reason = self._match(market, order, ts, events)
+        remaining = order.quantity - order.filled
+        if reason == "STP":
+            self._finish_removed(market, order, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events)
+        elif order.quote_quantity:
+            # Spent down to less than one lot: FILLED; stopped by the book or the band: EXPIRED.
+            order.quantity = order.filled
+            if reason == "BUDGET" and order.filled:
+                self._finish_removed(market, order, "FILLED", "", events)
+            else:
+                self._finish_removed(market, order, "EXPIRED", reason or "PROTECTION_LIMIT", events)
+        elif remaining == 0:
+            self._finish_removed(market, order, "FILLED", "", events)
+        elif rests:
+            self._rest(market, order, remaining, events)
+        else:
+            self._finish_removed(market, order, "EXPIRED", reason or "IOC_REMAINDER", events)
+        if market.last_price != before:
+            self._trigger_stops(market, ts, events)
+
+    def _rest(
+        self, market: MarketState, order: Order, remaining: int, events: list[e.Event]
+    ) -> None:
+        """Put the unfilled part of a limit order in the book, keeping only its reservation."""
+        self._release(
+            market, order, order.reserved - self._required_reserve(market, order, remaining), events
+        )
+        order.display = (
+            min(order.iceberg_quantity, remaining) if order.iceberg_quantity else remaining
+        )
+        self._side(market, order.side).add(order)
+        if order.filled and order.status != "PARTIALLY_FILLED":
+            order.status = "PARTIALLY_FILLED"
+            events.append(
+                e.OrderUpdated(order.order_id, order.user, order.market, "PARTIALLY_FILLED",
+                               order.filled, order.quantity, "")
+            )  # fmt: skip
+
+    def _can_fill_fully(self, market: MarketState, order: Order) -> bool:
+        """FOK dry run: walk the book as matching would, changing nothing."""
+        need = order.quantity - order.filled
+        buy = order.side == "BUY"
+        side = market.asks if buy else market.bids
+        for price in side.prices_best_first():
+            if (price > order.price) if buy else (price < order.price):
+                return False
+            for maker in side.levels[price].orders:
+                if not maker.in_book:
+                    continue
+                if maker.user == order.user and order.stp != "NONE":
+                    if order.stp == "EXPIRE_MAKER":
+                        continue
+                    return False
+                need -= maker.quantity - maker.filled
+                if need <= 0:
+                    return True
+        return False
+
+    def _match(self, market: MarketState, taker: Order, ts: int, events: list[e.Event]) -> str:
+        """Fill ``taker`` against the opposite side. Returns why matching stopped early:
+        "STP" if self-trade prevention expired the taker, "BUDGET" if a market buy ran out
+        of reserved quote, else ""."""
+        buy = taker.side == "BUY"
+        side = market.asks if buy else market.bids
+        keys = side.keys
+        levels = side.levels
+        limit = taker.price
+        if limit == 0:
+            return "NO_LIQUIDITY"
+        rules = market.rules
+        unit = rules.notional_unit
+        lot = rules.lot_atoms
+        base = market.spec.base
+        quote = market.spec.quote
+        user = taker.user
+        stp = taker.stp
+        capped = buy and taker.type in MARKET_TYPES
+        maker_rate_of = self._fee_rates
+        taker_rate = maker_rate_of(user, market)[1]
+        account = self._account
+        fees = self.fees
+        append = events.append
+        remaining = taker.quantity - taker.filled
+        last = 0
+        stopped = ""
+        while remaining and keys:
+            key = keys[-1]
+            price = -key if buy else key
+            if (price > limit) if buy else (price < limit):
+                break
+            level = levels[price]
+            queue = level.orders
+            while remaining and queue:
+                maker = queue[0]
+                if not maker.in_book:
+                    queue.popleft()
+                    continue
+                if maker.user == user and stp != "NONE":
+                    outcome = self._prevent_self_trade(
+                        market, side, level, taker, maker, remaining, events
+                    )
+                    remaining = taker.quantity - taker.filled
+                    if outcome:
+                        stopped = "STP"
+                        break
+                    continue
+                fill = remaining if remaining < maker.display else maker.display
+                notional = price * unit
+                if capped:
+                    affordable = taker.reserved // notional
+                    if affordable < fill:
+                        fill = affordable
+                        if fill == 0:
+                            stopped = "BUDGET"
+                            break
+                notional *= fill
+                qty_atoms = fill * lot
+                trade_id = self.next_trade_id
+                self.next_trade_id = trade_id + 1
+                maker_rate = maker_rate_of(maker.user, market)[0]
+                if buy:
+                    buyer, seller = taker, maker
+                    buyer_fee = -(-qty_atoms * taker_rate // FEE_RATE_DENOMINATOR)
+                    seller_fee = -(-notional * maker_rate // FEE_RATE_DENOMINATOR)
+                    taker_fee, maker_fee = buyer_fee, seller_fee
+                else:
+                    buyer, seller = maker, taker
+                    buyer_fee = -(-qty_atoms * maker_rate // FEE_RATE_DENOMINATOR)
+                    seller_fee = -(-notional * taker_rate // FEE_RATE_DENOMINATOR)
+                    taker_fee, maker_fee = seller_fee, buyer_fee
+                bu = buyer.user
+                su = seller.user
+                buyer.reserved -= notional
+                seller.reserved -= qty_atoms
+                account(bu, quote)[1] -= notional
+                account(su, base)[1] -= qty_atoms
+                account(bu, base)[0] += qty_atoms - buyer_fee
+                account(su, quote)[0] += notional - seller_fee
+                append(e.Trade(trade_id, market.spec.symbol, price, fill, notional, taker.side,
+                               maker.order_id, taker.order_id, maker.user, user, maker_fee, taker_fee, ts))  # fmt: skip
+                append(e.Transfer(quote, notional, LOCKED, bu, AVAILABLE, su, TRADE, trade_id))
+                append(e.Transfer(base, qty_atoms, LOCKED, su, AVAILABLE, bu, TRADE, trade_id))
+                if buyer_fee:
+                    fees[base] = fees.get(base, 0) + buyer_fee
+                    append(e.Transfer(base, buyer_fee, AVAILABLE, bu, FEES, 0, FEE, trade_id))
+                if seller_fee:
+                    fees[quote] = fees.get(quote, 0) + seller_fee
+                    append(e.Transfer(quote, seller_fee, AVAILABLE, su, FEES, 0, FEE, trade_id))
+                taker.filled += fill
+                maker.filled += fill
+                remaining -= fill
+                last = price
+                maker.display -= fill
+                level.qty -= fill
+                if maker.display == 0:
+                    queue.popleft()
+                    left = maker.quantity - maker.filled
+                    if left:  # iceberg: the next slice joins the back of the level
+                        maker.display = (
+                            left if left < maker.iceberg_quantity else maker.iceberg_quantity
+                        )
+                        level.qty += maker.display
+                        maker.queued = side.next_queued()
+                        queue.append(maker)
+                    else:
+                        maker.in_book = False
+                        level.live -= 1
+                        self._close(maker, "FILLED", "", events)
+                        continue
+                if maker.status == "NEW":
+                    maker.status = "PARTIALLY_FILLED"
+                    append(e.OrderUpdated(maker.order_id, maker.user, maker.market, "PARTIALLY_FILLED",
+                                          maker.filled, maker.quantity, ""))  # fmt: skip
+            if level.live == 0:
+                side.drop_level(price)
+            if stopped:
+                break
+        if last:
+            market.last_price = last
+        return stopped
+
+    def _prevent_self_trade(
+        self,
+        market: MarketState,
+        side: BookSide,
+        level: Any,
+        taker: Order,
+        maker: Order,
+        remaining: int,
+        events: list[e.Event],
+    ) -> bool:
+        """Apply the taker's STP mode to a maker of the same user; True if the taker expires."""
+        mode = taker.stp
+        if mode == "DECREMENT":
+            cut = remaining if remaining < maker.display else maker.display
+            maker.quantity -= cut
+            maker.display -= cut
+            level.qty -= cut
+            self._release(market, maker, self._required_reserve(market, maker, cut), events)
+            taker.quantity -= cut
+            if maker.quantity == maker.filled:
+                level.orders.popleft()
+                maker.in_book = False
+                level.live -= 1
+                self._finish_removed(
+                    market, maker, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events
+                )
+            elif maker.display == 0:
+                level.orders.popleft()
+                maker.display = min(maker.iceberg_quantity, maker.quantity - maker.filled)
+                level.qty += maker.display
+                maker.queued = side.next_queued()
+                level.orders.append(maker)
+            return taker.quantity == taker.filled
+        if mode in ("EXPIRE_MAKER", "EXPIRE_BOTH"):
+            level.orders.popleft()
+            maker.in_book = False
+            level.qty -= maker.display
+            level.live -= 1
+            self._finish_removed(market, maker, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events)
+        return mode in ("EXPIRE_TAKER", "EXPIRE_BOTH")
+
+    # ------------------------------------------------------------------ stops
+
+    def _add_stop(self, market: MarketState, order: Order) -> None:
+        if (order.side, order.type) in _FIRES_ON_RISE:
+            heappush(market.stops_above, (order.stop_price, order.order_id))
+        else:
+            heappush(market.stops_below, (-order.stop_price, order.order_id))
+
+    def _remove_stop(self, market: MarketState, order: Order) -> None:
+        """Take an untriggered stop out of its heap (stops are few: O(n) is fine)."""
+        heap = (
+            market.stops_above if (order.side, order.type) in _FIRES_ON_RISE else market.stops_below
+        )
+        heap[:] = [entry for entry in heap if entry[1] != order.order_id]
+        heapify(heap)
+
+    def _trigger_stops(self, market: MarketState, ts: int, events: list[e.Event]) -> None:
+        """Fire every stop whose condition holds against the last trade price.
+
+        Order of firing: among all stops of this market whose condition holds, the one
+        placed first (lowest order id) fires and matches completely; then the condition
+        is evaluated again against the new last price, until no stop holds. A cascade of
+        stops therefore runs inside the command that started it.
+        """
+        above = market.stops_above
+        below = market.stops_below
+        orders = self.orders
+        while True:
+            last = market.last_price
+            if not ((above and above[0][0] <= last) or (below and -below[0][0] >= last)):
+                return
+            due = [oid for stop, oid in above if stop <= last]
+            due += [oid for neg_stop, oid in below if -neg_stop >= last]
+            order_id = min(due)
+            self._remove_stop(market, orders[order_id])
+            order = orders[order_id]
+            order.ts = ts
+            events.append(e.OrderTriggered(order_id, order.user, order.market, last))
+            if order.type in ("STOP_LOSS", "TAKE_PROFIT"):
+                order.type = "MARKET"
+            else:
+                order.type = "LIMIT"
+            order.status = "NEW"
+            self._execute(market, order, ts, events)
+
+    # ------------------------------------------------------------------ expiry
+
+    def _expire_due(self, ts: int, events: list[e.Event]) -> None:
+        gtd = self.gtd
+        while gtd and gtd[0][0] <= ts:
+            _, order_id = heappop(gtd)
+            order = self.orders.get(order_id)
+            if order is None:
+                continue
+            market = self.markets[order.market]
+            self._unplace(market, order)
+            self._finish_removed(market, order, "EXPIRED", "GTD_EXPIRED", events)
+
+    def _tick(self, seq: int, ts: int, cmd: c.Tick, events: list[e.Event]) -> Result:
+        return Result(seq, "ACCEPTED", events)
+
+    # ------------------------------------------------------------------ cancel / amend
+
+    def _cancel(self, seq: int, ts: int, cmd: c.CancelOrder, events: list[e.Event]) -> Result:
+        order = self._order_for(cmd.user, cmd.order_id, cmd.client_order_id)
+        market = self.markets[order.market]
+        if self._trading_status(market) == "HALTED":
+            raise Rejection("MARKET_HALTED", f"market {order.market} is halted")
+        self._cancel_order(market, order, "USER_CANCELED", events)
+        return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+
+    def _cancel_order(
+        self, market: MarketState, order: Order, reason: str, events: list[e.Event]
+    ) -> None:
+        self._unplace(market, order)
+        self._finish_removed(market, order, "CANCELED", reason, events)
+
+    def _cancel_all(self, seq: int, ts: int, cmd: c.CancelAll, events: list[e.Event]) -> Result:
+        if cmd.market:
+            market = self._market(cmd.market)
+            if self._trading_status(market) == "HALTED":
+                raise Rejection("MARKET_HALTED", f"market {cmd.market} is halted")
+        self._cancel_user_orders(cmd.user, cmd.market, "USER_CANCELED", events)
+        return Result(seq, "ACCEPTED", events)
+
+    def _cancel_user_orders(
+        self, user: int, only_market: str, reason: str, events: list[e.Event]
+    ) -> None:
+        """Cancel the user's open orders (oldest first), skipping halted markets."""
+        mine = [
+            o
+            for o in self.orders.values()
+            if o.user == user and (not only_market or o.market == only_market)
+        ]
+        for order in sorted(mine, key=lambda o: o.order_id):
+            market = self.markets[order.market]
+            if self._trading_status(market) != "HALTED":
+                self._cancel_order(market, order, reason, events)
+
+    def _amend(self, seq: int, ts: int, cmd: c.AmendOrder, events: list[e.Event]) -> Result:
+        order = self._order_for(cmd.user, cmd.order_id, cmd.client_order_id)
+        market = self.markets[order.market]
+        self._require_can_trade(market, cmd.user)
+        if not order.in_book:
+            raise Rejection("ORDER_NOT_AMENDABLE", "only resting limit orders can be amended")
+        rules = market.rules
+        price = cmd.price or order.price
+        quantity = cmd.quantity or order.quantity
+        if price == order.price and quantity == order.quantity:
+            raise Rejection("INVALID_AMEND", "the amendment changes nothing")
+        if not 0 < price <= MAX_PRICE_TICKS:
+            raise Rejection("INVALID_PRICE", f"price must be 1..{MAX_PRICE_TICKS} ticks")
+        if quantity <= order.filled or not rules.min_lots <= quantity <= rules.max_lots:
+            raise Rejection(
+                "INVALID_QUANTITY",
+                f"quantity must exceed the filled {order.filled} lots and lie within "
+                f"{rules.min_lots}..{rules.max_lots}",
+            )
+        if price * quantity * rules.notional_unit < rules.min_notional:
+            raise Rejection(
+                "NOTIONAL_TOO_SMALL", f"order value is below min notional {rules.min_notional}"
+            )
+        remaining = quantity - order.filled
+        side = self._side(market, order.side)
+        if price == order.price and quantity < order.quantity:
+            # Smaller at the same price: keeps its place in the queue.
+            shown = min(order.display, remaining)
+            side.levels[price].qty -= order.display - shown
+            order.display = shown
+            order.quantity = quantity
+            self._release(
+                market,
+                order,
+                order.reserved - self._required_reserve(market, order, remaining),
+                events,
+            )
+            events.append(
+                e.OrderAmended(order.order_id, order.user, order.market, price, quantity, True)
+            )
+            return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+        if order.type == "LIMIT_MAKER" and self._crosses(market, order.side, price):
+            raise Rejection(
+                "ORDER_WOULD_TAKE", "the amended LIMIT_MAKER order would trade immediately"
+            )
+        needed = (price * remaining * rules.notional_unit if order.side == "BUY"
+                  else remaining * rules.lot_atoms)  # fmt: skip
+        asset = self._reserve_asset(market, order.side)
+        account = self._account(order.user, asset)
+        if needed - order.reserved > account[0]:
+            raise Rejection(
+                "INSUFFICIENT_BALANCE", f"amended order needs {needed} {asset} atoms locked"
+            )
+        # Re-queue: the order leaves the book and comes back as if newly placed.
+        side.remove(order)
+        requeued = msgspec.structs.replace(
+            order, price=price, quantity=quantity, ts=ts, in_book=False
+        )
+        self.orders[order.order_id] = requeued
+        extra = needed - requeued.reserved
+        if extra > 0:
+            account[0] -= extra
+            account[1] += extra
+            requeued.reserved = needed
+            events.append(
+                e.Transfer(
+                    asset, extra, AVAILABLE, order.user, LOCKED, order.user, RESERVE, order.order_id
+                )
+            )
+        elif extra < 0:
+            self._release(market, requeued, -extra, events)
+        events.append(
+            e.OrderAmended(order.order_id, order.user, order.market, price, quantity, False)
+        )
+        self._execute(market, requeued, ts, events)
+        return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+
+    # ------------------------------------------------------------------ money in and out
+
+    def _asset(self, symbol: str) -> Asset:
+        asset = self.assets.get(symbol)
+        if asset is None:
+            raise Rejection("UNKNOWN_ASSET", f"asset {symbol!r} does not exist")
+        return asset
+
+    def _deposit(self, seq: int, ts: int, cmd: c.CreditDeposit, events: list[e.Event]) -> Result:
+        self._asset(cmd.asset)
+        if cmd.amount <= 0:
+            raise Rejection("INVALID_AMOUNT", "deposit amount must be positive")
+        if not cmd.external_id:
+            raise Rejection("INVALID_DEPOSIT", "a deposit needs its external_id")
+        if cmd.external_id in self.deposit_ids:
+            return Result(seq, "DUPLICATE", events, "DUPLICATE_DEPOSIT", "already credited")
+        self.deposit_ids.add(cmd.external_id)
+        self._account(cmd.user, cmd.asset)[0] += cmd.amount
+        self.external_deposits[cmd.asset] = self.external_deposits.get(cmd.asset, 0) - cmd.amount
+        events.append(e.DepositCredited(cmd.user, cmd.asset, cmd.amount, cmd.external_id))
+        events.append(
+            e.Transfer(cmd.asset, cmd.amount, EXTERNAL_DEPOSITS, 0, AVAILABLE, cmd.user, DEPOSIT, 0)
+        )
+        return Result(seq, "ACCEPTED", events)
+
+    def _hold_withdrawal(
+        self, seq: int, ts: int, cmd: c.HoldWithdrawal, events: list[e.Event]
+    ) -> Result:
+        self._asset(cmd.asset)
+        wid = cmd.withdrawal_id
+        if not wid:
+            raise Rejection("INVALID_WITHDRAWAL", "a withdrawal needs its withdrawal_id")
+        if wid in self.withdrawals or wid in self.finished_withdrawals:
+            raise Rejection("DUPLICATE_WITHDRAWAL", f"withdrawal {wid!r} exists already")
+        if cmd.amount <= 0 or not 0 <= cmd.fee < cmd.amount:
+            raise Rejection("INVALID_AMOUNT", "amount must be positive and above the fee")
+        if cmd.user in self.frozen:
+            raise Rejection("USER_FROZEN", f"user {cmd.user} is frozen")
+        account = self._account(cmd.user, cmd.asset)
+        if cmd.amount > account[0]:
+            raise Rejection("INSUFFICIENT_BALANCE", f"{account[0]} {cmd.asset} atoms available")
+        account[0] -= cmd.amount
+        account[1] += cmd.amount
+        self.withdrawals[wid] = (cmd.user, cmd.asset, cmd.amount, cmd.fee)
+        events.append(e.WithdrawalHeld(wid, cmd.user, cmd.asset, cmd.amount, cmd.fee))
+        events.append(
+            e.Transfer(cmd.asset, cmd.amount, AVAILABLE, cmd.user, LOCKED, cmd.user, RESERVE, 0)
+        )
+        return Result(seq, "ACCEPTED", events)
+
+    def _held(self, withdrawal_id: str) -> tuple[int, str, int, int]:
+        held = self.withdrawals.pop(withdrawal_id, None)
+        if held is None:
+            raise Rejection("UNKNOWN_WITHDRAWAL", f"no held withdrawal {withdrawal_id!r}")
+        self.finished_withdrawals.add(withdrawal_id)
+        return held
+
+    def _settle_withdrawal(
+        self, seq: int, ts: int, cmd: c.SettleWithdrawal, events: list[e.Event]
+    ) -> Result:
+        user, asset, amount, fee = self._held(cmd.withdrawal_id)
+        self._account(user, asset)[1] -= amount
+        sent = amount - fee
+        self.external_withdrawals[asset] = self.external_withdrawals.get(asset, 0) + sent
+        events.append(e.WithdrawalSettled(cmd.withdrawal_id, user, asset, amount, fee))
+        events.append(e.Transfer(asset, sent, LOCKED, user, EXTERNAL_WITHDRAWALS, 0, WITHDRAWAL, 0))
+        if fee:
+            self.fees[asset] = self.fees.get(asset, 0) + fee
+            events.append(e.Transfer(asset, fee, LOCKED, user, FEES, 0, FEE, 0))
+        return Result(seq, "ACCEPTED", events)
+
+    def _release_withdrawal(
+        self, seq: int, ts: int, cmd: c.ReleaseWithdrawal, events: list[e.Event]
+    ) -> Result:
+        user, asset, amount, _fee = self._held(cmd.withdrawal_id)
+        account = self._account(user, asset)
+        account[1] -= amount
+        account[0] += amount
+        events.append(e.WithdrawalReleased(cmd.withdrawal_id, user, asset, amount))
+        events.append(e.Transfer(asset, amount, LOCKED, user, AVAILABLE, user, RELEASE, 0))
+        return Result(seq, "ACCEPTED", events)
+
+    # ------------------------------------------------------------------ administration
+
+    def _upsert_asset(self, seq: int, ts: int, cmd: c.UpsertAsset, events: list[e.Event]) -> Result:
+        if not cmd.symbol or not cmd.symbol.isalnum() or len(cmd.symbol) > 16:
+            raise Rejection("INVALID_ASSET", "asset symbol must be 1-16 letters or digits")
+        if not 0 <= cmd.decimals <= MAX_ASSET_DECIMALS:
+            raise Rejection("INVALID_ASSET", f"decimals must be within 0..{MAX_ASSET_DECIMALS}")
+        known = self.assets.get(cmd.symbol)
+        if known is not None and known.decimals != cmd.decimals:
+            raise Rejection("ASSET_DECIMALS_IMMUTABLE", "ledger decimals of an asset never change")
+        self.assets[cmd.symbol] = Asset(cmd.symbol, cmd.decimals)
+        events.append(e.AssetUpserted(cmd.symbol, cmd.decimals))
+        return Result(seq, "ACCEPTED", events)
+
+    def _upsert_market(
+        self, seq: int, ts: int, cmd: c.UpsertMarket, events: list[e.Event]
+    ) -> Result:
+        spec = cmd.spec
+        if not spec.symbol or len(spec.symbol) > 32:
+            raise Rejection("INVALID_MARKET", "market symbol must be 1-32 characters")
+        if spec.base == spec.quote:
+            raise Rejection("INVALID_MARKET", "base and quote must differ")
+        base, quote = self._asset(spec.base), self._asset(spec.quote)
+        if spec.status not in ("TRADING", "HALTED", "CANCEL_ONLY"):
+            raise Rejection("INVALID_MARKET", f"unknown status {spec.status!r}")
+        try:
+            rules = MarketRules.derive(spec, base, quote)
+        except MoneyError as error:
+            raise Rejection("INVALID_MARKET", error.message) from error
+        existing = self.markets.get(spec.symbol)
+        if existing is None:
+            self.markets[spec.symbol] = MarketState(spec, rules)
+        else:
+            old = existing.spec
+            shape_changed = (old.base, old.quote, existing.rules.lot_atoms, existing.rules.notional_unit,
+                             existing.rules.tick_size) != (spec.base, spec.quote, rules.lot_atoms,
+                                                           rules.notional_unit, rules.tick_size)  # fmt: skip
+            if shape_changed and any(o.market == spec.symbol for o in self.orders.values()):
+                raise Rejection(
+                    "MARKET_HAS_ORDERS",
+                    "base, quote, tick_size and step_size can change only with no open orders",
+                )
+            existing.spec = spec
+            existing.rules = rules
+            existing.status = spec.status
+        events.append(e.MarketUpserted(spec))
+        return Result(seq, "ACCEPTED", events)
+
+    def _set_market_status(
+        self, seq: int, ts: int, cmd: c.SetMarketStatus, events: list[e.Event]
+    ) -> Result:
+        market = self._market(cmd.market)
+        if cmd.status not in ("TRADING", "HALTED", "CANCEL_ONLY"):
+            raise Rejection("INVALID_STATUS", f"unknown market status {cmd.status!r}")
+        market.status = cmd.status
+        market.spec = msgspec.structs.replace(market.spec, status=cmd.status)
+        events.append(e.MarketStatusChanged(cmd.market, cmd.status))
+        return Result(seq, "ACCEPTED", events)
+
+    def _set_fee_tier(self, seq: int, ts: int, cmd: c.SetFeeTier, events: list[e.Event]) -> Result:
+        if cmd.tier < 1:
+            raise Rejection(
+                "INVALID_FEE_TIER", "fee tiers are numbered from 1; tier 0 is the market default"
+            )
+        try:
+            maker, taker = (
+                parse_fee_rate(cmd.maker_fee, "maker_fee"),
+                parse_fee_rate(cmd.taker_fee, "taker_fee"),
+            )
+        except MoneyError as error:
+            raise Rejection("INVALID_FEE_TIER", error.message) from error
+        self.fee_tiers[cmd.tier] = (maker, taker)
+        events.append(e.FeeTierSet(cmd.tier, maker, taker))
+        return Result(seq, "ACCEPTED", events)
+
+    def _set_user_fee_tier(
+        self, seq: int, ts: int, cmd: c.SetUserFeeTier, events: list[e.Event]
+    ) -> Result:
+        if cmd.tier and cmd.tier not in self.fee_tiers:
+            raise Rejection("INVALID_FEE_TIER", f"fee tier {cmd.tier} is not defined")
+        if cmd.tier:
+            self.user_tiers[cmd.user] = cmd.tier
+        else:
+            self.user_tiers.pop(cmd.user, None)
+        events.append(e.UserFeeTierSet(cmd.user, cmd.tier))
+        return Result(seq, "ACCEPTED", events)
+
+    def _freeze(self, seq: int, ts: int, cmd: c.FreezeUser, events: list[e.Event]) -> Result:
+        self.frozen.add(cmd.user)
+        events.append(e.UserFrozen(cmd.user, True))
+        if cmd.cancel_orders:
+            self._cancel_user_orders(cmd.user, "", "USER_FROZEN", events)
+        return Result(seq, "ACCEPTED", events)
+
+    def _unfreeze(self, seq: int, ts: int, cmd: c.UnfreezeUser, events: list[e.Event]) -> Result:
+        self.frozen.discard(cmd.user)
+        events.append(e.UserFrozen(cmd.user, False))
+        return Result(seq, "ACCEPTED", events)
+
+    def _set_kill_switch(
+        self, seq: int, ts: int, cmd: c.SetKillSwitch, events: list[e.Event]
+    ) -> Result:
+        if cmd.mode not in ("OFF", "CANCEL_ONLY", "HALT"):
+            raise Rejection("INVALID_STATUS", f"unknown kill switch mode {cmd.mode!r}")
+        self.kill_switch = cmd.mode
+        events.append(e.KillSwitchSet(cmd.mode))
+        return Result(seq, "ACCEPTED", events)
+
+    # ------------------------------------------------------------------ queries
+
+    def balance(self, user: int, asset: str) -> tuple[int, int]:
+        """(available, locked) atoms of ``asset`` for ``user``."""
+        account = self.balances.get(user, {}).get(asset)
+        return (account[0], account[1]) if account else (0, 0)
+
+    def open_orders(self, user: int | None = None) -> list[Order]:
+        return sorted(
+            (o for o in self.orders.values() if user is None or o.user == user),
+            key=lambda o: o.order_id,
+        )
+
+    def depth(
+        self, market: str, limit: int = 20
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(bids, asks) as (price ticks, visible lots), best first."""
+        state = self.markets[market]
+        return state.bids.depth(limit), state.asks.depth(limit)
+
+    def total_balances(self) -> dict[str, dict[str, int]]:
+        """Per asset: users' available and locked, fees, external accounts, and their sum
+        (which must be 0: the external deposit account holds minus all deposits)."""
+        report: dict[str, dict[str, int]] = {}
+        for asset in sorted(self.assets):
+            available = locked = 0
+            for accounts in self.balances.values():
+                account = accounts.get(asset)
+                if account:
+                    available += account[0]
+                    locked += account[1]
+            row = {
+                "users_available": available,
+                "users_locked": locked,
+                "fees": self.fees.get(asset, 0),
+                "external_deposits": self.external_deposits.get(asset, 0),
+                "external_withdrawals": self.external_withdrawals.get(asset, 0),
+            }
+            row["sum"] = sum(row.values())
+            report[asset] = row
+        return report
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if any ledger or book invariant is broken."""
+        from mercato.core.invariants import check_engine
+
+        check_engine(self)
+
+    # ------------------------------------------------------------------ state
+
+    def canonical_state(self) -> dict[str, Any]:
+        """Everything that defines the engine, in a canonical order (no derived indexes)."""
+        from mercato.core.snapshot import canonical_state
+
+        return canonical_state(self)
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.canonical_state())
+
+    @classmethod
+    def restore(cls, data: bytes) -> Engine:
+        from mercato.core.snapshot import restore_engine
+
+        return restore_engine(cls(), msgspec.msgpack.decode(data))
+
+    def state_hash(self) -> str:
+        """SHA-256 over the canonical state: equal hashes, equal engines."""
+        return hashlib.sha256(self.snapshot()).hexdigest()

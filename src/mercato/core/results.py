@@ -1,0 +1,37 @@
+"""The answer to every command: accepted with its events, or rejected with a code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from mercato.core.events import Event
+
+ResultStatus = Literal["ACCEPTED", "REJECTED", "DUPLICATE"]
+
+
+class Result(msgspec.Struct, array_like=True, gc=False):
+    """``ACCEPTED``: applied, ``events`` say what changed. ``REJECTED``: nothing changed,
+    ``code`` is stable (docs/core.md lists them). ``DUPLICATE``: a deposit whose external id
+    was already credited; nothing changed. ``order_id`` is set for accepted orders."""
+
+    seq: int
+    status: ResultStatus
+    events: list[Event]
+    code: str = ""
+    message: str = ""
+    order_id: int = 0
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "ACCEPTED"
+
+
+class Rejection(Exception):
+    """Raised inside the engine before any state changes; becomes a REJECTED result."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
