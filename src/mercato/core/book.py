@@ -13,41 +13,127 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections import deque
 
-import msgspec
+from mercato.core.model import (
+    MarketRules,
+    MarketSpec,
+    MarketStatus,
+    OrderStatus,
+    OrderType,
+    Side,
+    StpMode,
+    TimeInForce,
+)
 
-from mercato.core.model import MarketRules, MarketSpec, MarketStatus
 
-
-class Order(msgspec.Struct, array_like=True, gc=False):
+class Order:
     """An open order (resting, in matching, or an untriggered stop).
 
     ``quantity`` and ``filled`` in lots, ``price`` and ``stop_price`` in ticks. ``display``
     is the lots visible in the book (the current iceberg slice, else the remainder).
     ``reserved`` is the atoms locked for it: quote for buys, base for sells. For a market
-    order ``price`` is its protection limit, set at arrival.
+    order ``price`` is its protection limit, set at arrival. ``queued`` orders the
+    queue of a level (FIFO). A plain class rather than a struct: mypyc compiles it to a
+    native class, which makes the matching loop twice as fast.
     """
 
-    order_id: int
-    user: int
-    market: str
-    side: str
-    type: str
-    quantity: int
-    price: int
-    time_in_force: str
-    client_order_id: str
-    quote_quantity: int
-    stop_price: int
-    expire_at: int
-    iceberg_quantity: int
-    stp: str
-    status: str
-    ts: int
-    filled: int = 0
-    display: int = 0
-    reserved: int = 0
-    in_book: bool = False
-    queued: int = 0  # when it last joined the back of its level: FIFO order within a level
+    __slots__ = (
+        "client_order_id",
+        "display",
+        "expire_at",
+        "filled",
+        "iceberg_quantity",
+        "in_book",
+        "market",
+        "order_id",
+        "price",
+        "quantity",
+        "queued",
+        "quote_quantity",
+        "reserved",
+        "side",
+        "status",
+        "stop_price",
+        "stp",
+        "time_in_force",
+        "ts",
+        "type",
+        "user",
+    )
+
+    def __init__(
+        self,
+        order_id: int,
+        user: int,
+        market: str,
+        side: Side,
+        type: OrderType,
+        quantity: int,
+        price: int,
+        time_in_force: TimeInForce,
+        client_order_id: str,
+        quote_quantity: int,
+        stop_price: int,
+        expire_at: int,
+        iceberg_quantity: int,
+        stp: StpMode,
+        status: OrderStatus,
+        ts: int,
+        filled: int = 0,
+        display: int = 0,
+        reserved: int = 0,
+        in_book: bool = False,
+        queued: int = 0,
+    ) -> None:
+        self.order_id = order_id
+        self.user = user
+        self.market = market
+        self.side = side
+        self.type = type
+        self.quantity = quantity
+        self.price = price
+        self.time_in_force = time_in_force
+        self.client_order_id = client_order_id
+        self.quote_quantity = quote_quantity
+        self.stop_price = stop_price
+        self.expire_at = expire_at
+        self.iceberg_quantity = iceberg_quantity
+        self.stp = stp
+        self.status = status
+        self.ts = ts
+        self.filled = filled
+        self.display = display
+        self.reserved = reserved
+        self.in_book = in_book
+        self.queued = queued
+
+    def as_list(self) -> list[object]:
+        """All fields in constructor order: ``Order(*order.as_list())`` is a copy."""
+        return [
+            self.order_id,
+            self.user,
+            self.market,
+            self.side,
+            self.type,
+            self.quantity,
+            self.price,
+            self.time_in_force,
+            self.client_order_id,
+            self.quote_quantity,
+            self.stop_price,
+            self.expire_at,
+            self.iceberg_quantity,
+            self.stp,
+            self.status,
+            self.ts,
+            self.filled,
+            self.display,
+            self.reserved,
+            self.in_book,
+            self.queued,
+        ]
+
+    def copy(self) -> Order:
+        return Order(*self.as_list())  # type: ignore[arg-type]
 
 
 class Level:

@@ -21,7 +21,8 @@ def encode_record(seq: int, ts: int, command: Command) -> bytes:
 
 
 def decode_record(data: bytes | memoryview) -> JournalRecord:
-    return _record_decoder.decode(data)
+    record: JournalRecord = _record_decoder.decode(data)
+    return record
 
 
 def encode_command(command: Command) -> bytes:
@@ -29,7 +30,8 @@ def encode_command(command: Command) -> bytes:
 
 
 def decode_command(data: bytes | memoryview) -> Command:
-    return _command_decoder.decode(data)
+    command: Command = _command_decoder.decode(data)
+    return command
 
 
 def encode_result(result: Result) -> bytes:

@@ -9,8 +9,6 @@ times in milliseconds since the epoch.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from mercato.core.model import (
@@ -159,22 +157,22 @@ class Tick(_Command):
     """Carries only the sequencer's timestamp: lets GTD orders expire when no one trades."""
 
 
-Command = Union[
-    UpsertAsset,
-    UpsertMarket,
-    SetMarketStatus,
-    SetFeeTier,
-    SetUserFeeTier,
-    CreditDeposit,
-    HoldWithdrawal,
-    SettleWithdrawal,
-    ReleaseWithdrawal,
-    PlaceOrder,
-    CancelOrder,
-    CancelAll,
-    AmendOrder,
-    FreezeUser,
-    UnfreezeUser,
-    SetKillSwitch,
-    Tick,
-]
+Command = (
+    UpsertAsset
+    | UpsertMarket
+    | SetMarketStatus
+    | SetFeeTier
+    | SetUserFeeTier
+    | CreditDeposit
+    | HoldWithdrawal
+    | SettleWithdrawal
+    | ReleaseWithdrawal
+    | PlaceOrder
+    | CancelOrder
+    | CancelAll
+    | AmendOrder
+    | FreezeUser
+    | UnfreezeUser
+    | SetKillSwitch
+    | Tick
+)

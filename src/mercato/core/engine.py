@@ -35,17 +35,25 @@ from mercato.core.model import (
     WITHDRAWAL,
     Asset,
     MarketRules,
+    OrderStatus,
 )
 from mercato.core.money import FEE_RATE_DENOMINATOR, MoneyError, parse_fee_rate
 from mercato.core.results import Rejection, Result
 
 STATE_VERSION = 1
 MAX_PRICE_TICKS = 10**15
+# Every amount must fit a signed 64-bit integer (msgpack, SQL BIGINT). Bounding what
+# was ever deposited of an asset bounds every balance, fee and reservation of it.
+MAX_SUPPLY = 2**63 - 1
 MAX_ASSET_DECIMALS = 30
 MARKET_TYPES = frozenset({"MARKET", "STOP_LOSS", "TAKE_PROFIT"})
 # Stops that fire when the last price rises to the stop price; the others fire on a fall.
-_FIRES_ON_RISE = {("BUY", "STOP_LOSS"), ("BUY", "STOP_LOSS_LIMIT"), ("SELL", "TAKE_PROFIT"),
-                  ("SELL", "TAKE_PROFIT_LIMIT")}  # fmt: skip
+_FIRES_ON_RISE = {
+    ("BUY", "STOP_LOSS"),
+    ("BUY", "STOP_LOSS_LIMIT"),
+    ("SELL", "TAKE_PROFIT"),
+    ("SELL", "TAKE_PROFIT_LIMIT"),
+}
 _QUOTE_BUY_SENTINEL = 1 << 62  # "as many lots as the quote amount buys"
 
 Handler = Callable[[int, int, Any, list[e.Event]], Result]
@@ -202,7 +210,7 @@ class Engine:
             )
         )
 
-    def _close(self, order: Order, status: str, reason: str, events: list[e.Event]) -> None:
+    def _close(self, order: Order, status: OrderStatus, reason: str, events: list[e.Event]) -> None:
         """Give ``order`` a final status: it leaves the open orders, its client id frees up."""
         order.status = status
         del self.orders[order.order_id]
@@ -221,7 +229,12 @@ class Engine:
         )
 
     def _finish_removed(
-        self, market: MarketState, order: Order, status: str, reason: str, events: list[e.Event]
+        self,
+        market: MarketState,
+        order: Order,
+        status: OrderStatus,
+        reason: str,
+        events: list[e.Event],
     ) -> None:
         """Close an order already out of the book and return all it still reserves."""
         self._release(market, order, order.reserved, events)
@@ -240,55 +253,69 @@ class Engine:
     # ------------------------------------------------------------------ placing orders
 
     def _place(self, seq: int, ts: int, cmd: c.PlaceOrder, events: list[e.Event]) -> Result:
-        market = self._market(cmd.market)
-        self._require_can_trade(market, cmd.user)
+        market = self.markets.get(cmd.market)
+        if market is None:
+            raise Rejection("UNKNOWN_MARKET", f"market {cmd.market!r} does not exist")
+        user = cmd.user
+        if market.status != "TRADING" or self.kill_switch != "OFF" or user in self.frozen:
+            self._require_can_trade(market, user)
         order = self._validated_order(market, ts, cmd)
-        reserve = self._initial_reserve(market, order)
-        asset = market.spec.quote if order.side == "BUY" else market.spec.base
-        account = self._account(order.user, asset)
-        if reserve > account[0]:
+        if order.side == "BUY":
+            asset = market.spec.quote
+            if order.type in LIMIT_PRICED_TYPES:
+                reserve = order.price * order.quantity * market.rules.notional_unit
+            else:
+                reserve = self._market_buy_reserve(market, order)
+        else:
+            asset = market.spec.base
+            reserve = order.quantity * market.rules.lot_atoms
+        account = self._account(user, asset)
+        available = account[0]
+        if reserve > available or (available == 0 and order.type == "MARKET"):
             raise Rejection(
                 "INSUFFICIENT_BALANCE",
-                f"order needs {reserve} {asset} atoms, {account[0]} available",
+                f"order needs {reserve} {asset} atoms, {available} available",
             )
-        if order.type == "MARKET" and account[0] == 0:
-            raise Rejection("INSUFFICIENT_BALANCE", f"no {asset} available for this order")
         # Validated: from here on the command applies in full.
-        order.order_id = self.next_order_id
-        self.next_order_id += 1
-        self.orders[order.order_id] = order
+        order_id = order.order_id = self.next_order_id
+        self.next_order_id = order_id + 1
+        self.orders[order_id] = order
         if order.client_order_id:
-            self.client_ids[(order.user, order.client_order_id)] = order.order_id
+            self.client_ids[(user, order.client_order_id)] = order_id
         if order.time_in_force == "GTD":
-            heappush(self.gtd, (order.expire_at, order.order_id))
+            heappush(self.gtd, (order.expire_at, order_id))
         events.append(
             e.OrderAccepted(
-                order.order_id, order.user, order.market, order.side, order.type, order.quantity,
-                order.price, order.time_in_force, order.client_order_id, order.quote_quantity,
-                order.stop_price, order.expire_at, order.iceberg_quantity, order.stp, order.status, ts,
+                order_id,
+                user,
+                order.market,
+                order.side,
+                order.type,
+                order.quantity,
+                order.price,
+                order.time_in_force,
+                order.client_order_id,
+                order.quote_quantity,
+                order.stop_price,
+                order.expire_at,
+                order.iceberg_quantity,
+                order.stp,
+                order.status,
+                ts,
             )
-        )  # fmt: skip
+        )
         if reserve:
-            account[0] -= reserve
+            account[0] = available - reserve
             account[1] += reserve
             order.reserved = reserve
             events.append(
-                e.Transfer(
-                    asset,
-                    reserve,
-                    AVAILABLE,
-                    order.user,
-                    LOCKED,
-                    order.user,
-                    RESERVE,
-                    order.order_id,
-                )
+                e.Transfer(asset, reserve, AVAILABLE, user, LOCKED, user, RESERVE, order_id)
             )
         if order.status == "UNTRIGGERED":
             self._add_stop(market, order)
         else:
             self._execute(market, order, ts, events)
-        return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+        return Result(seq, "ACCEPTED", events, "", "", order_id)
 
     def _validated_order(self, market: MarketState, ts: int, cmd: c.PlaceOrder) -> Order:
         """Check every field of a new order; return it, not yet placed anywhere."""
@@ -296,69 +323,33 @@ class Engine:
         otype = cmd.type
         qty = cmd.quantity
         price = cmd.price
-        tif = cmd.time_in_force
         if cmd.side != "BUY" and cmd.side != "SELL":
             raise Rejection("INVALID_ORDER", "side must be BUY or SELL")
-        is_market = otype in MARKET_TYPES
-        if otype in LIMIT_PRICED_TYPES:
+        if (
+            otype == "LIMIT"
+            and cmd.time_in_force == "GTC"
+            and not (cmd.stop_price or cmd.quote_quantity or cmd.iceberg_quantity or cmd.expire_at)
+        ):
+            # The common case, a plain GTC limit order, needs only its price checked here.
             if not 0 < price <= MAX_PRICE_TICKS:
                 raise Rejection(
-                    "INVALID_PRICE", f"{otype} needs a price of 1..{MAX_PRICE_TICKS} ticks"
+                    "INVALID_PRICE", f"LIMIT needs a price of 1..{MAX_PRICE_TICKS} ticks"
                 )
-        elif price:
-            raise Rejection("INVALID_ORDER", f"{otype} orders take no price")
-        if otype in STOP_TYPES:
-            if not 0 < cmd.stop_price <= MAX_PRICE_TICKS:
-                raise Rejection("INVALID_PRICE", f"{otype} needs a stop_price")
-        elif cmd.stop_price:
-            raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
-        if cmd.quote_quantity:
-            if not (is_market and cmd.side == "BUY") or qty:
-                raise Rejection(
-                    "INVALID_ORDER",
-                    "quote_quantity is only for market buys, instead of quantity",
-                )
-            if cmd.quote_quantity < 0:
-                raise Rejection("INVALID_QUANTITY", "quote_quantity must be positive")
-            if cmd.quote_quantity < rules.min_notional:
-                raise Rejection(
-                    "NOTIONAL_TOO_SMALL",
-                    f"quote_quantity is below min notional {rules.min_notional}",
-                )
-        elif not rules.min_lots <= qty <= rules.max_lots or qty <= 0:
+        else:
+            self._validate_order_features(market, ts, cmd)
+        if not cmd.quote_quantity and not rules.min_lots <= qty <= rules.max_lots:
             raise Rejection(
                 "INVALID_QUANTITY",
                 f"quantity must be within {rules.min_lots}..{rules.max_lots} lots, got {qty}",
             )
-        if is_market:
-            if tif not in ("GTC", "IOC", "FOK"):
-                raise Rejection("INVALID_ORDER", f"market orders cannot be {tif}")
-            if cmd.quote_quantity and tif == "FOK":
-                raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
-        elif tif not in ("GTC", "IOC", "FOK", "GTD"):
-            raise Rejection("INVALID_ORDER", f"unknown time_in_force {tif!r}")
-        if otype == "LIMIT_MAKER" and tif != "GTC":
-            raise Rejection("INVALID_ORDER", "LIMIT_MAKER orders are always GTC")
-        if tif == "GTD":
-            if cmd.expire_at <= ts:
-                raise Rejection("INVALID_EXPIRY", "expire_at must be in the future for GTD")
-        elif cmd.expire_at:
-            raise Rejection("INVALID_EXPIRY", "expire_at is only for GTD orders")
-        if otype in LIMIT_PRICED_TYPES and price * qty * rules.notional_unit < rules.min_notional:
+        if price and price * qty * rules.notional_unit < rules.min_notional:
             raise Rejection(
                 "NOTIONAL_TOO_SMALL", f"order value is below min notional {rules.min_notional}"
             )
-        if cmd.iceberg_quantity:
-            if otype not in LIMIT_PRICED_TYPES or tif not in ("GTC", "GTD"):
-                raise Rejection(
-                    "INVALID_ORDER", "iceberg orders must be resting limit orders (GTC or GTD)"
-                )
-            if not 0 < cmd.iceberg_quantity < qty:
-                raise Rejection(
-                    "INVALID_QUANTITY", "iceberg_quantity must be above 0 and below quantity"
-                )
-        stp = cmd.stp if cmd.stp is not None else market.spec.default_stp
-        if stp not in market.spec.allowed_stp:
+        stp = cmd.stp
+        if stp is None:
+            stp = market.spec.default_stp
+        elif stp not in market.spec.allowed_stp:
             raise Rejection("STP_MODE_NOT_ALLOWED", f"{stp} is not allowed on {market.spec.symbol}")
         cid = cmd.client_order_id
         if cid:
@@ -366,21 +357,88 @@ class Engine:
                 raise Rejection("INVALID_ORDER", "client_order_id is longer than 64 characters")
             if (cmd.user, cid) in self.client_ids:
                 raise Rejection("DUPLICATE_CLIENT_ORDER_ID", f"an open order already uses {cid!r}")
-        status = "NEW"
+        status: OrderStatus = "UNTRIGGERED" if otype in STOP_TYPES else "NEW"
+        return Order(
+            0,
+            cmd.user,
+            cmd.market,
+            cmd.side,
+            otype,
+            qty,
+            price,
+            cmd.time_in_force,
+            cid,
+            cmd.quote_quantity,
+            cmd.stop_price,
+            cmd.expire_at,
+            cmd.iceberg_quantity,
+            stp,
+            status,
+            ts,
+        )
+
+    def _validate_order_features(self, market: MarketState, ts: int, cmd: c.PlaceOrder) -> None:
+        """Checks for everything beyond a plain GTC limit: order types, time in force,
+        stops, icebergs, GTD expiry and market buys by quote amount."""
+        otype = cmd.type
+        tif = cmd.time_in_force
+        price = cmd.price
+        is_market = otype in MARKET_TYPES
+        if otype in LIMIT_PRICED_TYPES:
+            if not 0 < price <= MAX_PRICE_TICKS:
+                raise Rejection(
+                    "INVALID_PRICE", f"{otype} needs a price of 1..{MAX_PRICE_TICKS} ticks"
+                )
+        elif not is_market:
+            raise Rejection("INVALID_ORDER", f"unknown order type {otype!r}")
+        elif price:
+            raise Rejection("INVALID_ORDER", f"{otype} orders take no price")
         if otype in STOP_TYPES:
-            status = "UNTRIGGERED"
+            if not 0 < cmd.stop_price <= MAX_PRICE_TICKS:
+                raise Rejection("INVALID_PRICE", f"{otype} needs a stop_price")
             last = market.last_price
             if last and self._stop_holds(cmd.side, otype, cmd.stop_price, last):
                 raise Rejection(
                     "ORDER_WOULD_TRIGGER_IMMEDIATELY",
                     f"last price {last} already meets stop_price {cmd.stop_price}",
                 )
-        elif otype == "LIMIT_MAKER" and self._crosses(market, cmd.side, price):
-            raise Rejection("ORDER_WOULD_TAKE", "a LIMIT_MAKER order would trade immediately")
-        return Order(
-            0, cmd.user, cmd.market, cmd.side, otype, qty, price, tif, cid, cmd.quote_quantity,
-            cmd.stop_price, cmd.expire_at, cmd.iceberg_quantity, stp, status, ts,
-        )  # fmt: skip
+        elif cmd.stop_price:
+            raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
+        if cmd.quote_quantity:
+            if not (is_market and cmd.side == "BUY") or cmd.quantity:
+                raise Rejection(
+                    "INVALID_ORDER", "quote_quantity is only for market buys, instead of quantity"
+                )
+            if cmd.quote_quantity < market.rules.min_notional:
+                raise Rejection(
+                    "NOTIONAL_TOO_SMALL",
+                    f"quote_quantity is below min notional {market.rules.min_notional}",
+                )
+            if tif == "FOK":
+                raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
+        if is_market and tif == "GTD":
+            raise Rejection("INVALID_ORDER", "market orders cannot be GTD")
+        if tif not in ("GTC", "IOC", "FOK", "GTD"):
+            raise Rejection("INVALID_ORDER", f"unknown time_in_force {tif!r}")
+        if tif == "GTD":
+            if cmd.expire_at <= ts:
+                raise Rejection("INVALID_EXPIRY", "expire_at must be in the future for GTD")
+        elif cmd.expire_at:
+            raise Rejection("INVALID_EXPIRY", "expire_at is only for GTD orders")
+        if cmd.iceberg_quantity:
+            if otype not in LIMIT_PRICED_TYPES or tif not in ("GTC", "GTD"):
+                raise Rejection(
+                    "INVALID_ORDER", "iceberg orders must be resting limit orders (GTC or GTD)"
+                )
+            if not 0 < cmd.iceberg_quantity < cmd.quantity:
+                raise Rejection(
+                    "INVALID_QUANTITY", "iceberg_quantity must be above 0 and below quantity"
+                )
+        if otype == "LIMIT_MAKER":
+            if tif != "GTC":
+                raise Rejection("INVALID_ORDER", "LIMIT_MAKER orders are always GTC")
+            if self._crosses(market, cmd.side, price):
+                raise Rejection("ORDER_WOULD_TAKE", "a LIMIT_MAKER order would trade immediately")
 
     @staticmethod
     def _stop_holds(side: str, otype: str, stop_price: int, last: int) -> bool:
@@ -402,32 +460,26 @@ class Engine:
             return reference * (10_000 + bps) // 10_000
         return -(-reference * (10_000 - bps) // 10_000)
 
-    def _initial_reserve(self, market: MarketState, order: Order) -> int:
-        """What a new order locks: exactly what it can spend."""
-        rules = market.rules
-        if order.side == "SELL":
-            return order.quantity * rules.lot_atoms
+    def _market_buy_reserve(self, market: MarketState, order: Order) -> int:
+        """What a market buy locks: its quote amount, or its quantity at the worst price
+        the protection band allows (capped at what the user has; a stop reserves it in full
+        at the band above its stop price, as the book at trigger time is unknown)."""
         if order.quote_quantity:
             return order.quote_quantity
-        if order.type in LIMIT_PRICED_TYPES:
-            return order.price * order.quantity * rules.notional_unit
-        if order.type == "MARKET":
-            # Worst case within the protection band, capped at what the user has.
-            best = market.asks.best()
-            if not best:
-                return 0  # nothing to buy: the order expires unfilled
-            worst = (
-                self._protection_limit(market, "BUY", best) * order.quantity * rules.notional_unit
-            )
-            return min(worst, self._account(order.user, market.spec.quote)[0])
-        # A stop-market buy reserves for its quantity at the band's edge above the stop.
-        limit = self._protection_limit(market, "BUY", order.stop_price)
-        return limit * order.quantity * rules.notional_unit
+        unit = market.rules.notional_unit
+        if order.type != "MARKET":
+            return self._protection_limit(market, "BUY", order.stop_price) * order.quantity * unit
+        best = market.asks.best()
+        if not best:
+            return 0  # nothing to buy: the order expires unfilled
+        worst = self._protection_limit(market, "BUY", best) * order.quantity * unit
+        return min(worst, self._account(order.user, market.spec.quote)[0])
 
     # ------------------------------------------------------------------ matching
 
     def _execute(self, market: MarketState, order: Order, ts: int, events: list[e.Event]) -> None:
         """Match a live order as taker, then rest, expire or finish it; fire stops."""
+        tif = order.time_in_force
         if order.type in MARKET_TYPES:
             opposite = market.asks if order.side == "BUY" else market.bids
             best = opposite.best()
@@ -436,28 +488,30 @@ class Engine:
                 order.quantity = _QUOTE_BUY_SENTINEL
             rests = False
         else:
-            rests = order.time_in_force in ("GTC", "GTD")
-        if order.time_in_force == "FOK" and not self._can_fill_fully(market, order):
+            rests = tif == "GTC" or tif == "GTD"
+        if tif == "FOK" and not self._can_fill_fully(market, order):
             self._finish_removed(market, order, "EXPIRED", "FOK_NOT_FILLABLE", events)
             return
         before = market.last_price
-        reason = self._match(market, order, ts, events)
+        stopped = self._match(market, order, ts, events)
         remaining = order.quantity - order.filled
-        if reason == "STP":
+        if rests and remaining and not stopped:
+            self._rest(market, order, remaining, events)
+        elif stopped == "STP":
             self._finish_removed(market, order, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events)
         elif order.quote_quantity:
             # Spent down to less than one lot: FILLED; stopped by the book or the band: EXPIRED.
             order.quantity = order.filled
-            if reason == "BUDGET" and order.filled:
+            if stopped == "FUNDS_EXHAUSTED" and order.filled:
                 self._finish_removed(market, order, "FILLED", "", events)
             else:
-                self._finish_removed(market, order, "EXPIRED", reason or "PROTECTION_LIMIT", events)
+                self._finish_removed(
+                    market, order, "EXPIRED", stopped or "PROTECTION_LIMIT", events
+                )
         elif remaining == 0:
             self._finish_removed(market, order, "FILLED", "", events)
-        elif rests:
-            self._rest(market, order, remaining, events)
         else:
-            self._finish_removed(market, order, "EXPIRED", reason or "IOC_REMAINDER", events)
+            self._finish_removed(market, order, "EXPIRED", stopped or "IOC_REMAINDER", events)
         if market.last_price != before:
             self._trigger_stops(market, ts, events)
 
@@ -465,19 +519,26 @@ class Engine:
         self, market: MarketState, order: Order, remaining: int, events: list[e.Event]
     ) -> None:
         """Put the unfilled part of a limit order in the book, keeping only its reservation."""
-        self._release(
-            market, order, order.reserved - self._required_reserve(market, order, remaining), events
-        )
+        excess = order.reserved - self._required_reserve(market, order, remaining)
+        if excess:
+            self._release(market, order, excess, events)
         order.display = (
             min(order.iceberg_quantity, remaining) if order.iceberg_quantity else remaining
         )
-        self._side(market, order.side).add(order)
+        (market.bids if order.side == "BUY" else market.asks).add(order)
         if order.filled and order.status != "PARTIALLY_FILLED":
             order.status = "PARTIALLY_FILLED"
             events.append(
-                e.OrderUpdated(order.order_id, order.user, order.market, "PARTIALLY_FILLED",
-                               order.filled, order.quantity, "")
-            )  # fmt: skip
+                e.OrderUpdated(
+                    order.order_id,
+                    order.user,
+                    order.market,
+                    "PARTIALLY_FILLED",
+                    order.filled,
+                    order.quantity,
+                    "",
+                )
+            )
 
     def _can_fill_fully(self, market: MarketState, order: Order) -> bool:
         """FOK dry run: walk the book as matching would, changing nothing."""
@@ -501,15 +562,18 @@ class Engine:
 
     def _match(self, market: MarketState, taker: Order, ts: int, events: list[e.Event]) -> str:
         """Fill ``taker`` against the opposite side. Returns why matching stopped early:
-        "STP" if self-trade prevention expired the taker, "BUDGET" if a market buy ran out
-        of reserved quote, else ""."""
-        buy = taker.side == "BUY"
-        side = market.asks if buy else market.bids
-        keys = side.keys
-        levels = side.levels
+        "STP" if self-trade prevention expired the taker, "FUNDS_EXHAUSTED" if a market buy
+        ran out of reserved quote, "NO_LIQUIDITY" if a market order met an empty book, else
+        "" (filled, or the book stopped crossing its limit price)."""
         limit = taker.price
         if limit == 0:
             return "NO_LIQUIDITY"
+        buy = taker.side == "BUY"
+        side = market.asks if buy else market.bids
+        keys = side.keys
+        if not keys or ((-keys[-1] > limit) if buy else (keys[-1] < limit)):
+            return ""  # nothing crosses: the common case for a new limit order
+        levels = side.levels
         rules = market.rules
         unit = rules.notional_unit
         lot = rules.lot_atoms
@@ -518,8 +582,11 @@ class Engine:
         user = taker.user
         stp = taker.stp
         capped = buy and taker.type in MARKET_TYPES
-        maker_rate_of = self._fee_rates
-        taker_rate = maker_rate_of(user, market)[1]
+        taker_rate = self._fee_rates(user, market)[1]
+        market_maker_rate = rules.maker_fee
+        user_tiers = self.user_tiers
+        fee_tiers = self.fee_tiers
+        balances = self.balances
         account = self._account
         fees = self.fees
         append = events.append
@@ -554,13 +621,14 @@ class Engine:
                     if affordable < fill:
                         fill = affordable
                         if fill == 0:
-                            stopped = "BUDGET"
+                            stopped = "FUNDS_EXHAUSTED"
                             break
                 notional *= fill
                 qty_atoms = fill * lot
                 trade_id = self.next_trade_id
                 self.next_trade_id = trade_id + 1
-                maker_rate = maker_rate_of(maker.user, market)[0]
+                tier = user_tiers.get(maker.user)
+                maker_rate = fee_tiers[tier][0] if tier else market_maker_rate
                 if buy:
                     buyer, seller = taker, maker
                     buyer_fee = -(-qty_atoms * taker_rate // FEE_RATE_DENOMINATOR)
@@ -575,12 +643,28 @@ class Engine:
                 su = seller.user
                 buyer.reserved -= notional
                 seller.reserved -= qty_atoms
-                account(bu, quote)[1] -= notional
-                account(su, base)[1] -= qty_atoms
+                # Both paying accounts exist: they hold the reservations being spent.
+                balances[bu][quote][1] -= notional
+                balances[su][base][1] -= qty_atoms
                 account(bu, base)[0] += qty_atoms - buyer_fee
                 account(su, quote)[0] += notional - seller_fee
-                append(e.Trade(trade_id, market.spec.symbol, price, fill, notional, taker.side,
-                               maker.order_id, taker.order_id, maker.user, user, maker_fee, taker_fee, ts))  # fmt: skip
+                append(
+                    e.Trade(
+                        trade_id,
+                        market.spec.symbol,
+                        price,
+                        fill,
+                        notional,
+                        taker.side,
+                        maker.order_id,
+                        taker.order_id,
+                        maker.user,
+                        user,
+                        maker_fee,
+                        taker_fee,
+                        ts,
+                    )
+                )
                 append(e.Transfer(quote, notional, LOCKED, bu, AVAILABLE, su, TRADE, trade_id))
                 append(e.Transfer(base, qty_atoms, LOCKED, su, AVAILABLE, bu, TRADE, trade_id))
                 if buyer_fee:
@@ -612,8 +696,17 @@ class Engine:
                         continue
                 if maker.status == "NEW":
                     maker.status = "PARTIALLY_FILLED"
-                    append(e.OrderUpdated(maker.order_id, maker.user, maker.market, "PARTIALLY_FILLED",
-                                          maker.filled, maker.quantity, ""))  # fmt: skip
+                    append(
+                        e.OrderUpdated(
+                            maker.order_id,
+                            maker.user,
+                            maker.market,
+                            "PARTIALLY_FILLED",
+                            maker.filled,
+                            maker.quantity,
+                            "",
+                        )
+                    )
             if level.live == 0:
                 side.drop_level(price)
             if stopped:
@@ -807,8 +900,11 @@ class Engine:
             raise Rejection(
                 "ORDER_WOULD_TAKE", "the amended LIMIT_MAKER order would trade immediately"
             )
-        needed = (price * remaining * rules.notional_unit if order.side == "BUY"
-                  else remaining * rules.lot_atoms)  # fmt: skip
+        needed = (
+            price * remaining * rules.notional_unit
+            if order.side == "BUY"
+            else remaining * rules.lot_atoms
+        )
         asset = self._reserve_asset(market, order.side)
         account = self._account(order.user, asset)
         if needed - order.reserved > account[0]:
@@ -817,9 +913,11 @@ class Engine:
             )
         # Re-queue: the order leaves the book and comes back as if newly placed.
         side.remove(order)
-        requeued = msgspec.structs.replace(
-            order, price=price, quantity=quantity, ts=ts, in_book=False
-        )
+        requeued = order.copy()  # the old object stays dead in its queue
+        requeued.price = price
+        requeued.quantity = quantity
+        requeued.ts = ts
+        requeued.in_book = False
         self.orders[order.order_id] = requeued
         extra = needed - requeued.reserved
         if extra > 0:
@@ -855,6 +953,10 @@ class Engine:
             raise Rejection("INVALID_DEPOSIT", "a deposit needs its external_id")
         if cmd.external_id in self.deposit_ids:
             return Result(seq, "DUPLICATE", events, "DUPLICATE_DEPOSIT", "already credited")
+        if cmd.amount - self.external_deposits.get(cmd.asset, 0) > MAX_SUPPLY:
+            raise Rejection(
+                "SUPPLY_LIMIT", f"total {cmd.asset} deposits would exceed {MAX_SUPPLY} atoms"
+            )
         self.deposit_ids.add(cmd.external_id)
         self._account(cmd.user, cmd.asset)[0] += cmd.amount
         self.external_deposits[cmd.asset] = self.external_deposits.get(cmd.asset, 0) - cmd.amount
@@ -955,9 +1057,13 @@ class Engine:
             self.markets[spec.symbol] = MarketState(spec, rules)
         else:
             old = existing.spec
-            shape_changed = (old.base, old.quote, existing.rules.lot_atoms, existing.rules.notional_unit,
-                             existing.rules.tick_size) != (spec.base, spec.quote, rules.lot_atoms,
-                                                           rules.notional_unit, rules.tick_size)  # fmt: skip
+            shape_changed = (
+                old.base,
+                old.quote,
+                existing.rules.lot_atoms,
+                existing.rules.notional_unit,
+                existing.rules.tick_size,
+            ) != (spec.base, spec.quote, rules.lot_atoms, rules.notional_unit, rules.tick_size)
             if shape_changed and any(o.market == spec.symbol for o in self.orders.values()):
                 raise Rejection(
                     "MARKET_HAS_ORDERS",

@@ -8,8 +8,6 @@ events; its fills are the :class:`Trade` events that name it.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from mercato.core.model import (
@@ -180,22 +178,22 @@ class WithdrawalReleased(_Event):
     amount: int
 
 
-Event = Union[
-    AssetUpserted,
-    MarketUpserted,
-    MarketStatusChanged,
-    FeeTierSet,
-    UserFeeTierSet,
-    UserFrozen,
-    KillSwitchSet,
-    OrderAccepted,
-    OrderTriggered,
-    OrderUpdated,
-    OrderAmended,
-    Trade,
-    Transfer,
-    DepositCredited,
-    WithdrawalHeld,
-    WithdrawalSettled,
-    WithdrawalReleased,
-]
+Event = (
+    AssetUpserted
+    | MarketUpserted
+    | MarketStatusChanged
+    | FeeTierSet
+    | UserFeeTierSet
+    | UserFrozen
+    | KillSwitchSet
+    | OrderAccepted
+    | OrderTriggered
+    | OrderUpdated
+    | OrderAmended
+    | Trade
+    | Transfer
+    | DepositCredited
+    | WithdrawalHeld
+    | WithdrawalSettled
+    | WithdrawalReleased
+)

@@ -46,8 +46,11 @@ def _check_reservations(engine: Engine) -> None:
             assert order.type in LIMIT_PRICED_TYPES, (
                 f"resting order {order.order_id} is {order.type}"
             )
-            want = (order.price * remaining * rules.notional_unit if order.side == "BUY"
-                    else remaining * rules.lot_atoms)  # fmt: skip
+            want = (
+                order.price * remaining * rules.notional_unit
+                if order.side == "BUY"
+                else remaining * rules.lot_atoms
+            )
             assert order.reserved == want, (
                 f"order {order.order_id} reserves {order.reserved}, needs exactly {want}"
             )

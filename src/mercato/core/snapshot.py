@@ -22,8 +22,13 @@ STATE_VERSION = 1
 
 
 def _side_state(side: BookSide) -> list[Any]:
-    return [side.queued, [[price, [o.order_id for o in side.live_orders(price)]]
-                          for price in side.prices_best_first()]]  # fmt: skip
+    return [
+        side.queued,
+        [
+            [price, [o.order_id for o in side.live_orders(price)]]
+            for price in side.prices_best_first()
+        ],
+    ]
 
 
 def _nonzero(values: dict[str, int]) -> list[list[Any]]:
@@ -43,7 +48,7 @@ def canonical_state(engine: Engine) -> dict[str, Any]:
             [m.spec, m.last_price, _side_state(m.bids), _side_state(m.asks)]
             for _, m in sorted(engine.markets.items())
         ],
-        "orders": [engine.orders[oid] for oid in sorted(engine.orders)],
+        "orders": [engine.orders[oid].as_list() for oid in sorted(engine.orders)],
         "balances": [
             [user, asset, account[0], account[1]]
             for user in sorted(engine.balances)
@@ -72,7 +77,7 @@ def restore_engine(engine: Engine, state: dict[str, Any]) -> Engine:
     engine.next_trade_id = state["next_trade_id"]
     engine.kill_switch = state["kill_switch"]
     engine.assets = {s: Asset(s, d) for s, d in state["assets"]}
-    orders = {o.order_id: o for o in msgspec.convert(state["orders"], list[Order])}
+    orders = {o.order_id: o for o in (Order(*values) for values in state["orders"])}
     engine.orders = orders
     engine.client_ids = {
         (o.user, o.client_order_id): o.order_id for o in orders.values() if o.client_order_id

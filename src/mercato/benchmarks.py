@@ -1,0 +1,131 @@
+"""`mercato bench ...`: benchmarks that print figures (never timed assertions)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Sequence
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mercato.core.commands import Command
+from mercato.core.engine import Engine
+from mercato.core.events import Trade
+from mercato.flow import generate_flow
+
+bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+
+
+def _percentile(sorted_values: Sequence[int], fraction: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * fraction))]
+
+
+def _fresh_engine(setup: list[Command]) -> Engine:
+    engine = Engine()
+    for seq, command in enumerate(setup, 1):
+        engine.apply(seq, 1_000, command)
+    return engine
+
+
+def engine_throughput(setup: list[Command], flow: list[Command]) -> tuple[float, Engine]:
+    """Commands per second through Engine.apply, no per-command timing overhead."""
+    engine = _fresh_engine(setup)
+    apply = engine.apply
+    first = len(setup) + 1
+    gc.collect()
+    started = time.perf_counter()
+    for seq, command in enumerate(flow, first):
+        apply(seq, 2_000 + seq // 1000, command)
+    elapsed = time.perf_counter() - started
+    return len(flow) / elapsed, engine
+
+
+def engine_latencies(setup: list[Command], flow: list[Command]) -> tuple[list[int], int]:
+    """Per-command apply latency in ns (sorted) and the number of trades."""
+    engine = _fresh_engine(setup)
+    apply = engine.apply
+    clock = time.perf_counter_ns
+    latencies = [0] * len(flow)
+    trades = 0
+    first = len(setup) + 1
+    gc.collect()
+    for i, command in enumerate(flow):
+        seq = first + i
+        started = clock()
+        result = apply(seq, 2_000 + seq // 1000, command)
+        latencies[i] = clock() - started
+        for event in result.events:
+            if type(event) is Trade:
+                trades += 1
+    latencies.sort()
+    return latencies, trades
+
+
+async def _durable_async(
+    data_dir: str, setup: list[Command], flow: list[Command], max_batch: int
+) -> float:
+    from mercato.journal import AsyncSequencer
+
+    sequencer = await AsyncSequencer.open(data_dir, max_batch=max_batch, snapshot_every=0)
+    try:
+        await sequencer.submit_many(setup)
+        started = time.perf_counter()
+        # Many clients at once: every command is in flight, results arrive per durable batch.
+        futures = [sequencer.submit_nowait(command) for command in flow]
+        await asyncio.gather(*futures)
+        elapsed = time.perf_counter() - started
+        batches = sequencer.batches
+    finally:
+        await sequencer.close()
+    return len(flow) / elapsed if batches else 0.0
+
+
+def durable_throughput(setup: list[Command], flow: list[Command], max_batch: int) -> float:
+    """Commands per second through the sequencer: journal write + fdatasync, then apply."""
+    with tempfile.TemporaryDirectory(prefix="mercato-bench-") as data_dir:
+        return asyncio.run(_durable_async(data_dir, setup, flow, max_batch))
+
+
+@bench_app.command("engine")
+def bench_engine(
+    commands: int = typer.Option(200_000, "--commands", help="Trading commands in the flow."),
+    seed: int = typer.Option(1, "--seed", help="Seed of the generated flow."),
+    users: int = typer.Option(8, "--users", help="Funded users trading."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Group-commit batch size."),
+    as_json: bool = typer.Option(False, "--json", help="Last line: one JSON object."),
+) -> None:
+    """Generated realistic flow through the engine, then through the durable sequencer."""
+    console = Console(stderr=as_json)
+    setup, flow = generate_flow(seed, commands, users)
+    console.print(f"flow: {len(flow):,} commands, seed {seed}, {users} users, 2 markets")
+    throughput, engine = engine_throughput(setup, flow)
+    engine.check_invariants()
+    latencies, trades = engine_latencies(setup, flow)
+    durable = durable_throughput(setup, flow, max_batch)
+    figures = {
+        "commands": len(flow),
+        "seed": seed,
+        "engine_commands_per_sec": round(throughput),
+        "engine_p50_us": round(_percentile(latencies, 0.50) / 1000, 2),
+        "engine_p99_us": round(_percentile(latencies, 0.99) / 1000, 2),
+        "engine_p999_us": round(_percentile(latencies, 0.999) / 1000, 2),
+        "engine_max_us": round(latencies[-1] / 1000, 2),
+        "durable_commands_per_sec": round(durable),
+        "durable_max_batch": max_batch,
+        "trades": trades,
+        "open_orders": len(engine.orders),
+        "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "state_hash": engine.state_hash(),
+    }
+    table = Table("figure", "value")
+    for key, value in figures.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    console.print(table)
+    if as_json:
+        print(json.dumps(figures))
