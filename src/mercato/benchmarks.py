@@ -14,10 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mercato.core import engine as engine_module
 from mercato.core.commands import Command
 from mercato.core.engine import Engine
 from mercato.core.events import Trade
 from mercato.flow import generate_flow
+
+FLOW_TS = 2_000  # one fixed timestamp (ms): the durable run must end in the same state
+
+
+def _flow_clock() -> int:
+    return FLOW_TS
+
 
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
 
@@ -41,7 +49,7 @@ def engine_throughput(setup: list[Command], flow: list[Command]) -> tuple[float,
     gc.collect()
     started = time.perf_counter()
     for seq, command in enumerate(flow, first):
-        apply(seq, 2_000 + seq // 1000, command)
+        apply(seq, FLOW_TS, command)
     elapsed = time.perf_counter() - started
     return len(flow) / elapsed, engine
 
@@ -58,13 +66,32 @@ def engine_latencies(setup: list[Command], flow: list[Command]) -> tuple[list[in
     for i, command in enumerate(flow):
         seq = first + i
         started = clock()
-        result = apply(seq, 2_000 + seq // 1000, command)
+        result = apply(seq, FLOW_TS, command)
         latencies[i] = clock() - started
         for event in result.events:
             if type(event) is Trade:
                 trades += 1
     latencies.sort()
     return latencies, trades
+
+
+def durable_sync(setup: list[Command], flow: list[Command], max_batch: int) -> tuple[float, str]:
+    """Commands/s through ``Sequencer.process`` fed ``max_batch`` commands at a time (as a
+    gateway hands over what arrived meanwhile): stamp, one write + one fdatasync per batch,
+    then apply. Also returns the resulting state hash."""
+    from mercato.journal import Sequencer
+
+    with (
+        tempfile.TemporaryDirectory(prefix="mercato-bench-") as data_dir,
+        Sequencer(data_dir, max_batch=max_batch, snapshot_every=0, clock=_flow_clock) as sequencer,
+    ):
+        sequencer.process(setup)
+        process = sequencer.process
+        started = time.perf_counter()
+        for start in range(0, len(flow), max_batch):
+            process(flow[start : start + max_batch])
+        elapsed = time.perf_counter() - started
+        return len(flow) / elapsed, sequencer.engine.state_hash()
 
 
 async def _durable_async(
@@ -76,18 +103,15 @@ async def _durable_async(
     try:
         await sequencer.submit_many(setup)
         started = time.perf_counter()
-        # Many clients at once: every command is in flight, results arrive per durable batch.
-        futures = [sequencer.submit_nowait(command) for command in flow]
-        await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - started
-        batches = sequencer.batches
+        # Every command in flight at once, as from many clients; each gets its own future.
+        await asyncio.gather(*[sequencer.submit_nowait(command) for command in flow])
+        return len(flow) / (time.perf_counter() - started)
     finally:
         await sequencer.close()
-    return len(flow) / elapsed if batches else 0.0
 
 
-def durable_throughput(setup: list[Command], flow: list[Command], max_batch: int) -> float:
-    """Commands per second through the sequencer: journal write + fdatasync, then apply."""
+def durable_async(setup: list[Command], flow: list[Command], max_batch: int) -> float:
+    """Commands/s through the asyncio front (one future per command, group commit)."""
     with tempfile.TemporaryDirectory(prefix="mercato-bench-") as data_dir:
         return asyncio.run(_durable_async(data_dir, setup, flow, max_batch))
 
@@ -103,20 +127,29 @@ def bench_engine(
     """Generated realistic flow through the engine, then through the durable sequencer."""
     console = Console(stderr=as_json)
     setup, flow = generate_flow(seed, commands, users)
-    console.print(f"flow: {len(flow):,} commands, seed {seed}, {users} users, 2 markets")
+    compiled = engine_module.__file__ is not None and not engine_module.__file__.endswith(".py")
+    console.print(
+        f"flow: {len(flow):,} commands, seed {seed}, {users} users, 2 markets; "
+        f"engine {'compiled (mypyc)' if compiled else 'pure Python'}"
+    )
     throughput, engine = engine_throughput(setup, flow)
     engine.check_invariants()
     latencies, trades = engine_latencies(setup, flow)
-    durable = durable_throughput(setup, flow, max_batch)
+    durable, durable_hash = durable_sync(setup, flow, max_batch)
+    if durable_hash != engine.state_hash():
+        raise RuntimeError("the durable run ended in a different state than the engine run")
+    durable_async_rate = durable_async(setup, flow, max_batch)
     figures = {
         "commands": len(flow),
         "seed": seed,
+        "compiled": compiled,
         "engine_commands_per_sec": round(throughput),
         "engine_p50_us": round(_percentile(latencies, 0.50) / 1000, 2),
         "engine_p99_us": round(_percentile(latencies, 0.99) / 1000, 2),
         "engine_p999_us": round(_percentile(latencies, 0.999) / 1000, 2),
         "engine_max_us": round(latencies[-1] / 1000, 2),
         "durable_commands_per_sec": round(durable),
+        "durable_async_commands_per_sec": round(durable_async_rate),
         "durable_max_batch": max_batch,
         "trades": trades,
         "open_orders": len(engine.orders),

@@ -22,7 +22,7 @@ from mercato.core.commands import (
     UpsertAsset,
     UpsertMarket,
 )
-from mercato.core.model import MarketSpec
+from mercato.core.model import MarketSpec, Side
 
 MARKETS = (
     # symbol, base, quote, tick, step, starting mid in ticks
@@ -67,7 +67,7 @@ def generate_flow(
             mids[m] += rng.choice((-1, 1)) * rng.randint(1, 5)
         roll = rng.random()
         user = rng.randint(1, users)
-        side = "BUY" if rng.random() < 0.5 else "SELL"
+        side: Side = "BUY" if rng.random() < 0.5 else "SELL"
         qty = rng.randint(5, 200)  # every order clears min notional
         if roll < 0.30 and resting:
             # Cancel a recent order most of the time, an old one sometimes.

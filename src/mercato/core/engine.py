@@ -31,7 +31,6 @@ from mercato.core.model import (
     RELEASE,
     RESERVE,
     STOP_TYPES,
-    TRADE,
     WITHDRAWAL,
     Asset,
     MarketRules,
@@ -121,6 +120,14 @@ class Engine:
         gtd = self.gtd
         if gtd and gtd[0][0] <= ts:
             self._expire_due(ts, events)
+        try:
+            # The two commands of almost every flow go straight to their handlers.
+            if type(command) is c.PlaceOrder:
+                return self._place(seq, ts, command, events)
+            if type(command) is c.CancelOrder:
+                return self._cancel(seq, ts, command, events)
+        except Rejection as rejection:
+            return Result(seq, "REJECTED", events, rejection.code, rejection.message)
         handler = self._handlers.get(type(command))
         if handler is None:
             return Result(
@@ -652,8 +659,11 @@ class Engine:
                     e.Trade(
                         trade_id,
                         market.spec.symbol,
+                        base,
+                        quote,
                         price,
                         fill,
+                        qty_atoms,
                         notional,
                         taker.side,
                         maker.order_id,
@@ -665,14 +675,10 @@ class Engine:
                         ts,
                     )
                 )
-                append(e.Transfer(quote, notional, LOCKED, bu, AVAILABLE, su, TRADE, trade_id))
-                append(e.Transfer(base, qty_atoms, LOCKED, su, AVAILABLE, bu, TRADE, trade_id))
                 if buyer_fee:
                     fees[base] = fees.get(base, 0) + buyer_fee
-                    append(e.Transfer(base, buyer_fee, AVAILABLE, bu, FEES, 0, FEE, trade_id))
                 if seller_fee:
                     fees[quote] = fees.get(quote, 0) + seller_fee
-                    append(e.Transfer(quote, seller_fee, AVAILABLE, su, FEES, 0, FEE, trade_id))
                 taker.filled += fill
                 maker.filled += fill
                 remaining -= fill

@@ -1,9 +1,11 @@
 """Events: what the engine says happened, in order, for consumers to project.
 
-Every balance change is a :class:`Transfer` from a debit account to a credit account
-(the account the amount leaves and the one it arrives in), so the ledger can be
-rebuilt from events alone. An order's status changes are :class:`OrderUpdated`
-events; its fills are the :class:`Trade` events that name it.
+Every balance change is a double-entry posting from a debit account to a credit account
+(the account the amount leaves and the one it arrives in): a :class:`Transfer` event, or
+one of the four legs a :class:`Trade` carries. ``mercato.core.ledger.postings`` lists
+them for any event, so the ledger can be rebuilt from events alone. An order's status
+changes are :class:`OrderUpdated` events; its fills are the :class:`Trade` events that
+name it.
 """
 
 from __future__ import annotations
@@ -112,12 +114,22 @@ class OrderAmended(_Event):
 
 
 class Trade(_Event):
-    """One fill, at the maker's price. Fees are in the asset each side received."""
+    """One fill, at the maker's price; also the fill's four ledger legs (double entry).
+
+    The buyer's locked ``quote`` pays ``quote_amount`` to the seller's available; the
+    seller's locked ``base`` delivers ``base_amount`` (``quantity`` lots) to the buyer's
+    available; each side then pays its fee, in the asset it received, from available to
+    the fee account (``maker_fee`` / ``taker_fee``, already rounded up to the atom).
+    :func:`mercato.core.ledger.postings` spells the legs out as :class:`Transfer` s.
+    """
 
     trade_id: int
     market: str
+    base: str
+    quote: str
     price: int
     quantity: int
+    base_amount: int
     quote_amount: int
     taker_side: Side
     maker_order_id: int

@@ -100,8 +100,8 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _make_header(schema_version: int = COMMAND_SCHEMA_VERSION) -> bytes:
-    body = _HEADER_BODY.pack(MAGIC, FORMAT_VERSION, schema_version)
+def _make_header() -> bytes:
+    body = _HEADER_BODY.pack(MAGIC, FORMAT_VERSION, COMMAND_SCHEMA_VERSION)
     return body + struct.pack("<I", zlib.crc32(body))
 
 

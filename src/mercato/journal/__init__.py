@@ -1,0 +1,49 @@
+"""Durability: append-only journal segments, snapshots and the group-commit sequencer.
+
+See docs/journal.md for the file formats and the recovery procedure.
+"""
+
+from mercato.journal.segments import (
+    DEFAULT_SEGMENT_BYTES,
+    JournalCorruptError,
+    JournalError,
+    JournalWriter,
+    list_segments,
+    read_records,
+    scan_segment,
+)
+from mercato.journal.sequencer import (
+    AsyncSequencer,
+    CommandEncodeError,
+    RecoveryError,
+    Sequencer,
+    SequencerClosedError,
+    journal_dir,
+    recover_engine,
+    replay_dir,
+    snapshot_dir,
+    wall_clock_ms,
+)
+from mercato.journal.snapshots import SnapshotError, SnapshotStore
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "AsyncSequencer",
+    "CommandEncodeError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalWriter",
+    "RecoveryError",
+    "Sequencer",
+    "SequencerClosedError",
+    "SnapshotError",
+    "SnapshotStore",
+    "journal_dir",
+    "list_segments",
+    "read_records",
+    "recover_engine",
+    "replay_dir",
+    "scan_segment",
+    "snapshot_dir",
+    "wall_clock_ms",
+]

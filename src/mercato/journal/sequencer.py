@@ -1,0 +1,614 @@
+"""The sequencer: stamps commands, makes them durable (group commit), applies them.
+
+Order of operations for a batch, which is what makes a result safe to act on:
+
+1. stamp every command with the next sequence number and the batch timestamp,
+2. encode and append the whole batch to the journal: one ``write``, one ``fdatasync``,
+3. only then apply the commands to the engine, in sequence order,
+4. release the results; every ``snapshot_every`` commands, snapshot the engine.
+
+A result is therefore never released before its command is durable, and recovery
+(newest valid snapshot, then the journal records after it) rebuilds exactly the state
+the results described. See docs/journal.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Final, get_args
+
+from mercato.core.codec import encode_record
+from mercato.core.commands import Command
+from mercato.core.engine import Engine
+from mercato.core.results import Result
+from mercato.journal.segments import (
+    DEFAULT_SEGMENT_BYTES,
+    JournalError,
+    JournalWriter,
+    list_segments,
+    read_records,
+    scan_segment,
+)
+from mercato.journal.snapshots import SnapshotStore
+
+__all__ = [
+    "AsyncSequencer",
+    "CommandEncodeError",
+    "RecoveryError",
+    "Sequencer",
+    "SequencerClosedError",
+    "journal_dir",
+    "recover_engine",
+    "replay_dir",
+    "snapshot_dir",
+    "wall_clock_ms",
+]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+JOURNAL_SUBDIR: Final = "journal"
+SNAPSHOT_SUBDIR: Final = "snapshots"
+LOCK_FILE: Final = "LOCK"
+_COMMAND_TYPES: Final = tuple(get_args(Command))
+
+
+class RecoveryError(JournalError):
+    """The data directory cannot be recovered into a consistent engine."""
+
+
+class CommandEncodeError(ValueError):
+    """A command cannot be encoded for the journal; it was not sequenced."""
+
+    def __init__(self, index: int, command: object, cause: BaseException) -> None:
+        super().__init__(f"command {index} cannot be encoded ({cause!r}): {command!r}")
+        self.index = index
+        self.command = command
+
+
+class SequencerClosedError(JournalError):
+    """The sequencer is closed, or stopped after a fatal error (restart to recover)."""
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch (the default clock)."""
+    return time.time_ns() // 1_000_000
+
+
+def journal_dir(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / JOURNAL_SUBDIR
+
+
+def snapshot_dir(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / SNAPSHOT_SUBDIR
+
+
+def _durable_last_seq(directory: Path) -> int:
+    """Last seq of the valid records of a journal directory (read-only)."""
+    segments = list_segments(directory)
+    for name_seq, path in reversed(segments):
+        scan = scan_segment(path)
+        if scan.count:
+            return scan.last_seq
+        if name_seq > 1:
+            return name_seq - 1
+    return 0
+
+
+def _restore_newest(store: SnapshotStore, journal_last_seq: int) -> tuple[Engine, int]:
+    """The engine of the newest usable snapshot and its seq, or a fresh engine and 0."""
+    for seq, data in store.iter_valid():
+        if seq > journal_last_seq:
+            raise RecoveryError(
+                f"snapshot at seq {seq} is ahead of the journal, whose last durable record "
+                f"is seq {journal_last_seq}: acknowledged journal records are missing "
+                f"(is {store.directory} paired with the right journal?)"
+            )
+        try:
+            engine = Engine.restore(data)
+        except Exception as exc:  # a CRC-valid snapshot the engine cannot read
+            log.warning("snapshot at seq %d cannot be restored, trying an older one: %r", seq, exc)
+            continue
+        if engine.last_seq != seq:
+            log.warning(
+                "snapshot at seq %d restores an engine at seq %d; trying an older one",
+                seq,
+                engine.last_seq,
+            )
+            continue
+        return engine, seq
+    return Engine(), 0
+
+
+def recover_engine(
+    data_dir: str | os.PathLike[str], *, use_snapshots: bool = True
+) -> tuple[Engine, int, int]:
+    """Rebuild the engine of ``data_dir`` without modifying anything on disk.
+
+    Returns (engine, snapshot seq used or 0, number of journal records replayed). With
+    ``use_snapshots`` the newest valid snapshot is restored and only the journal records
+    after it are replayed; otherwise the whole journal is replayed into a fresh engine.
+    A torn journal tail is ignored (its records were never acknowledged).
+    """
+    jdir = journal_dir(data_dir)
+    if use_snapshots:
+        store = SnapshotStore(snapshot_dir(data_dir), create=False)
+        engine, snap_seq = _restore_newest(store, _durable_last_seq(jdir))
+    else:
+        engine, snap_seq = Engine(), 0
+    replayed = 0
+    apply = engine.apply
+    for seq, ts, cmd in read_records(jdir, after_seq=snap_seq):
+        apply(seq, ts, cmd)
+        replayed += 1
+    return engine, snap_seq, replayed
+
+
+def replay_dir(data_dir: str | os.PathLike[str], use_snapshots: bool = False) -> Engine:
+    """The engine rebuilt from the journal alone (or newest snapshot + journal tail)."""
+    return recover_engine(data_dir, use_snapshots=use_snapshots)[0]
+
+
+def _encode_error(cmd: Command) -> Exception | None:
+    try:
+        encode_record(0, 0, cmd)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _check_commands(commands: Sequence[object]) -> None:
+    for cmd in commands:
+        if not isinstance(cmd, _COMMAND_TYPES):
+            raise TypeError(f"not a command: {cmd!r}")
+
+
+class Sequencer:
+    """Single-writer, synchronous group commit over a data directory.
+
+    The directory holds ``journal/`` (segments), ``snapshots/`` and a ``LOCK`` file that
+    keeps a second sequencer out. Constructing a sequencer recovers: torn journal tail
+    truncated, newest valid snapshot restored (else a fresh engine), journal records after
+    it replayed, so that ``engine.last_seq`` equals the journal's last seq.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        max_batch: int = 1024,
+        max_wait_us: int = 0,
+        snapshot_every: int = 100_000,
+        clock: Clock = wall_clock_ms,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = 3,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if max_wait_us < 0:
+            raise ValueError("max_wait_us must be >= 0")
+        if snapshot_every < 0:
+            raise ValueError("snapshot_every must be >= 0 (0 disables automatic snapshots)")
+        self.data_dir = Path(data_dir)
+        self.max_batch = max_batch
+        self.max_wait_us = max_wait_us
+        """Used by an :class:`AsyncSequencer` wrapping this one (``process`` never waits)."""
+        self.snapshot_every = snapshot_every
+        self.clock = clock
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._lock_fd = _lock(self.data_dir / LOCK_FILE)
+        try:
+            self.snapshots = SnapshotStore(snapshot_dir(self.data_dir), keep=keep_snapshots)
+            self.snapshots.remove_temporary()
+            self.writer = JournalWriter(journal_dir(self.data_dir), segment_bytes)
+            try:
+                self.engine, self.snapshot_seq = _restore_newest(
+                    self.snapshots, self.writer.last_seq
+                )
+                self.replayed = 0
+                apply = self.engine.apply
+                for seq, ts, cmd in read_records(self.writer.directory, self.snapshot_seq):
+                    apply(seq, ts, cmd)
+                    self.replayed += 1
+                if self.engine.last_seq != self.writer.last_seq:
+                    raise RecoveryError(
+                        f"recovered engine is at seq {self.engine.last_seq} but the journal "
+                        f"ends at seq {self.writer.last_seq}"
+                    )
+            except BaseException:
+                self.writer.close()
+                raise
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._next_seq = self.writer.last_seq + 1
+        self._last_ts = max(self.writer.last_ts, self.engine.last_ts)
+        self._since_snapshot = self.writer.last_seq - self.snapshot_seq
+        log.info(
+            "recovered %s: snapshot seq %d + %d journal records -> seq %d (%d torn bytes cut)",
+            self.data_dir,
+            self.snapshot_seq,
+            self.replayed,
+            self.writer.last_seq,
+            self.writer.truncated_bytes,
+        )
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the last durable and applied command."""
+        return self.engine.last_seq
+
+    @property
+    def last_ts(self) -> int:
+        return self._last_ts
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise SequencerClosedError(
+                "the sequencer stopped after a fatal error; reopen it to recover"
+            ) from self._failed
+        if self._closed:
+            raise SequencerClosedError("the sequencer is closed")
+
+    # -- the three phases of a batch (also driven by AsyncSequencer) ---------------------
+
+    def _stamp(self, commands: Sequence[Command]) -> tuple[int, int, list[bytes]]:
+        """Assign seqs and the batch timestamp; encode. Nothing is durable yet, and if a
+        command cannot be encoded (e.g. an integer beyond 64 bits) nothing changes."""
+        ts = self.clock()
+        if ts < self._last_ts:
+            ts = self._last_ts  # the clock went back: time never does
+        seq0 = self._next_seq
+        try:
+            payloads = [encode_record(seq0 + i, ts, cmd) for i, cmd in enumerate(commands)]
+        except Exception as exc:
+            bad = next(i for i, cmd in enumerate(commands) if _encode_error(cmd) is not None)
+            raise CommandEncodeError(bad, commands[bad], exc) from exc
+        self._next_seq = seq0 + len(payloads)
+        self._last_ts = ts
+        return seq0, ts, payloads
+
+    def _commit(self, payloads: Sequence[bytes]) -> None:
+        """One write + one fdatasync. May run in a worker thread."""
+        try:
+            self.writer.append_batch(payloads)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _apply(self, seq0: int, ts: int, commands: Sequence[Command]) -> list[Result]:
+        apply = self.engine.apply
+        try:
+            results = [apply(seq0 + i, ts, cmd) for i, cmd in enumerate(commands)]
+        except BaseException as exc:
+            # The batch is durable but the engine failed half way: its state no longer
+            # matches the journal. Stop; a restart replays the journal.
+            self._failed = exc
+            raise
+        self._since_snapshot += len(commands)
+        return results
+
+    def _snapshot_due(self) -> bool:
+        return self.snapshot_every > 0 and self._since_snapshot >= self.snapshot_every
+
+    def _take_snapshot(self) -> tuple[int, bytes]:
+        """Serialize the engine now (consistent: no batch is being applied)."""
+        self._since_snapshot = 0
+        return self.engine.last_seq, self.engine.snapshot()
+
+    def _store_snapshot(self, seq: int, data: bytes) -> None:
+        self.snapshots.write(seq, data)
+        self.snapshot_seq = max(self.snapshot_seq, seq)
+
+    # -- public ---------------------------------------------------------------------------
+
+    def process(self, commands: Sequence[Command]) -> list[Result]:
+        """Sequence, make durable and apply ``commands``; return their results in order.
+
+        Commands are committed in batches of at most ``max_batch``: each batch is one
+        ``write`` and one ``fdatasync``, and is applied only after that returned.
+        """
+        self._check_usable()
+        _check_commands(commands)
+        # Encode everything first: a command that cannot be encoded fails the call
+        # before anything is sequenced.
+        seq0, ts, payloads = self._stamp(commands)
+        results: list[Result] = []
+        step = self.max_batch
+        for start in range(0, len(commands), step):
+            chunk = commands[start : start + step]
+            self._commit(payloads[start : start + step])
+            results.extend(self._apply(seq0 + start, ts, chunk))
+            if self._snapshot_due():
+                try:
+                    self._store_snapshot(*self._take_snapshot())
+                except Exception:
+                    log.exception("automatic snapshot failed; will retry later")
+        return results
+
+    def snapshot_now(self) -> int:
+        """Write a snapshot of the current state; return its seq."""
+        self._check_usable()
+        seq, data = self._take_snapshot()
+        self._store_snapshot(seq, data)
+        return seq
+
+    def close(self) -> None:
+        """Close the journal and release the directory lock (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.writer.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Sequencer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"{path.parent} is already open by another sequencer") from None
+    return fd
+
+
+_Pending = tuple[Command, "asyncio.Future[Result]"]
+
+
+class AsyncSequencer:
+    """An asyncio front for a :class:`Sequencer`: ``await submit(cmd)`` gives the result.
+
+    A background task drains the queue in batches of up to ``max_batch`` commands (after
+    the first command of a batch arrives it waits at most ``max_wait_us`` for more, and
+    not at all once the batch is full), makes the batch durable in a worker thread, so
+    that the next batch queues up meanwhile, then applies it and resolves the futures.
+    A result is never released before its batch is durable.
+    """
+
+    def __init__(self, sequencer: Sequencer, *, max_wait_us: int | None = None) -> None:
+        if max_wait_us is None:
+            max_wait_us = sequencer.max_wait_us
+        if max_wait_us < 0:
+            raise ValueError("max_wait_us must be >= 0")
+        self.sequencer = sequencer
+        self.max_wait = max_wait_us / 1_000_000
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self.batches = 0
+        """Number of batches committed (each one write + one fdatasync)."""
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        max_batch: int = 1024,
+        max_wait_us: int = 0,
+        snapshot_every: int = 100_000,
+        clock: Clock = wall_clock_ms,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        keep_snapshots: int = 3,
+    ) -> AsyncSequencer:
+        """Recover ``data_dir`` in a worker thread and return a started sequencer."""
+        sequencer = await asyncio.to_thread(
+            Sequencer,
+            data_dir,
+            max_batch=max_batch,
+            max_wait_us=max_wait_us,
+            snapshot_every=snapshot_every,
+            clock=clock,
+            segment_bytes=segment_bytes,
+            keep_snapshots=keep_snapshots,
+        )
+        front = cls(sequencer)
+        front._start()
+        return front
+
+    @property
+    def engine(self) -> Engine:
+        return self.sequencer.engine
+
+    @property
+    def last_seq(self) -> int:
+        return self.sequencer.last_seq
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mercato-journal"
+            )
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="mercato-sequencer"
+            )
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise SequencerClosedError(
+                "the sequencer stopped after a fatal error; reopen it to recover"
+            ) from self._error
+        if self._closing:
+            raise SequencerClosedError("the sequencer is closing")
+
+    def submit_nowait(self, cmd: Command) -> asyncio.Future[Result]:
+        """Queue ``cmd``; the future resolves to its result once it is durable."""
+        self._check_open()
+        if not isinstance(cmd, _COMMAND_TYPES):
+            raise TypeError(f"not a command: {cmd!r}")
+        self._start()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        pending = self._pending
+        pending.append((cmd, fut))
+        self._wakeup.set()
+        if len(pending) >= self.sequencer.max_batch:
+            self._full.set()
+        return fut
+
+    async def submit(self, cmd: Command) -> Result:
+        """Sequence ``cmd`` and return its result, once its batch is durable and applied.
+
+        Cancelling the call before the command is taken into a batch withdraws it;
+        afterwards the command is committed anyway."""
+        return await self.submit_nowait(cmd)
+
+    async def submit_many(self, commands: Sequence[Command]) -> list[Result]:
+        futures = [self.submit_nowait(cmd) for cmd in commands]
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        sequencer = self.sequencer
+        pending = self._pending
+        max_batch = sequencer.max_batch
+        loop = asyncio.get_running_loop()
+        while True:
+            if not pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_wait > 0 and len(pending) < max_batch and not self._closing:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.max_wait)
+            commands: list[Command] = []
+            futures: list[asyncio.Future[Result]] = []
+            while pending and len(commands) < max_batch:
+                cmd, fut = pending.popleft()
+                if not fut.cancelled():
+                    commands.append(cmd)
+                    futures.append(fut)
+            if not commands:
+                continue
+            try:
+                seq0, ts, payloads = sequencer._stamp(commands)
+            except CommandEncodeError:
+                # Fail only the commands that cannot be encoded; sequence the others.
+                kept: list[tuple[Command, asyncio.Future[Result]]] = []
+                for cmd, fut in zip(commands, futures, strict=True):
+                    error = _encode_error(cmd)
+                    if error is None:
+                        kept.append((cmd, fut))
+                    elif not fut.done():
+                        fut.set_exception(CommandEncodeError(0, cmd, error))
+                commands = [cmd for cmd, _ in kept]
+                futures = [fut for _, fut in kept]
+                if not commands:
+                    continue
+                seq0, ts, payloads = sequencer._stamp(commands)
+            try:
+                await loop.run_in_executor(self._executor, sequencer._commit, payloads)
+                results = sequencer._apply(seq0, ts, commands)
+            except BaseException as exc:
+                self._fail(exc, futures)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            self.batches += 1
+            for fut, result in zip(futures, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+            if sequencer._snapshot_due() and self._snapshot_task is None:
+                self._start_snapshot()
+
+    def _fail(self, exc: BaseException, futures: list[asyncio.Future[Result]]) -> None:
+        """A fatal error: the batch's outcome is unknown; fail it and everything queued."""
+        log.error("sequencer stopped: %r", exc)
+        self._error = exc
+        error = SequencerClosedError("the sequencer stopped after a fatal error")
+        error.__cause__ = exc
+        for fut in futures:
+            if not fut.done():
+                fut.set_exception(error)
+        while self._pending:
+            _, fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+
+    def _start_snapshot(self) -> None:
+        seq, data = self.sequencer._take_snapshot()
+        self._snapshot_task = asyncio.get_running_loop().create_task(
+            self._write_snapshot(seq, data)
+        )
+
+    async def _write_snapshot(self, seq: int, data: bytes) -> None:
+        try:
+            await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
+        except Exception:
+            log.exception("automatic snapshot at seq %d failed; will retry later", seq)
+        finally:
+            self._snapshot_task = None
+
+    async def snapshot_now(self) -> int:
+        """Snapshot the state as of now (commands applied so far); return its seq."""
+        self._check_open()
+        if self._snapshot_task is not None:
+            await self._snapshot_task
+        seq, data = self.sequencer._take_snapshot()
+        await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
+        return seq
+
+    async def close(self, *, snapshot: bool = False) -> None:
+        """Stop accepting commands, commit and apply everything queued, optionally take a
+        final snapshot, then close the journal (idempotent)."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wakeup.set()
+        self._full.set()
+        try:
+            if self._task is not None:
+                await self._task
+            if self._snapshot_task is not None:
+                await self._snapshot_task
+            if snapshot and self._error is None:
+                seq, data = self.sequencer._take_snapshot()
+                await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self.sequencer.close()
+
+    async def __aenter__(self) -> AsyncSequencer:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
