@@ -213,28 +213,62 @@ class BookSide:
 
 
 class MarketState:
-    """Everything the engine keeps per market."""
+    """Everything the engine keeps per market.
+
+    The market's rules are also copied into plain attributes by :meth:`configure`: the
+    matching path reads them on every order, and native attributes are much cheaper to
+    read than fields of the msgspec structs ``spec`` and ``rules``.
+    """
 
     __slots__ = (
+        "allowed_stp",
         "asks",
+        "base",
         "bids",
+        "default_stp",
         "last_price",
+        "lot_atoms",
+        "maker_fee",
+        "max_lots",
+        "min_lots",
+        "min_notional",
+        "notional_unit",
+        "protection_bps",
+        "quote",
         "rules",
         "spec",
         "status",
         "stops_above",
         "stops_below",
+        "symbol",
+        "taker_fee",
     )
 
     def __init__(self, spec: MarketSpec, rules: MarketRules) -> None:
-        self.spec = spec
-        self.rules = rules
-        self.status: MarketStatus = spec.status
         self.bids = BookSide(is_bid=True)
         self.asks = BookSide(is_bid=False)
         self.last_price = 0
         # Untriggered stops: heaps of (stop_price, order_id) that fire when the last trade
         # price rises to the stop (above) and of (-stop_price, order_id) that fire when it
-        # falls to it (below). Cancelled stops are dropped lazily.
+        # falls to it (below).
         self.stops_above: list[tuple[int, int]] = []
         self.stops_below: list[tuple[int, int]] = []
+        self.configure(spec, rules)
+
+    def configure(self, spec: MarketSpec, rules: MarketRules) -> None:
+        self.spec = spec
+        self.rules = rules
+        self.status: MarketStatus = spec.status
+        self.symbol = spec.symbol
+        self.base = spec.base
+        self.quote = spec.quote
+        self.default_stp: StpMode = spec.default_stp
+        self.allowed_stp: tuple[StpMode, ...] = spec.allowed_stp
+        self.protection_bps = spec.protection_bps
+        self.lot_atoms = rules.lot_atoms
+        self.notional_unit = rules.notional_unit
+        self.min_lots = rules.min_lots
+        self.max_lots = rules.max_lots
+        self.min_notional = rules.min_notional
+        self.maker_fee = rules.maker_fee
+        self.taker_fee = rules.taker_fee

@@ -163,11 +163,9 @@ class Engine:
     def _require_can_trade(self, market: MarketState, user: int) -> None:
         status = self._trading_status(market)
         if status == "HALTED":
-            raise Rejection("MARKET_HALTED", f"market {market.spec.symbol} is halted")
+            raise Rejection("MARKET_HALTED", f"market {market.symbol} is halted")
         if status == "CANCEL_ONLY":
-            raise Rejection(
-                "MARKET_CANCEL_ONLY", f"market {market.spec.symbol} accepts only cancels"
-            )
+            raise Rejection("MARKET_CANCEL_ONLY", f"market {market.symbol} accepts only cancels")
         if user in self.frozen:
             raise Rejection("USER_FROZEN", f"user {user} is frozen")
 
@@ -176,8 +174,7 @@ class Engine:
         tier = self.user_tiers.get(user)
         if tier:
             return self.fee_tiers[tier]
-        rules = market.rules
-        return rules.maker_fee, rules.taker_fee
+        return market.maker_fee, market.taker_fee
 
     def _order_for(self, user: int, order_id: int, client_order_id: str) -> Order:
         if order_id:
@@ -193,12 +190,12 @@ class Engine:
         return order
 
     def _reserve_asset(self, market: MarketState, side: str) -> str:
-        return market.spec.quote if side == "BUY" else market.spec.base
+        return market.quote if side == "BUY" else market.base
 
     def _required_reserve(self, market: MarketState, order: Order, lots: int) -> int:
         if order.side == "BUY":
-            return order.price * lots * market.rules.notional_unit
-        return lots * market.rules.lot_atoms
+            return order.price * lots * market.notional_unit
+        return lots * market.lot_atoms
 
     def _release(
         self, market: MarketState, order: Order, amount: int, events: list[e.Event]
@@ -206,7 +203,7 @@ class Engine:
         """Move ``amount`` of the order's reservation back to available."""
         if amount <= 0:
             return
-        asset = market.spec.quote if order.side == "BUY" else market.spec.base
+        asset = market.quote if order.side == "BUY" else market.base
         account = self._account(order.user, asset)
         account[0] += amount
         account[1] -= amount
@@ -268,14 +265,14 @@ class Engine:
             self._require_can_trade(market, user)
         order = self._validated_order(market, ts, cmd)
         if order.side == "BUY":
-            asset = market.spec.quote
+            asset = market.quote
             if order.type in LIMIT_PRICED_TYPES:
-                reserve = order.price * order.quantity * market.rules.notional_unit
+                reserve = order.price * order.quantity * market.notional_unit
             else:
                 reserve = self._market_buy_reserve(market, order)
         else:
-            asset = market.spec.base
-            reserve = order.quantity * market.rules.lot_atoms
+            asset = market.base
+            reserve = order.quantity * market.lot_atoms
         account = self._account(user, asset)
         available = account[0]
         if reserve > available or (available == 0 and order.type == "MARKET"):
@@ -326,7 +323,6 @@ class Engine:
 
     def _validated_order(self, market: MarketState, ts: int, cmd: c.PlaceOrder) -> Order:
         """Check every field of a new order; return it, not yet placed anywhere."""
-        rules = market.rules
         otype = cmd.type
         qty = cmd.quantity
         price = cmd.price
@@ -344,20 +340,20 @@ class Engine:
                 )
         else:
             self._validate_order_features(market, ts, cmd)
-        if not cmd.quote_quantity and not rules.min_lots <= qty <= rules.max_lots:
+        if not cmd.quote_quantity and not market.min_lots <= qty <= market.max_lots:
             raise Rejection(
                 "INVALID_QUANTITY",
-                f"quantity must be within {rules.min_lots}..{rules.max_lots} lots, got {qty}",
+                f"quantity must be within {market.min_lots}..{market.max_lots} lots, got {qty}",
             )
-        if price and price * qty * rules.notional_unit < rules.min_notional:
+        if price and price * qty * market.notional_unit < market.min_notional:
             raise Rejection(
-                "NOTIONAL_TOO_SMALL", f"order value is below min notional {rules.min_notional}"
+                "NOTIONAL_TOO_SMALL", f"order value is below min notional {market.min_notional}"
             )
         stp = cmd.stp
         if stp is None:
-            stp = market.spec.default_stp
-        elif stp not in market.spec.allowed_stp:
-            raise Rejection("STP_MODE_NOT_ALLOWED", f"{stp} is not allowed on {market.spec.symbol}")
+            stp = market.default_stp
+        elif stp not in market.allowed_stp:
+            raise Rejection("STP_MODE_NOT_ALLOWED", f"{stp} is not allowed on {market.symbol}")
         cid = cmd.client_order_id
         if cid:
             if len(cid) > 64:
@@ -416,10 +412,10 @@ class Engine:
                 raise Rejection(
                     "INVALID_ORDER", "quote_quantity is only for market buys, instead of quantity"
                 )
-            if cmd.quote_quantity < market.rules.min_notional:
+            if cmd.quote_quantity < market.min_notional:
                 raise Rejection(
                     "NOTIONAL_TOO_SMALL",
-                    f"quote_quantity is below min notional {market.rules.min_notional}",
+                    f"quote_quantity is below min notional {market.min_notional}",
                 )
             if tif == "FOK":
                 raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
@@ -462,7 +458,7 @@ class Engine:
 
     def _protection_limit(self, market: MarketState, side: str, reference: int) -> int:
         """The worst price a market order may trade at, from ``reference`` (ticks)."""
-        bps = market.spec.protection_bps
+        bps = market.protection_bps
         if side == "BUY":
             return reference * (10_000 + bps) // 10_000
         return -(-reference * (10_000 - bps) // 10_000)
@@ -473,14 +469,14 @@ class Engine:
         at the band above its stop price, as the book at trigger time is unknown)."""
         if order.quote_quantity:
             return order.quote_quantity
-        unit = market.rules.notional_unit
+        unit = market.notional_unit
         if order.type != "MARKET":
             return self._protection_limit(market, "BUY", order.stop_price) * order.quantity * unit
         best = market.asks.best()
         if not best:
             return 0  # nothing to buy: the order expires unfilled
         worst = self._protection_limit(market, "BUY", best) * order.quantity * unit
-        return min(worst, self._account(order.user, market.spec.quote)[0])
+        return min(worst, self._account(order.user, market.quote)[0])
 
     # ------------------------------------------------------------------ matching
 
@@ -501,15 +497,20 @@ class Engine:
             return
         before = market.last_price
         stopped = self._match(market, order, ts, events)
+        if order.quote_quantity:
+            order.quantity = order.filled  # the placeholder quantity never leaves matching
         remaining = order.quantity - order.filled
         if rests and remaining and not stopped:
             self._rest(market, order, remaining, events)
         elif stopped == "STP":
             self._finish_removed(market, order, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events)
         elif order.quote_quantity:
-            # Spent down to less than one lot: FILLED; stopped by the book or the band: EXPIRED.
-            order.quantity = order.filled
-            if stopped == "FUNDS_EXHAUSTED" and order.filled:
+            # Spent down to less than one more lot: FILLED; stopped by the book or the band
+            # with money left for more: EXPIRED.
+            spent = stopped == "FUNDS_EXHAUSTED" or (
+                order.reserved < market.last_price * market.notional_unit
+            )
+            if order.filled and spent:
                 self._finish_removed(market, order, "FILLED", "", events)
             else:
                 self._finish_removed(
@@ -548,9 +549,11 @@ class Engine:
             )
 
     def _can_fill_fully(self, market: MarketState, order: Order) -> bool:
-        """FOK dry run: walk the book as matching would, changing nothing."""
+        """FOK dry run: walk the book as matching would, changing nothing. A market buy
+        must also afford every lot from its reservation."""
         need = order.quantity - order.filled
         buy = order.side == "BUY"
+        budget = order.reserved if buy and order.type in MARKET_TYPES else -1
         side = market.asks if buy else market.bids
         for price in side.prices_best_first():
             if (price > order.price) if buy else (price < order.price):
@@ -562,8 +565,13 @@ class Engine:
                     if order.stp == "EXPIRE_MAKER":
                         continue
                     return False
-                need -= maker.quantity - maker.filled
-                if need <= 0:
+                take = min(need, maker.quantity - maker.filled)
+                if budget >= 0:
+                    budget -= take * price * market.notional_unit
+                    if budget < 0:
+                        return False
+                need -= take
+                if need == 0:
                     return True
         return False
 
@@ -581,21 +589,29 @@ class Engine:
         if not keys or ((-keys[-1] > limit) if buy else (keys[-1] < limit)):
             return ""  # nothing crosses: the common case for a new limit order
         levels = side.levels
-        rules = market.rules
-        unit = rules.notional_unit
-        lot = rules.lot_atoms
-        base = market.spec.base
-        quote = market.spec.quote
+        unit = market.notional_unit
+        lot = market.lot_atoms
+        base = market.base
+        quote = market.quote
         user = taker.user
         stp = taker.stp
         capped = buy and taker.type in MARKET_TYPES
         taker_rate = self._fee_rates(user, market)[1]
-        market_maker_rate = rules.maker_fee
+        market_maker_rate = market.maker_fee
         user_tiers = self.user_tiers
         fee_tiers = self.fee_tiers
         balances = self.balances
         account = self._account
         fees = self.fees
+        symbol = market.symbol
+        taker_side = taker.side
+        taker_id = taker.order_id
+        # The taker pays in one asset and receives the other; its two accounts are the
+        # same for every fill (its paying account holds the reservation, so it exists).
+        pay_asset, get_asset = (quote, base) if buy else (base, quote)
+        taker_pays = balances[user][pay_asset]
+        taker_gets = account(user, get_asset)
+        taker_fees = 0
         append = events.append
         remaining = taker.quantity - taker.filled
         last = 0
@@ -613,8 +629,15 @@ class Engine:
                     queue.popleft()
                     continue
                 if maker.user == user and stp != "NONE":
+                    overlap = remaining
+                    if capped:  # a market buy overlaps only as far as its money reaches
+                        affordable = taker.reserved // (price * unit)
+                        if affordable == 0:
+                            stopped = "FUNDS_EXHAUSTED"
+                            break
+                        overlap = min(overlap, affordable)
                     outcome = self._prevent_self_trade(
-                        market, side, level, taker, maker, remaining, events
+                        market, side, level, taker, maker, overlap, events
                     )
                     remaining = taker.quantity - taker.filled
                     if outcome:
@@ -637,48 +660,43 @@ class Engine:
                 tier = user_tiers.get(maker.user)
                 maker_rate = fee_tiers[tier][0] if tier else market_maker_rate
                 if buy:
-                    buyer, seller = taker, maker
-                    buyer_fee = -(-qty_atoms * taker_rate // FEE_RATE_DENOMINATOR)
-                    seller_fee = -(-notional * maker_rate // FEE_RATE_DENOMINATOR)
-                    taker_fee, maker_fee = buyer_fee, seller_fee
+                    taker_paid, taker_got = notional, qty_atoms
                 else:
-                    buyer, seller = maker, taker
-                    buyer_fee = -(-qty_atoms * maker_rate // FEE_RATE_DENOMINATOR)
-                    seller_fee = -(-notional * taker_rate // FEE_RATE_DENOMINATOR)
-                    taker_fee, maker_fee = seller_fee, buyer_fee
-                bu = buyer.user
-                su = seller.user
-                buyer.reserved -= notional
-                seller.reserved -= qty_atoms
-                # Both paying accounts exist: they hold the reservations being spent.
-                balances[bu][quote][1] -= notional
-                balances[su][base][1] -= qty_atoms
-                account(bu, base)[0] += qty_atoms - buyer_fee
-                account(su, quote)[0] += notional - seller_fee
+                    taker_paid, taker_got = qty_atoms, notional
+                # Fees are charged on what each side receives, rounded up to the atom.
+                taker_fee = -(-taker_got * taker_rate // FEE_RATE_DENOMINATOR)
+                maker_fee = -(-taker_paid * maker_rate // FEE_RATE_DENOMINATOR)
+                taker.reserved -= taker_paid
+                maker.reserved -= taker_got
+                taker_pays[1] -= taker_paid
+                taker_gets[0] += taker_got - taker_fee
+                maker_user = maker.user
+                # The maker's paying account exists: it holds the reservation being spent.
+                balances[maker_user][get_asset][1] -= taker_got
+                account(maker_user, pay_asset)[0] += taker_paid - maker_fee
+                taker_fees += taker_fee
+                if maker_fee:
+                    fees[pay_asset] = fees.get(pay_asset, 0) + maker_fee
                 append(
                     e.Trade(
                         trade_id,
-                        market.spec.symbol,
+                        symbol,
                         base,
                         quote,
                         price,
                         fill,
                         qty_atoms,
                         notional,
-                        taker.side,
+                        taker_side,
                         maker.order_id,
-                        taker.order_id,
-                        maker.user,
+                        taker_id,
+                        maker_user,
                         user,
                         maker_fee,
                         taker_fee,
                         ts,
                     )
                 )
-                if buyer_fee:
-                    fees[base] = fees.get(base, 0) + buyer_fee
-                if seller_fee:
-                    fees[quote] = fees.get(quote, 0) + seller_fee
                 taker.filled += fill
                 maker.filled += fill
                 remaining -= fill
@@ -717,6 +735,8 @@ class Engine:
                 side.drop_level(price)
             if stopped:
                 break
+        if taker_fees:
+            fees[get_asset] = fees.get(get_asset, 0) + taker_fees
         if last:
             market.last_price = last
         return stopped
@@ -739,7 +759,15 @@ class Engine:
             maker.display -= cut
             level.qty -= cut
             self._release(market, maker, self._required_reserve(market, maker, cut), events)
-            taker.quantity -= cut
+            if taker.quote_quantity:
+                # A buy by quote amount has no lot quantity to cut: its amount shrinks by
+                # what the cut lots cost, and it expires once it cannot buy another lot.
+                lot_cost = maker.price * market.notional_unit
+                self._release(market, taker, cut * lot_cost, events)
+                expired = taker.reserved < lot_cost
+            else:
+                taker.quantity -= cut
+                expired = taker.quantity == taker.filled
             if maker.quantity == maker.filled:
                 level.orders.popleft()
                 maker.in_book = False
@@ -753,7 +781,7 @@ class Engine:
                 level.qty += maker.display
                 maker.queued = side.next_queued()
                 level.orders.append(maker)
-            return taker.quantity == taker.filled
+            return expired
         if mode in ("EXPIRE_MAKER", "EXPIRE_BOTH"):
             level.orders.popleft()
             maker.in_book = False
@@ -867,22 +895,21 @@ class Engine:
         self._require_can_trade(market, cmd.user)
         if not order.in_book:
             raise Rejection("ORDER_NOT_AMENDABLE", "only resting limit orders can be amended")
-        rules = market.rules
         price = cmd.price or order.price
         quantity = cmd.quantity or order.quantity
         if price == order.price and quantity == order.quantity:
             raise Rejection("INVALID_AMEND", "the amendment changes nothing")
         if not 0 < price <= MAX_PRICE_TICKS:
             raise Rejection("INVALID_PRICE", f"price must be 1..{MAX_PRICE_TICKS} ticks")
-        if quantity <= order.filled or not rules.min_lots <= quantity <= rules.max_lots:
+        if quantity <= order.filled or not market.min_lots <= quantity <= market.max_lots:
             raise Rejection(
                 "INVALID_QUANTITY",
                 f"quantity must exceed the filled {order.filled} lots and lie within "
-                f"{rules.min_lots}..{rules.max_lots}",
+                f"{market.min_lots}..{market.max_lots}",
             )
-        if price * quantity * rules.notional_unit < rules.min_notional:
+        if price * quantity * market.notional_unit < market.min_notional:
             raise Rejection(
-                "NOTIONAL_TOO_SMALL", f"order value is below min notional {rules.min_notional}"
+                "NOTIONAL_TOO_SMALL", f"order value is below min notional {market.min_notional}"
             )
         remaining = quantity - order.filled
         side = self._side(market, order.side)
@@ -907,9 +934,9 @@ class Engine:
                 "ORDER_WOULD_TAKE", "the amended LIMIT_MAKER order would trade immediately"
             )
         needed = (
-            price * remaining * rules.notional_unit
+            price * remaining * market.notional_unit
             if order.side == "BUY"
-            else remaining * rules.lot_atoms
+            else remaining * market.lot_atoms
         )
         asset = self._reserve_asset(market, order.side)
         account = self._account(order.user, asset)
@@ -1075,9 +1102,7 @@ class Engine:
                     "MARKET_HAS_ORDERS",
                     "base, quote, tick_size and step_size can change only with no open orders",
                 )
-            existing.spec = spec
-            existing.rules = rules
-            existing.status = spec.status
+            existing.configure(spec, rules)
         events.append(e.MarketUpserted(spec))
         return Result(seq, "ACCEPTED", events)
 

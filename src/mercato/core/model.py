@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from mercato.core.money import (
+    EXACT,
     MoneyError,
     atoms_per_unit,
     parse_decimal,
@@ -125,11 +126,12 @@ class MarketRules(msgspec.Struct, frozen=True, gc=False):
         if tick <= 0 or step <= 0:
             raise MoneyError("INVALID_MARKET", "tick_size and step_size must be positive")
         lot_atoms = to_units(spec.step_size, atoms_per_unit(base.decimals), "step_size")
-        unit = tick * step / atoms_per_unit(quote.decimals)
-        if unit != unit.to_integral_value():
+        unit = EXACT.multiply(EXACT.multiply(tick, step), EXACT.scaleb(Decimal(1), quote.decimals))
+        if unit != unit.to_integral_value(context=EXACT):
             raise MoneyError(
                 "INVALID_MARKET",
-                f"tick_size x step_size = {(tick * step).normalize():f} {spec.quote} is finer "
+                f"tick_size x step_size = {EXACT.multiply(tick, step).normalize(EXACT):f} "
+                f"{spec.quote} is finer "
                 f"than one {spec.quote} atom; raise tick_size or step_size, or the ledger "
                 f"decimals of {spec.quote}",
             )

@@ -9,12 +9,17 @@ round: a value that is not an exact multiple of its unit is rejected with a
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 
 FEE_RATE_DENOMINATOR = 1_000_000
 """Fee rates are integers in parts per million: 1000 means 0.1 %."""
 
 MAX_DECIMAL_CHARS = 64
+
+# Decimal's default context rounds at 28 digits. Every computation here runs in this
+# one instead: inputs have at most 64 digits, so 200 digits never round, and any
+# inexact result would raise rather than round silently.
+EXACT = Context(prec=200, traps=[InvalidOperation, Inexact, DivisionByZero, Overflow])
 
 
 class MoneyError(ValueError):
@@ -49,7 +54,7 @@ def to_units(text: str, unit: Decimal, what: str, *, allow_zero: bool = False) -
     value = parse_decimal(text, what)
     if value < 0 or (value == 0 and not allow_zero):
         raise MoneyError("NON_POSITIVE", f"{what} must be greater than zero, got {text}")
-    units, remainder = divmod(value, unit)
+    units, remainder = EXACT.divmod(value, unit)
     if remainder != 0:
         raise MoneyError(
             "PRECISION",
@@ -60,7 +65,7 @@ def to_units(text: str, unit: Decimal, what: str, *, allow_zero: bool = False) -
 
 def atoms_per_unit(decimals: int) -> Decimal:
     """The size of one ledger atom of an asset with ``decimals`` decimals."""
-    return Decimal(1).scaleb(-decimals)
+    return EXACT.scaleb(Decimal(1), -decimals)
 
 
 def parse_amount(text: str, decimals: int, what: str = "amount") -> int:
@@ -70,8 +75,7 @@ def parse_amount(text: str, decimals: int, what: str = "amount") -> int:
 
 def format_units(units: int, unit: Decimal) -> str:
     """The exact decimal string of ``units * unit`` without exponent or trailing zeros."""
-    text = f"{(Decimal(units) * unit).normalize():f}"
-    return text
+    return f"{EXACT.multiply(Decimal(units), unit).normalize(EXACT):f}"
 
 
 def format_amount(atoms: int, decimals: int) -> str:
@@ -81,7 +85,7 @@ def format_amount(atoms: int, decimals: int) -> str:
 
 def parse_fee_rate(text: str, what: str = "fee rate") -> int:
     """A fee rate such as ``"0.001"`` as parts per million (``1000``); zero allowed."""
-    rate = to_units(text, Decimal(1) / FEE_RATE_DENOMINATOR, what, allow_zero=True)
+    rate = to_units(text, EXACT.scaleb(Decimal(1), -6), what, allow_zero=True)
     if rate >= FEE_RATE_DENOMINATOR:
         raise MoneyError("FEE_RATE_TOO_HIGH", f"{what} must be below 1, got {text}")
     return rate
