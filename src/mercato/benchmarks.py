@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import resource
 import tempfile
@@ -19,6 +18,7 @@ from mercato.core.commands import Command
 from mercato.core.engine import Engine
 from mercato.core.events import Trade
 from mercato.flow import generate_flow
+from mercato.runtime import tune_gc
 
 FLOW_TS = 2_000  # one fixed timestamp (ms): the durable run must end in the same state
 
@@ -46,7 +46,7 @@ def engine_throughput(setup: list[Command], flow: list[Command]) -> tuple[float,
     engine = _fresh_engine(setup)
     apply = engine.apply
     first = len(setup) + 1
-    gc.collect()
+    tune_gc()
     started = time.perf_counter()
     for seq, command in enumerate(flow, first):
         apply(seq, FLOW_TS, command)
@@ -62,7 +62,7 @@ def engine_latencies(setup: list[Command], flow: list[Command]) -> tuple[list[in
     latencies = [0] * len(flow)
     trades = 0
     first = len(setup) + 1
-    gc.collect()
+    tune_gc()
     for i, command in enumerate(flow):
         seq = first + i
         started = clock()
@@ -86,6 +86,7 @@ def durable_sync(setup: list[Command], flow: list[Command], max_batch: int) -> t
         Sequencer(data_dir, max_batch=max_batch, snapshot_every=0, clock=_flow_clock) as sequencer,
     ):
         sequencer.process(setup)
+        tune_gc()
         process = sequencer.process
         started = time.perf_counter()
         for start in range(0, len(flow), max_batch):
@@ -102,6 +103,7 @@ async def _durable_async(
     sequencer = await AsyncSequencer.open(data_dir, max_batch=max_batch, snapshot_every=0)
     try:
         await sequencer.submit_many(setup)
+        tune_gc()
         started = time.perf_counter()
         # Every command in flight at once, as from many clients; each gets its own future.
         await asyncio.gather(*[sequencer.submit_nowait(command) for command in flow])
@@ -124,7 +126,10 @@ def bench_engine(
     max_batch: int = typer.Option(1024, "--max-batch", help="Group-commit batch size."),
     as_json: bool = typer.Option(False, "--json", help="Last line: one JSON object."),
 ) -> None:
-    """Generated realistic flow through the engine, then through the durable sequencer."""
+    """Generated realistic flow through the engine, then through the durable sequencer.
+
+    The process runs with the engine's GC settings (``mercato.runtime.tune_gc``), as an
+    exchange process does."""
     console = Console(stderr=as_json)
     setup, flow = generate_flow(seed, commands, users)
     compiled = engine_module.__file__ is not None and not engine_module.__file__.endswith(".py")
