@@ -18,6 +18,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -208,6 +209,7 @@ class Sequencer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._failed: BaseException | None = None
         self._closed = False
+        self._journal_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd = _lock(self.data_dir / LOCK_FILE)
         try:
             self.snapshots = SnapshotStore(snapshot_dir(self.data_dir), keep=keep_snapshots)
@@ -327,18 +329,39 @@ class Sequencer:
         # Encode everything first: a command that cannot be encoded fails the call
         # before anything is sequenced.
         seq0, ts, payloads = self._stamp(commands)
-        results: list[Result] = []
         step = self.max_batch
-        for start in range(0, len(commands), step):
-            chunk = commands[start : start + step]
-            self._commit(payloads[start : start + step])
-            results.extend(self._apply(seq0 + start, ts, chunk))
-            if self._snapshot_due():
-                try:
-                    self._store_snapshot(*self._take_snapshot())
-                except Exception:
-                    log.exception("automatic snapshot failed; will retry later")
+        starts = range(0, len(commands), step)
+        if len(starts) == 1:
+            self._commit(payloads)
+            results = self._apply(seq0, ts, commands)
+            self._snapshot_if_due()
+            return results
+        # Several batches: commit the next one on the journal thread (fdatasync releases
+        # the GIL) while this one, already durable, is applied.
+        results = []
+        journal = self._journal_thread()
+        commit = journal.submit(self._commit, payloads[:step])
+        for start in starts:
+            commit.result()  # this batch, and all before it, are durable
+            if start + step < len(commands):
+                commit = journal.submit(self._commit, payloads[start + step : start + 2 * step])
+            results.extend(self._apply(seq0 + start, ts, commands[start : start + step]))
+            self._snapshot_if_due()
         return results
+
+    def _journal_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._journal_executor is None:
+            self._journal_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="mercato-journal"
+            )
+        return self._journal_executor
+
+    def _snapshot_if_due(self) -> None:
+        if self._snapshot_due():
+            try:
+                self._store_snapshot(*self._take_snapshot())
+            except Exception:
+                log.exception("automatic snapshot failed; will retry later")
 
     def snapshot_now(self) -> int:
         """Write a snapshot of the current state; return its seq."""
@@ -352,6 +375,8 @@ class Sequencer:
         if self._closed:
             return
         self._closed = True
+        if self._journal_executor is not None:
+            self._journal_executor.shutdown(wait=True)
         self.writer.close()
         os.close(self._lock_fd)
 
@@ -378,6 +403,17 @@ def _lock(path: Path) -> int:
 
 
 _Pending = tuple[Command, "asyncio.Future[Result]"]
+
+
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """A stamped batch whose commit has been handed to the journal thread."""
+
+    seq0: int
+    ts: int
+    commands: list[Command]
+    futures: list[asyncio.Future[Result]]
+    commit: asyncio.Future[None]
 
 
 class AsyncSequencer:
@@ -487,60 +523,88 @@ class AsyncSequencer:
         return list(await asyncio.gather(*futures))
 
     async def _run(self) -> None:
-        sequencer = self.sequencer
+        """Pipeline: while one batch's write + fdatasync runs on the journal thread (which
+        releases the GIL), the previous batch, already durable, is applied and its
+        results released. Commits run one at a time, in order, on that single thread, so
+        a batch is applied only after its own commit, and every batch before it, is
+        durable."""
         pending = self._pending
-        max_batch = sequencer.max_batch
         loop = asyncio.get_running_loop()
+        in_flight: _Batch | None = None
         while True:
-            if not pending:
+            if not pending and in_flight is None:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.max_wait > 0 and len(pending) < max_batch and not self._closing:
+            wait_for_more = self.max_wait > 0 and len(pending) < self.sequencer.max_batch
+            if in_flight is None and wait_for_more and not self._closing:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_wait)
-            commands: list[Command] = []
-            futures: list[asyncio.Future[Result]] = []
-            while pending and len(commands) < max_batch:
-                cmd, fut = pending.popleft()
-                if not fut.cancelled():
-                    commands.append(cmd)
-                    futures.append(fut)
-            if not commands:
-                continue
-            try:
-                seq0, ts, payloads = sequencer._stamp(commands)
-            except CommandEncodeError:
-                # Fail only the commands that cannot be encoded; sequence the others.
-                kept: list[tuple[Command, asyncio.Future[Result]]] = []
-                for cmd, fut in zip(commands, futures, strict=True):
-                    error = _encode_error(cmd)
-                    if error is None:
-                        kept.append((cmd, fut))
-                    elif not fut.done():
-                        fut.set_exception(CommandEncodeError(0, cmd, error))
-                commands = [cmd for cmd, _ in kept]
-                futures = [fut for _, fut in kept]
-                if not commands:
-                    continue
-                seq0, ts, payloads = sequencer._stamp(commands)
-            try:
-                await loop.run_in_executor(self._executor, sequencer._commit, payloads)
-                results = sequencer._apply(seq0, ts, commands)
-            except BaseException as exc:
-                self._fail(exc, futures)
-                if not isinstance(exc, Exception):
-                    raise
+            following = self._begin_batch(loop) if pending else None
+            if in_flight is not None and not await self._finish_batch(in_flight, following):
                 return
-            self.batches += 1
-            for fut, result in zip(futures, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
-            if sequencer._snapshot_due() and self._snapshot_task is None:
-                self._start_snapshot()
+            in_flight = following
+
+    def _begin_batch(self, loop: asyncio.AbstractEventLoop) -> _Batch | None:
+        """Take up to ``max_batch`` queued commands, stamp them, start their commit."""
+        sequencer = self.sequencer
+        pending = self._pending
+        commands: list[Command] = []
+        futures: list[asyncio.Future[Result]] = []
+        while pending and len(commands) < sequencer.max_batch:
+            cmd, fut = pending.popleft()
+            if not fut.cancelled():
+                commands.append(cmd)
+                futures.append(fut)
+        if not commands:
+            return None
+        try:
+            seq0, ts, payloads = sequencer._stamp(commands)
+        except CommandEncodeError:
+            # Fail only the commands that cannot be encoded; sequence the others.
+            kept: list[tuple[Command, asyncio.Future[Result]]] = []
+            for cmd, fut in zip(commands, futures, strict=True):
+                error = _encode_error(cmd)
+                if error is None:
+                    kept.append((cmd, fut))
+                elif not fut.done():
+                    fut.set_exception(CommandEncodeError(0, cmd, error))
+            commands = [cmd for cmd, _ in kept]
+            futures = [fut for _, fut in kept]
+            if not commands:
+                return None
+            seq0, ts, payloads = sequencer._stamp(commands)
+        commit = loop.run_in_executor(self._executor, sequencer._commit, payloads)
+        return _Batch(seq0, ts, commands, futures, commit)
+
+    async def _finish_batch(self, batch: _Batch, following: _Batch | None) -> bool:
+        """Wait for ``batch`` to be durable, apply it, release its results. False after a
+        fatal error (``batch``, ``following`` and everything queued are failed)."""
+        sequencer = self.sequencer
+        try:
+            await batch.commit
+            results = sequencer._apply(batch.seq0, batch.ts, batch.commands)
+        except BaseException as exc:
+            futures = batch.futures
+            if following is not None:
+                # Its commit was queued behind this batch; it is never acknowledged.
+                futures = futures + following.futures
+                with contextlib.suppress(BaseException):
+                    await following.commit
+            self._fail(exc, futures)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        self.batches += 1
+        for fut, result in zip(batch.futures, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
+        if sequencer._snapshot_due() and self._snapshot_task is None:
+            self._start_snapshot()
+        return True
 
     def _fail(self, exc: BaseException, futures: list[asyncio.Future[Result]]) -> None:
         """A fatal error: the batch's outcome is unknown; fail it and everything queued."""
