@@ -167,10 +167,10 @@ class BookSide:
         self.queued += 1
         return self.queued
 
-    def add(self, order: Order, *, queued: int = 0) -> None:
-        """Queue ``order`` at the back of its price level (``queued`` only when restoring)."""
+    def add(self, order: Order) -> None:
+        """Queue ``order`` at the back of its price level."""
         self.queued += 1
-        order.queued = queued or self.queued
+        order.queued = self.queued
         price = order.price
         level = self.levels.get(price)
         if level is None:

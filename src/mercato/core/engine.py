@@ -204,7 +204,7 @@ class Engine:
         if amount <= 0:
             return
         asset = market.quote if order.side == "BUY" else market.base
-        account = self._account(order.user, asset)
+        account = self.balances[order.user][asset]  # exists: it holds the reservation
         account[0] += amount
         account[1] -= amount
         order.reserved -= amount
@@ -264,18 +264,20 @@ class Engine:
         if market.status != "TRADING" or self.kill_switch != "OFF" or user in self.frozen:
             self._require_can_trade(market, user)
         order = self._validated_order(market, ts, cmd)
-        if order.side == "BUY":
-            asset = market.quote
-            if order.type in LIMIT_PRICED_TYPES:
-                reserve = order.price * order.quantity * market.notional_unit
-            else:
-                reserve = self._market_buy_reserve(market, order)
-        else:
+        buy = order.side == "BUY"
+        if not buy:
             asset = market.base
             reserve = order.quantity * market.lot_atoms
-        account = self._account(user, asset)
-        available = account[0]
-        if reserve > available or (available == 0 and order.type == "MARKET"):
+        elif order.type in LIMIT_PRICED_TYPES:
+            asset = market.quote
+            reserve = order.price * order.quantity * market.notional_unit
+        else:
+            asset = market.quote
+            reserve = self._market_buy_reserve(market, order)
+        accounts = self.balances.get(user)
+        account = accounts.get(asset) if accounts else None
+        available = account[0] if account else 0
+        if account is None or reserve > available or (available == 0 and order.type == "MARKET"):
             raise Rejection(
                 "INSUFFICIENT_BALANCE",
                 f"order needs {reserve} {asset} atoms, {available} available",
@@ -317,6 +319,15 @@ class Engine:
             )
         if order.status == "UNTRIGGERED":
             self._add_stop(market, order)
+        elif order.type == "LIMIT" and order.time_in_force in ("GTC", "GTD"):
+            # The common case, a limit order that does not cross: straight into the book.
+            keys = (market.asks if buy else market.bids).keys
+            if not keys or ((-keys[-1] > order.price) if buy else (keys[-1] < order.price)):
+                iceberg = order.iceberg_quantity
+                order.display = iceberg if iceberg else order.quantity
+                (market.bids if buy else market.asks).add(order)
+            else:
+                self._execute(market, order, ts, events)
         else:
             self._execute(market, order, ts, events)
         return Result(seq, "ACCEPTED", events, "", "", order_id)
@@ -856,15 +867,18 @@ class Engine:
     def _cancel(self, seq: int, ts: int, cmd: c.CancelOrder, events: list[e.Event]) -> Result:
         order = self._order_for(cmd.user, cmd.order_id, cmd.client_order_id)
         market = self.markets[order.market]
-        if self._trading_status(market) == "HALTED":
+        if market.status == "HALTED" or self.kill_switch == "HALT":
             raise Rejection("MARKET_HALTED", f"market {order.market} is halted")
         self._cancel_order(market, order, "USER_CANCELED", events)
-        return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+        return Result(seq, "ACCEPTED", events, "", "", order.order_id)
 
     def _cancel_order(
         self, market: MarketState, order: Order, reason: str, events: list[e.Event]
     ) -> None:
-        self._unplace(market, order)
+        if order.in_book:
+            (market.bids if order.side == "BUY" else market.asks).remove(order)
+        elif order.status == "UNTRIGGERED":
+            self._remove_stop(market, order)
         self._finish_removed(market, order, "CANCELED", reason, events)
 
     def _cancel_all(self, seq: int, ts: int, cmd: c.CancelAll, events: list[e.Event]) -> Result:

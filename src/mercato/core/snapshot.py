@@ -94,7 +94,9 @@ def restore_engine(engine: Engine, state: dict[str, Any]) -> Engine:
             for _price, ids in levels:
                 for oid in ids:
                     order = orders[oid]
-                    side.add(order, queued=order.queued)
+                    queued = order.queued
+                    side.add(order)
+                    order.queued = queued  # keep the original queue positions
             side.queued = counter
         engine.markets[spec.symbol] = market
     for order in orders.values():
