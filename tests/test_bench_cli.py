@@ -19,7 +19,18 @@ REQUIRED = (
 
 def test_bench_engine_prints_figures_as_json_last_line() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "mercato.cli", "bench", "engine", "--commands", "3000", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "mercato.cli",
+            "bench",
+            "engine",
+            "--commands",
+            "3000",
+            "--repeat",
+            "1",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

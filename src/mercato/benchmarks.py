@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -124,6 +125,7 @@ def bench_engine(
     seed: int = typer.Option(1, "--seed", help="Seed of the generated flow."),
     users: int = typer.Option(8, "--users", help="Funded users trading."),
     max_batch: int = typer.Option(1024, "--max-batch", help="Group-commit batch size."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Runs of each measurement."),
     as_json: bool = typer.Option(False, "--json", help="Last line: one JSON object."),
 ) -> None:
     """Generated realistic flow through the engine, then through the durable sequencer.
@@ -137,16 +139,27 @@ def bench_engine(
         f"flow: {len(flow):,} commands, seed {seed}, {users} users, 2 markets; "
         f"engine {'compiled (mypyc)' if compiled else 'pure Python'}"
     )
-    throughput, engine = engine_throughput(setup, flow)
+    # Throughputs are the median of ``repeat`` runs; latency percentiles pool every run.
+    runs = [engine_throughput(setup, flow) for _ in range(repeat)]
+    throughput = statistics.median(rate for rate, _ in runs)
+    engine = runs[-1][1]
     engine.check_invariants()
-    latencies, trades = engine_latencies(setup, flow)
-    durable, durable_hash = durable_sync(setup, flow, max_batch)
-    if durable_hash != engine.state_hash():
+    latencies: list[int] = []
+    for _ in range(repeat):
+        run_latencies, trades = engine_latencies(setup, flow)
+        latencies.extend(run_latencies)
+    latencies.sort()
+    durable_runs = [durable_sync(setup, flow, max_batch) for _ in range(repeat)]
+    if any(state != engine.state_hash() for _, state in durable_runs):
         raise RuntimeError("the durable run ended in a different state than the engine run")
-    durable_async_rate = durable_async(setup, flow, max_batch)
+    durable = statistics.median(rate for rate, _ in durable_runs)
+    durable_async_rate = statistics.median(
+        durable_async(setup, flow, max_batch) for _ in range(repeat)
+    )
     figures = {
         "commands": len(flow),
         "seed": seed,
+        "repeat": repeat,
         "compiled": compiled,
         "engine_commands_per_sec": round(throughput),
         "engine_p50_us": round(_percentile(latencies, 0.50) / 1000, 2),
