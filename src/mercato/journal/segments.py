@@ -133,6 +133,25 @@ def peek_seq_ts(payload: bytes | memoryview) -> tuple[int, int]:
     return seq, ts
 
 
+@dataclass(frozen=True, slots=True)
+class FramedBatch:
+    """Consecutive journal records, framed into the bytes one ``write`` appends."""
+
+    first: int
+    last: int
+    last_ts: int
+    frames: bytes
+
+    @staticmethod
+    def of(payloads: Sequence[bytes]) -> FramedBatch:
+        """Frame ``encode_record`` payloads with consecutive seqs (checked)."""
+        first = peek_seq_ts(payloads[0])[0]
+        last, last_ts = peek_seq_ts(payloads[-1])
+        if last != first + len(payloads) - 1:
+            raise JournalError(f"batch seqs {first}..{last} are not {len(payloads)} in a row")
+        return FramedBatch(first, last, last_ts, encode_frames(payloads))
+
+
 def encode_frames(payloads: Sequence[bytes]) -> bytes:
     """Frame ``payloads`` (length + CRC32 + payload each) into one buffer."""
     pack = _FRAME.pack
@@ -429,18 +448,17 @@ class JournalWriter:
         When this returns, every record of the batch survives a crash. If it raises, the
         writer refuses further appends: reopen the journal to recover a known state.
         """
-        n = len(payloads)
-        if n == 0:
-            return
+        if payloads:
+            self.append_framed(FramedBatch.of(payloads))
+
+    def append_framed(self, batch: FramedBatch) -> None:
+        """:meth:`append_batch` for a batch framed beforehand (framing is CPU work that
+        needs the GIL; this part is two system calls, which release it)."""
         if self._failed is not None:
             raise JournalError("an earlier append failed; reopen the journal") from self._failed
-        first = peek_seq_ts(payloads[0])[0]
-        last, last_ts = peek_seq_ts(payloads[-1])
-        if first != self.last_seq + 1 or last != first + n - 1:
-            raise JournalError(
-                f"batch seqs {first}..{last} ({n} records) do not follow last seq {self.last_seq}"
-            )
-        buf = encode_frames(payloads)
+        first, last, buf = batch.first, batch.last, batch.frames
+        if first != self.last_seq + 1:
+            raise JournalError(f"batch seqs {first}..{last} do not follow last seq {self.last_seq}")
         try:
             if self._fd < 0 or self._force_rotate or self._size >= self.segment_bytes:
                 self._create_segment(first)
@@ -451,6 +469,7 @@ class JournalWriter:
             # have dropped the dirty pages): never acknowledge anything from here on.
             self._failed = exc
             raise
+        last_ts = batch.last_ts
         self._size += len(buf)
         self.last_seq = last
         self.last_ts = last_ts

@@ -34,6 +34,7 @@ from mercato.core.engine import Engine
 from mercato.core.results import Result
 from mercato.journal.segments import (
     DEFAULT_SEGMENT_BYTES,
+    FramedBatch,
     JournalError,
     JournalWriter,
     list_segments,
@@ -284,10 +285,10 @@ class Sequencer:
         self._last_ts = ts
         return seq0, ts, payloads
 
-    def _commit(self, payloads: Sequence[bytes]) -> None:
-        """One write + one fdatasync. May run in a worker thread."""
+    def _commit(self, batch: FramedBatch) -> None:
+        """One write + one fdatasync. Runs on the journal thread: frame on the caller's."""
         try:
-            self.writer.append_batch(payloads)
+            self.writer.append_framed(batch)
         except BaseException as exc:
             self._failed = exc
             raise
@@ -332,7 +333,7 @@ class Sequencer:
         step = self.max_batch
         starts = range(0, len(commands), step)
         if len(starts) == 1:
-            self._commit(payloads)
+            self._commit(FramedBatch.of(payloads))
             results = self._apply(seq0, ts, commands)
             self._snapshot_if_due()
             return results
@@ -340,11 +341,13 @@ class Sequencer:
         # the GIL) while this one, already durable, is applied.
         results = []
         journal = self._journal_thread()
-        commit = journal.submit(self._commit, payloads[:step])
+        commit = journal.submit(self._commit, FramedBatch.of(payloads[:step]))
         for start in starts:
+            following = payloads[start + step : start + 2 * step]
+            framed = FramedBatch.of(following) if following else None
             commit.result()  # this batch, and all before it, are durable
-            if start + step < len(commands):
-                commit = journal.submit(self._commit, payloads[start + step : start + 2 * step])
+            if framed is not None:
+                commit = journal.submit(self._commit, framed)
             results.extend(self._apply(seq0 + start, ts, commands[start : start + step]))
             self._snapshot_if_due()
         return results
@@ -577,7 +580,8 @@ class AsyncSequencer:
             if not commands:
                 return None
             seq0, ts, payloads = sequencer._stamp(commands)
-        commit = loop.run_in_executor(self._executor, sequencer._commit, payloads)
+        framed = FramedBatch.of(payloads)
+        commit = loop.run_in_executor(self._executor, sequencer._commit, framed)
         return _Batch(seq0, ts, commands, futures, commit)
 
     async def _finish_batch(self, batch: _Batch, following: _Batch | None) -> bool:
