@@ -179,7 +179,8 @@ def bench_engine(
     }
     table = Table("figure", "value")
     for key, value in figures.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        table.add_row(key, str(shown))
     console.print(table)
     if as_json:
         print(json.dumps(figures))
