@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -133,6 +134,62 @@ def audit(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default 8000).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="All state lives here (default ./mercato-data).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+) -> None:
+    """Run the whole exchange in one process: engine, journal, SQL store, HTTP server.
+
+    SIGTERM or SIGINT stops intake, commits and applies what is queued, writes a final
+    snapshot and exits 0.
+    """
+    import logging
+    import signal
+
+    import uvicorn
+
+    from mercato.api.app import create_app
+    from mercato.config import ConfigError, load_config
+    from mercato.service import ExchangeService
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_config(
+            config, host=host, port=port, data_dir=str(data_dir) if data_dir else None
+        )
+    except ConfigError as error:
+        raise _fail(Console(stderr=True), str(error)) from None
+    service = ExchangeService(settings)
+
+    def stop_server() -> None:
+        server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service, on_boot_failure=stop_server),
+            host=settings.server.host,
+            port=settings.server.port,
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+        )
+    )
+    # uvicorn restores the handlers it found and re-raises the stop signal after its
+    # graceful shutdown; with these no-op handlers in place, a graceful stop exits 0.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda signum, frame: None)
+    server.run()
+    if service.failure is not None:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""The HTTP application: health endpoints now; trading and accounts come next."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from mercato.api.errors import error_response, install_error_handlers
+from mercato.service import ExchangeService
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    service: ExchangeService, on_boot_failure: Callable[[], None] | None = None
+) -> FastAPI:
+    """``on_boot_failure`` is called if the service cannot start (the server then exits)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Boot in the background so that /health/live answers during a long recovery.
+        boot = asyncio.create_task(_boot(service, on_boot_failure), name="mercato-boot")
+        try:
+            yield
+        finally:
+            if not boot.done():
+                boot.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await boot
+            await service.stop()
+
+    app = FastAPI(title="Mercato", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/health/live", tags=["health"])
+    async def live() -> dict[str, str]:
+        """The process is up and serving HTTP."""
+        return {"status": "live"}
+
+    @app.get("/health/ready", tags=["health"], responses={503: {"description": "Not ready"}})
+    async def ready() -> JSONResponse:
+        """Ready once migrations ran, the engine recovered and the markets exist."""
+        if not service.ready or service.sequencer is None:
+            return error_response(503, "NOT_READY", "recovering; try again shortly")
+        return JSONResponse({"status": "ready", "last_seq": service.sequencer.last_seq})
+
+    return app
+
+
+async def _boot(service: ExchangeService, on_failure: Callable[[], None] | None) -> None:
+    try:
+        await service.start()
+    except Exception as error:
+        service.failure = error
+        log.error("cannot start: %s", error)
+        if on_failure is not None:
+            on_failure()

@@ -1,0 +1,236 @@
+"""Configuration: the default TOML, an operator's TOML, environment variables, CLI flags.
+
+Precedence, lowest first: the packaged `default_config.toml`, the file given with
+`--config` (each top-level section it has replaces the default section), environment
+variables, command-line flags. Unknown keys are errors, so a typo never passes
+silently. Secrets (JWT signing key, master encryption key) come from the environment or
+are generated once into the data directory with mode 0600; they never appear in a
+repr or a log line. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from mercato.core.model import MarketSpec, StpMode
+
+SECRET_BYTES = 32
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says where and what to fix."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./mercato-data"
+
+
+class DatabaseConfig(_Section):
+    url: str = ""  # empty: SQLite in the data directory
+
+
+class RedisConfig(_Section):
+    url: str = ""  # empty: rate limits and sessions in-process
+
+
+class SmtpConfig(_Section):
+    host: str = ""  # empty: mails go to the log and the outbox table only
+    port: int = 587
+    username: str = ""
+    password: str = ""
+    sender: str = "Mercato <no-reply@localhost>"
+    starttls: bool = True
+
+
+class EngineConfig(_Section):
+    max_batch: int = 1024
+    snapshot_every: int = 100_000
+
+
+class AssetConfig(_Section):
+    symbol: str
+    decimals: int
+
+
+class MarketConfig(_Section):
+    symbol: str
+    base: str
+    quote: str
+    tick_size: str
+    step_size: str
+    min_qty: str
+    max_qty: str
+    min_notional: str
+    maker_fee: str = "0.001"
+    taker_fee: str = "0.001"
+    protection_bps: int = 500
+    default_stp: StpMode = "EXPIRE_MAKER"
+
+    def spec(self) -> MarketSpec:
+        return MarketSpec(
+            self.symbol, self.base, self.quote, self.tick_size, self.step_size, self.min_qty,
+            self.max_qty, self.min_notional, self.maker_fee, self.taker_fee,
+            self.protection_bps, "TRADING", self.default_stp,
+        )  # fmt: skip
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    assets: list[AssetConfig] = msgspec.field(default_factory=list)
+    markets: list[MarketConfig] = msgspec.field(default_factory=list)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+    @property
+    def engine_dir(self) -> Path:
+        """Journal and snapshots of the sequencer."""
+        return self.data_dir / "engine"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'mercato.db').resolve()}"
+
+
+# Environment variable -> (section, key, type).
+ENVIRONMENT: dict[str, tuple[str, str, type]] = {
+    "MERCATO_HOST": ("server", "host", str),
+    "MERCATO_PORT": ("server", "port", int),
+    "MERCATO_DATA_DIR": ("server", "data_dir", str),
+    "DATABASE_URL": ("database", "url", str),
+    "REDIS_URL": ("redis", "url", str),
+    "SMTP_HOST": ("smtp", "host", str),
+    "SMTP_PORT": ("smtp", "port", int),
+    "SMTP_USERNAME": ("smtp", "username", str),
+    "SMTP_PASSWORD": ("smtp", "password", str),
+    "SMTP_SENDER": ("smtp", "sender", str),
+    "SMTP_STARTTLS": ("smtp", "starttls", bool),
+}
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{origin}: not valid TOML: {error}") from error
+
+
+def _from_env(name: str, value: str, kind: type) -> object:
+    if kind is bool:
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value.lower() in ("1", "true", "yes")
+    if kind is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    return value
+
+
+def load_config(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: object,
+) -> Config:
+    """The effective configuration. ``overrides`` are ``server`` keys from the command
+    line (``host``, ``port``, ``data_dir``); ``None`` values are ignored."""
+    env = os.environ if env is None else env
+    default_text = resources.files("mercato").joinpath("default_config.toml").read_text()
+    raw = _read_toml(default_text, "default_config.toml")
+    origin = "default configuration"
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+        raw.update(_read_toml(text, origin))  # a section given replaces the default one
+    for name, (section, key, kind) in ENVIRONMENT.items():
+        if name in env:
+            raw.setdefault(section, {})[key] = _from_env(name, env[name], kind)
+    for key, value in overrides.items():
+        if value is not None:
+            raw.setdefault("server", {})[key] = value
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{origin}: {error}") from error
+    if not 0 < config.server.port < 65536:
+        raise ConfigError(f"{origin}: server.port must be 1..65535")
+    return config
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Process secrets. The repr never shows them."""
+
+    jwt_key: bytes = field(repr=False)
+    master_key: bytes = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secrets(<redacted>)"
+
+
+SECRET_SOURCES = (("jwt_key", "MERCATO_JWT_SECRET"), ("master_key", "MERCATO_MASTER_KEY"))
+
+
+def _secret_from_env(name: str, value: str) -> bytes:
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be {SECRET_BYTES} bytes as hex") from None
+    if len(key) != SECRET_BYTES:
+        raise ConfigError(f"{name} must be {SECRET_BYTES} bytes as hex ({SECRET_BYTES * 2} digits)")
+    return key
+
+
+def _secret_file(path: Path) -> bytes:
+    """Read the secret at ``path``, creating it (mode 0600, never overwritten) if absent."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: chmod 600 it") from None
+        return _secret_from_env(str(path), path.read_text().strip())
+    key = secrets.token_bytes(SECRET_BYTES)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key.hex() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return key
+
+
+def load_secrets(config: Config, env: Mapping[str, str] | None = None) -> Secrets:
+    """Secrets from the environment, else from ``DATA_DIR/secrets/`` (generated once)."""
+    env = os.environ if env is None else env
+    values: dict[str, bytes] = {}
+    for name, variable in SECRET_SOURCES:
+        if variable in env:
+            values[name] = _secret_from_env(variable, env[variable])
+        else:
+            values[name] = _secret_file(config.data_dir / "secrets" / f"{name}.hex")
+    return Secrets(**values)

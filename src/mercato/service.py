@@ -1,0 +1,122 @@
+"""The running exchange: boots the store and the sequencer, owns them, stops them.
+
+Boot order: data directory -> secrets -> SQL migrations -> sequencer recovery (snapshot +
+journal tail) -> assets and markets of the configuration that the engine does not know
+yet -> GTD tick loop -> ready. `/health/ready` answers 200 only after all of it.
+Stopping: refuse new work, stop the tick loop, commit and apply what is queued, write a
+final snapshot, close the journal and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mercato.config import Config, Secrets, load_secrets
+from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
+from mercato.core.results import Result
+from mercato.journal import AsyncSequencer
+from mercato.runtime import tune_gc
+from mercato.store import create_engine, migrate
+
+log = logging.getLogger(__name__)
+
+TICK_CHECK_SECONDS = 0.1
+
+
+class BootError(RuntimeError):
+    """The service cannot start; the message says why."""
+
+
+class ExchangeService:
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self._env = env
+        self.secrets: Secrets | None = None
+        self.sequencer: AsyncSequencer | None = None
+        self.database: AsyncEngine | None = None
+        self.ready = False
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = load_secrets(config, self._env)
+        revision = await migrate(config.database_url)
+        self.database = create_engine(config.database_url)
+        self.sequencer = await AsyncSequencer.open(
+            config.engine_dir,
+            max_batch=config.engine.max_batch,
+            snapshot_every=config.engine.snapshot_every,
+        )
+        tune_gc()
+        await self._bootstrap()
+        self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
+        self.ready = True
+        log.info(
+            "ready: data dir %s, database at revision %s, engine at seq %d",
+            config.data_dir,
+            revision,
+            self.sequencer.last_seq,
+        )
+
+    async def submit(self, command: Command) -> Result:
+        if self.sequencer is None or not self.ready or self.stopping:
+            raise BootError("the exchange is not ready")
+        return await self.sequencer.submit(command)
+
+    async def _bootstrap(self) -> None:
+        """Create the configured assets and markets the engine does not have yet."""
+        assert self.sequencer is not None
+        engine = self.sequencer.engine
+        wanted: list[tuple[str, Command]] = [
+            (f"asset {asset.symbol}", UpsertAsset(asset.symbol, asset.decimals))
+            for asset in self.config.assets
+            if asset.symbol not in engine.assets
+        ]
+        wanted += [
+            (f"market {market.symbol}", UpsertMarket(market.spec()))
+            for market in self.config.markets
+            if market.symbol not in engine.markets
+        ]
+        if not wanted:
+            return
+        results = await self.sequencer.submit_many([command for _, command in wanted])
+        rejected = [
+            f"{label}: {result.message}"
+            for (label, _), result in zip(wanted, results, strict=True)
+            if result.status == "REJECTED"
+        ]
+        if rejected:
+            raise BootError("configuration rejected by the engine: " + "; ".join(rejected))
+        log.info("created %d assets and markets from the configuration", len(wanted))
+
+    async def _tick_loop(self) -> None:
+        """Submit a Tick when a GTD order is due, so expiry does not wait for traffic."""
+        assert self.sequencer is not None
+        engine = self.sequencer.engine
+        while not self.stopping:
+            await asyncio.sleep(TICK_CHECK_SECONDS)
+            due = engine.gtd and engine.gtd[0][0] <= int(time.time() * 1000)
+            if due and not self.stopping:
+                await self.sequencer.submit(Tick())
+
+    async def stop(self) -> None:
+        self.stopping = True
+        self.ready = False
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        if self.sequencer is not None:
+            await self.sequencer.close(snapshot=True)
+            log.info("journal flushed and snapshot written at seq %d", self.sequencer.last_seq)
+        if self.database is not None:
+            await self.database.dispose()

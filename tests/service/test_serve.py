@@ -1,0 +1,147 @@
+"""`mercato serve` as an operator runs it: a real process, real HTTP, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mercato.journal import recover_engine
+
+BOOT_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mercato.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(data_dir), *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def wait_ready(self) -> dict[str, object]:
+        deadline = time.monotonic() + BOOT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.output()}")
+            try:
+                answer = httpx.get(f"{self.url}/health/ready", timeout=1)
+                if answer.status_code == 200:
+                    return dict(answer.json())
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {BOOT_SECONDS} s:\n{self.output()}")
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+    def output(self) -> str:
+        if self.process.poll() is None:
+            self.process.kill()
+        out, _ = self.process.communicate(timeout=10)
+        return out
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MERCATO_", "SMTP_"))}
+    clean.pop("DATABASE_URL", None)
+    clean.pop("REDIS_URL", None)
+    return clean
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+
+def test_serve_boots_answers_stops_cleanly_and_restarts_with_its_state(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    data = tmp_path / "data"
+    server = Server(data, env)
+    servers.append(server)
+    ready = server.wait_ready()
+    booted_seq = ready["last_seq"]
+    assert booted_seq == 9  # 5 assets + 4 markets created from the default configuration
+    assert httpx.get(f"{server.url}/health/live").json() == {"status": "live"}
+    missing = httpx.get(f"{server.url}/no/such/path")
+    assert (missing.status_code, missing.json()["code"]) == (404, "NOT_FOUND")
+    wrong_method = httpx.post(f"{server.url}/health/live")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, "METHOD_NOT_ALLOWED")
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/health/ready" in spec["paths"]
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+    assert server.stop() == 0, server.output()
+    log = server.output()
+    assert "snapshot written" in log
+
+    engine, snapshot_seq, replayed = recover_engine(data / "engine")
+    assert sorted(engine.assets) == ["BTC", "ETH", "SOL", "USDC", "USDT"]
+    assert sorted(engine.markets) == ["BTC-USDT", "ETH-BTC", "ETH-USDT", "SOL-USDT"]
+    assert (snapshot_seq, replayed) == (booted_seq, 0)  # the final snapshot covers everything
+    for name in ("jwt_key.hex", "master_key.hex"):
+        secret_file = data / "secrets" / name
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        assert secret_file.read_text().strip() not in log  # never logged
+    with sqlite3.connect(data / "mercato.db") as db:
+        tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+    assert {"users", "api_keys", "refresh_tokens", "alembic_version"} <= tables
+
+    again = Server(data, env)
+    servers.append(again)
+    assert again.wait_ready()["last_seq"] == booted_seq  # nothing created twice
+    assert again.stop() == 0, again.output()
+
+
+def test_serve_refuses_a_configuration_the_engine_rejects(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[[assets]]\nsymbol = "AAA"\ndecimals = 2\n[[assets]]\nsymbol = "BBB"\ndecimals = 2\n'
+        '[[markets]]\nsymbol = "AAA-BBB"\nbase = "AAA"\nquote = "BBB"\ntick_size = "0.01"\n'
+        'step_size = "0.01"\nmin_qty = "0.01"\nmax_qty = "10"\nmin_notional = "0"\n'
+    )
+    server = Server(tmp_path / "data", env, "--config", str(config))
+    servers.append(server)
+    assert server.process.wait(timeout=BOOT_SECONDS) == 1
+    assert "market AAA-BBB" in server.output()
+
+
+def test_serve_reports_a_broken_config_file_without_a_traceback(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    config = tmp_path / "typo.toml"
+    config.write_text("[server]\nprot = 1\n")
+    server = Server(tmp_path / "data", env, "--config", str(config))
+    servers.append(server)
+    assert server.process.wait(timeout=BOOT_SECONDS) == 2
+    out = server.output()
+    assert "prot" in out and "Traceback" not in out

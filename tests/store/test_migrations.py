@@ -1,0 +1,330 @@
+"""Migrations: what ``migrate`` creates, that it is idempotent and concurrency-safe, that it
+matches ``mercato.store.tables``, and ``current_revision`` / ``downgrade``."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from mercato.store import (
+    create_engine,
+    current_revision,
+    downgrade,
+    head_revision,
+    metadata,
+    migrate,
+    sqlite_url,
+    users,
+)
+
+# The schema as specified (independent of tables.py): table -> column -> nullable.
+EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
+    "users": {
+        "id": False,
+        "email": False,
+        "password_hash": False,
+        "role": False,
+        "status": False,
+        "email_verified_at": True,
+        "failed_logins": False,
+        "locked_until": True,
+        "totp_secret_enc": True,
+        "totp_enabled": False,
+        "created_at": False,
+        "updated_at": False,
+    },
+    "refresh_tokens": {
+        "id": False,
+        "user_id": False,
+        "family_id": False,
+        "token_hash": False,
+        "created_at": False,
+        "expires_at": False,
+        "rotated_at": True,
+        "revoked_at": True,
+        "ip": False,
+        "user_agent": False,
+    },
+    "one_time_tokens": {
+        "id": False,
+        "user_id": False,
+        "purpose": False,
+        "token_hash": False,
+        "created_at": False,
+        "expires_at": False,
+        "used_at": True,
+    },
+    "recovery_codes": {"id": False, "user_id": False, "code_hash": False, "used_at": True},
+    "api_keys": {
+        "id": False,
+        "user_id": False,
+        "key_id": False,
+        "label": False,
+        "secret_enc": False,
+        "permissions": False,
+        "ip_allowlist": True,
+        "created_at": False,
+        "last_used_at": True,
+        "deleted_at": True,
+    },
+    "login_history": {
+        "id": False,
+        "user_id": True,
+        "email": False,
+        "ip": False,
+        "user_agent": False,
+        "success": False,
+        "reason": False,
+        "created_at": False,
+    },
+    "email_outbox": {
+        "id": False,
+        "to_address": False,
+        "subject": False,
+        "body": False,
+        "created_at": False,
+        "sent_at": True,
+        "attempts": False,
+        "last_error": True,
+    },
+    "audit_log": {
+        "id": False,
+        "user_id": True,
+        "actor_id": True,
+        "action": False,
+        "detail": False,
+        "ip": True,
+        "created_at": False,
+    },
+}
+EXPECTED_UNIQUE = {
+    "users": [["email"]],
+    "refresh_tokens": [["token_hash"]],
+    "one_time_tokens": [["token_hash"]],
+    "api_keys": [["key_id"]],
+}
+EXPECTED_INDEXES = {
+    "refresh_tokens": [["family_id"], ["user_id"]],
+    "one_time_tokens": [["user_id"]],
+    "recovery_codes": [["user_id"]],
+    "api_keys": [["user_id"]],
+    "login_history": [["user_id", "created_at"]],
+    "audit_log": [["created_at"]],
+}
+USER_FK_TABLES = {
+    "refresh_tokens",
+    "one_time_tokens",
+    "recovery_codes",
+    "api_keys",
+    "login_history",
+}
+MILLIS_COLUMNS = {
+    (table, column)
+    for table, columns in EXPECTED_COLUMNS.items()
+    for column in columns
+    if column.endswith("_at") or column == "locked_until"
+}
+
+
+def _reflect(connection: Connection) -> dict[str, Any]:
+    inspector = sa.inspect(connection)
+    tables = {}
+    for name in inspector.get_table_names():
+        tables[name] = {
+            "columns": {c["name"]: c for c in inspector.get_columns(name)},
+            "pk": inspector.get_pk_constraint(name)["constrained_columns"],
+            "unique": sorted(u["column_names"] for u in inspector.get_unique_constraints(name)),
+            "indexes": sorted(  # PostgreSQL also lists the indexes behind UNIQUE constraints
+                i["column_names"]
+                for i in inspector.get_indexes(name)
+                if not i.get("duplicates_constraint")
+            ),
+            "fks": [
+                (f["constrained_columns"], f["referred_table"], f["referred_columns"])
+                for f in inspector.get_foreign_keys(name)
+            ],
+        }
+    return tables
+
+
+async def reflect(url: str) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_reflect)
+    finally:
+        await engine.dispose()
+
+
+def test_migrate_creates_every_table_with_the_expected_columns(database_url: str) -> None:
+    assert asyncio.run(migrate(database_url)) == head_revision()
+    tables = asyncio.run(reflect(database_url))
+    is_sqlite = database_url.startswith("sqlite")
+
+    assert set(tables) == {*EXPECTED_COLUMNS, "alembic_version"}
+    for name, expected in EXPECTED_COLUMNS.items():
+        table = tables[name]
+        columns = {column: info["nullable"] for column, info in table["columns"].items()}
+        assert columns == expected, name
+        assert list(table["columns"]) == list(expected), f"{name}: column order"
+        assert table["pk"] == ["id"], name
+        assert table["unique"] == EXPECTED_UNIQUE.get(name, []), name
+        assert table["indexes"] == EXPECTED_INDEXES.get(name, []), name
+        expected_fks = [(["user_id"], "users", ["id"])] if name in USER_FK_TABLES else []
+        assert table["fks"] == expected_fks, name
+        id_type = table["columns"]["id"]["type"]
+        if is_sqlite:  # INTEGER PRIMARY KEY: the rowid, autoincrementing
+            assert type(id_type) is sa.INTEGER, name
+        else:
+            assert isinstance(id_type, sa.BigInteger), name
+    for table, column in MILLIS_COLUMNS:
+        assert isinstance(tables[table]["columns"][column]["type"], sa.BigInteger), (table, column)
+
+
+def test_migrate_is_idempotent_and_keeps_data(database_url: str) -> None:
+    async def scenario() -> tuple[str, str, str | None, list[str]]:
+        first = await migrate(database_url)
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    users.insert().values(
+                        email="alice@example.com", password_hash="h", created_at=1, updated_at=1
+                    )
+                )
+            second = await migrate(database_url)
+            async with engine.connect() as connection:
+                emails = list((await connection.execute(sa.select(users.c.email))).scalars())
+        finally:
+            await engine.dispose()
+        return first, second, await current_revision(database_url), emails
+
+    first, second, current, emails = asyncio.run(scenario())
+    assert first == second == current == head_revision()
+    assert emails == ["alice@example.com"]
+
+
+# Imports, then waits for a common start time so that the processes really overlap.
+MIGRATE_AT = """
+import asyncio, sys, time
+from mercato.store import migrate
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+print(asyncio.run(migrate(url)))
+"""
+
+
+def test_processes_migrating_one_database_at_once_all_succeed(database_url: str) -> None:
+    """Several processes starting at once: the database lock (advisory lock on PostgreSQL,
+    BEGIN IMMEDIATE on SQLite) lets one migrate; the others then find it at head."""
+    start = str(time.time() + 2)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, database_url, start],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(p.communicate(timeout=120), p.returncode) for p in processes]
+    for (out, err), returncode in results:
+        assert returncode == 0, err
+        assert out.strip() == head_revision()
+    assert asyncio.run(current_revision(database_url)) == head_revision()
+
+
+def test_concurrent_migrate_calls_on_different_databases_all_succeed(tmp_path: Path) -> None:
+    """Alembic's ``context`` and ``op`` are process-wide: migrations in one process must not
+    interleave even when their databases differ."""
+    urls = [sqlite_url(tmp_path / f"{n}.db") for n in range(4)]
+
+    async def scenario() -> list[str]:
+        calls = asyncio.gather(*(migrate(url) for url in urls))
+        return list(await asyncio.wait_for(calls, timeout=60))
+
+    assert asyncio.run(scenario()) == [head_revision()] * 4
+    for url in urls:
+        assert set(asyncio.run(reflect(url))) == {*EXPECTED_COLUMNS, "alembic_version"}
+
+
+def _differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(
+        connection,
+        opts={"compare_type": True, "compare_server_default": True, "target_metadata": metadata},
+    )
+    return list(compare_metadata(context, metadata))
+
+
+def test_migration_matches_tables_metadata(database_url: str) -> None:
+    async def scenario() -> list[Any]:
+        await migrate(database_url)
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(_differences)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_compare_metadata_would_notice_a_difference(database_url: str) -> None:
+    """The comparison above is not vacuous: a column missing from the database shows."""
+
+    def drop_column(connection: Connection) -> list[Any]:
+        from alembic.operations import Operations
+
+        operations = Operations(MigrationContext.configure(connection))
+        with operations.batch_alter_table("audit_log") as batch:
+            batch.drop_column("ip")
+        return _differences(connection)
+
+    async def scenario() -> list[Any]:
+        await migrate(database_url)
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                return await connection.run_sync(drop_column)
+        finally:
+            await engine.dispose()
+
+    differences = asyncio.run(scenario())
+    assert [(d[0], d[2], d[3].name) for d in differences] == [("add_column", "audit_log", "ip")]
+
+
+def test_current_revision_before_and_after_migrate(database_url: str) -> None:
+    async def scenario() -> tuple[str | None, str, str | None]:
+        before = await current_revision(database_url)
+        head = await migrate(database_url)
+        return before, head, await current_revision(database_url)
+
+    before, head, after = asyncio.run(scenario())
+    assert before is None
+    assert head == after == head_revision() == "0001"
+
+
+def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
+    database_url: str,
+) -> None:
+    async def scenario() -> tuple[str | None, set[str], str | None, set[str]]:
+        await migrate(database_url)
+        down = await downgrade(database_url, "base")
+        after_down = set(await reflect(database_url))
+        again = await migrate(database_url)
+        return down, after_down, again, set(await reflect(database_url))
+
+    down, after_down, again, after_again = asyncio.run(scenario())
+    assert down is None
+    assert after_down == {"alembic_version"}
+    assert again == head_revision()
+    assert after_again == {*EXPECTED_COLUMNS, "alembic_version"}
