@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mercato.admin_cli import admin_app
 from mercato.benchmarks import bench_app
 from mercato.journal import JournalError, recover_engine
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(admin_app, name="admin")
 
 DataDir = typer.Argument(
     ...,

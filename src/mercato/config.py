@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from mercato.core.model import MarketSpec, StpMode
+from mercato.store import sqlite_url
 
 SECRET_BYTES = 32
 
@@ -111,7 +112,7 @@ class Config(_Section):
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'mercato.db').resolve()}"
+        return sqlite_url(self.data_dir / "mercato.db")
 
 
 # Environment variable -> (section, key, type).

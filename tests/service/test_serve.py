@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import httpx
 import pytest
 
 from mercato.journal import recover_engine
+from mercato.store import current_revision, head_revision
 
 BOOT_SECONDS = 30
 
@@ -145,3 +147,16 @@ def test_serve_reports_a_broken_config_file_without_a_traceback(
     assert server.process.wait(timeout=BOOT_SECONDS) == 2
     out = server.output()
     assert "prot" in out and "Traceback" not in out
+
+
+def test_serve_migrates_and_runs_on_the_database_it_is_given(
+    database_url: str, tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    """DATABASE_URL selects the store: SQLite elsewhere than the data directory, or
+    PostgreSQL; the service migrates it to head before it reports ready."""
+    server = Server(tmp_path / "data", {**env, "DATABASE_URL": database_url})
+    servers.append(server)
+    server.wait_ready()
+    assert asyncio.run(current_revision(database_url)) == head_revision()
+    assert server.stop() == 0, server.output()
+    assert not (tmp_path / "data" / "mercato.db").exists()  # the default store was not used

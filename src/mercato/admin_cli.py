@@ -1,0 +1,98 @@
+"""`mercato admin ...`: operator commands that work on the SQL store directly."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mercato.auth.passwords import PasswordPolicyError
+from mercato.auth.users import ROLES, UserError, create_user, list_users, set_role
+from mercato.config import ConfigError, load_config
+from mercato.store import create_engine, migrate
+
+admin_app = typer.Typer(help="Operator commands on the store (users, roles).", no_args_is_help=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[Path | None, typer.Option(help="TOML configuration file.")]
+DataDirOption = Annotated[
+    Path | None, typer.Option(help="Data directory (default ./mercato-data).")
+]
+
+
+def _run(
+    config: Path | None, data_dir: Path | None, work: Callable[[AsyncEngine], Awaitable[T]]
+) -> T:
+    """Run ``work`` against the configured store (migrated first); errors exit 1."""
+    err = Console(stderr=True)
+    try:
+        settings = load_config(config, data_dir=str(data_dir) if data_dir else None)
+    except ConfigError as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
+
+    async def session() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate(settings.database_url)
+        db = create_engine(settings.database_url)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(session())
+    except (UserError, PasswordPolicyError) as error:
+        err.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(1) from None
+
+
+@admin_app.command("create-user")
+def create_user_command(
+    email: str,
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}.")] = "user",
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from standard input (for scripts).")
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a user whose email counts as verified (the operator vouches for it)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    user = _run(
+        config, data_dir, lambda db: create_user(db, email, password, role=role, verified=True)
+    )
+    Console().print(f"created user {user.id} {user.email} with role {user.role}")
+
+
+@admin_app.command("list-users")
+def list_users_command(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """List users with their roles and status."""
+    table = Table("id", "email", "role", "status", "verified")
+    for user in _run(config, data_dir, list_users):
+        table.add_row(
+            str(user.id), user.email, user.role, user.status, "yes" if user.verified else "no"
+        )
+    Console().print(table)
+
+
+@admin_app.command("set-role")
+def set_role_command(
+    email: str,
+    role: str,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Give a user another role."""
+    _run(config, data_dir, lambda db: set_role(db, email, role))
+    Console().print(f"{email.strip().lower()} is now {role}")
