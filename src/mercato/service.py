@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
 from mercato.core.results import Result
@@ -40,6 +41,7 @@ class ExchangeService:
         self.secrets: Secrets | None = None
         self.sequencer: AsyncSequencer | None = None
         self.database: AsyncEngine | None = None
+        self.mailer: Mailer | None = None
         self.ready = False
         self.stopping = False
         self.failure: BaseException | None = None
@@ -51,6 +53,7 @@ class ExchangeService:
         self.secrets = load_secrets(config, self._env)
         revision = await migrate(config.database_url)
         self.database = create_engine(config.database_url)
+        self.mailer = Mailer(self.database, config.smtp)
         self.sequencer = await AsyncSequencer.open(
             config.engine_dir,
             max_batch=config.engine.max_batch,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import error_response, install_error_handlers
 from mercato.service import ExchangeService
 
@@ -35,7 +36,9 @@ def create_app(
             await service.stop()
 
     app = FastAPI(title="Mercato", version="0.1.0", lifespan=lifespan)
+    app.state.service = service
     install_error_handlers(app)
+    app.include_router(auth_router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:

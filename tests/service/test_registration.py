@@ -1,0 +1,143 @@
+"""Registration and email verification over real HTTP, with a real SMTP server."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from service.conftest import Server, free_port
+
+TOKEN_LINE = re.compile(r"^ {4}(\S+)\r?$", re.MULTILINE)  # SMTP delivers CRLF
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every delivered message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def wait_for(self, count: int, seconds: float = 10) -> list[Any]:
+        deadline = time.monotonic() + seconds
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.messages) >= count, f"{len(self.messages)} mails arrived, not {count}"
+        return self.messages
+
+
+@pytest.fixture
+def smtp() -> Any:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+def test_register_then_verify_from_the_mail_that_arrived(
+    tmp_path: Path, env: dict[str, str], servers: list[Server], smtp: Any
+) -> None:
+    controller, inbox = smtp
+    mail_env = {**env, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(controller.port),
+                "SMTP_STARTTLS": "false", "SMTP_SENDER": "Mercato <desk@mercato.test>"}  # fmt: skip
+    server = Server(tmp_path / "data", mail_env)
+    servers.append(server)
+    server.wait_ready()
+    api = f"{server.url}/api/v1/auth"
+
+    ann = {"email": " Ann@Example.COM", "password": "correct-horse-9"}
+    created = httpx.post(f"{api}/register", json=ann)
+    assert created.status_code == 201, created.text
+    assert created.json() == {"user_id": 1, "email": "ann@example.com", "email_verified": False}
+
+    (mail,) = inbox.wait_for(1)
+    assert mail["To"] == "ann@example.com" and "desk@mercato.test" in mail["From"]
+    token = TOKEN_LINE.search(mail.get_payload(decode=True).decode()).group(1)
+
+    verified = httpx.post(f"{api}/verify-email", json={"token": token})
+    assert verified.status_code == 200, verified.text
+    assert verified.json() == {"user_id": 1, "email_verified": True}
+    again = httpx.post(f"{api}/verify-email", json={"token": token})
+    assert (again.status_code, again.json()["code"]) == (400, "INVALID_TOKEN")
+
+    taken = httpx.post(
+        f"{api}/register", json={"email": "ANN@example.com", "password": "correct-horse-9"}
+    )
+    assert (taken.status_code, taken.json()["code"]) == (409, "EMAIL_TAKEN")
+    assert len(inbox.messages) == 1  # no mail for a refused registration
+
+    assert server.stop() == 0, server.output()
+    with sqlite3.connect(tmp_path / "data" / "mercato.db") as db:
+        (verified_at,) = db.execute("select email_verified_at from users where id = 1").fetchone()
+        outbox = db.execute(
+            "select to_address, sent_at is not null, attempts from email_outbox"
+        ).fetchall()
+    assert verified_at is not None
+    assert outbox == [("ann@example.com", 1, 1)]
+
+
+def test_without_smtp_the_mail_waits_in_the_outbox_and_the_log(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    server = Server(tmp_path / "data", env)
+    servers.append(server)
+    server.wait_ready()
+    bob = {"email": "bob@example.com", "password": "another-pass-42"}
+    created = httpx.post(f"{server.url}/api/v1/auth/register", json=bob)
+    assert created.status_code == 201
+    assert server.stop() == 0
+    log = server.output()
+    with sqlite3.connect(tmp_path / "data" / "mercato.db") as db:
+        body, sent_at = db.execute("select body, sent_at from email_outbox").fetchone()
+    token = TOKEN_LINE.search(body).group(1)
+    assert sent_at is None and token in log  # a local operator can still verify
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "code"),
+    [
+        ('{"email": "x@example.com", "password": "short"}', 400, "WEAK_PASSWORD"),
+        ('{"email": "not-an-address", "password": "correct-horse-9"}', 400, "INVALID_EMAIL"),
+        ('{"email": "x@example.com", "password": "correct-horse-9", "admin": 1}', 400,
+         "INVALID_REQUEST"),
+        ('{"email": "x@example.com", "password": 123456789012}', 400, "INVALID_REQUEST"),
+        ('{"email": "x@example.com"', 400, "INVALID_REQUEST"),
+        ("[]", 400, "INVALID_REQUEST"),
+    ],
+)  # fmt: skip
+def test_bad_registrations_get_a_4xx_code_and_create_nothing(
+    tmp_path: Path, env: dict[str, str], servers: list[Server], payload: str, status: int, code: str
+) -> None:
+    server = Server(tmp_path / "data", env)
+    servers.append(server)
+    server.wait_ready()
+    answer = httpx.post(f"{server.url}/api/v1/auth/register", content=payload,
+                        headers={"content-type": "application/json"})  # fmt: skip
+    assert (answer.status_code, answer.json()["code"]) == (status, code), answer.text
+    assert answer.json()["message"]
+    assert server.stop() == 0
+    with sqlite3.connect(tmp_path / "data" / "mercato.db") as db:
+        assert db.execute("select count(*) from users").fetchone() == (0,)
+        assert db.execute("select count(*) from email_outbox").fetchone() == (0,)
+
+
+def test_verify_email_refuses_unknown_tokens(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    server = Server(tmp_path / "data", env)
+    servers.append(server)
+    server.wait_ready()
+    answer = httpx.post(f"{server.url}/api/v1/auth/verify-email", json={"token": "forged"})
+    assert (answer.status_code, answer.json()["code"]) == (400, "INVALID_TOKEN")
+    assert server.stop() == 0
