@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import error_response, install_error_handlers
 from mercato.service import ExchangeService
@@ -39,6 +40,7 @@ def create_app(
     app.state.service = service
     install_error_handlers(app)
     app.include_router(auth_router)
+    app.include_router(account_router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:

@@ -1,13 +1,27 @@
-"""`/api/v1/auth`: registration and email verification (sessions and 2FA come next)."""
+"""`/api/v1/auth`: registration, email verification, login and sessions (2FA comes next)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+import msgspec
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercato.api.errors import ApiError
 from mercato.auth.accounts import register, verify_email
 from mercato.auth.passwords import PasswordPolicyError
+from mercato.auth.sessions import (
+    AuthError,
+    Client,
+    Principal,
+    Tokens,
+    authenticate,
+    login,
+    logout,
+    logout_everywhere,
+    refresh,
+)
 from mercato.auth.users import UserError
 from mercato.service import ExchangeService
 
@@ -41,7 +55,7 @@ class Verified(BaseModel):
     email_verified: bool
 
 
-def _service(request: Request) -> ExchangeService:
+def service_of(request: Request) -> ExchangeService:
     service: ExchangeService = request.app.state.service
     if not service.ready or service.database is None or service.mailer is None:
         raise ApiError(503, "NOT_READY", "the exchange is starting or stopping; retry shortly")
@@ -58,7 +72,7 @@ def _as_api_error(error: UserError | PasswordPolicyError) -> ApiError:
 async def register_route(body: RegisterBody, request: Request) -> RegisteredUser:
     """Create an account; a verification token is mailed to the address. Unverified
     accounts cannot trade or withdraw."""
-    service = _service(request)
+    service = service_of(request)
     assert service.database is not None and service.mailer is not None
     try:
         user = await register(service.database, service.mailer, body.email, body.password)
@@ -70,10 +84,99 @@ async def register_route(body: RegisterBody, request: Request) -> RegisteredUser
 @router.post("/verify-email", response_model=Verified)
 async def verify_email_route(body: VerifyEmailBody, request: Request) -> Verified:
     """Confirm an address with the token from the verification mail (works once)."""
-    service = _service(request)
+    service = service_of(request)
     assert service.database is not None
     try:
         user_id = await verify_email(service.database, body.token)
     except UserError as error:
         raise _as_api_error(error) from None
     return Verified(user_id=user_id, email_verified=True)
+
+
+class LoginBody(_Body):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=128)
+
+
+class RefreshBody(_Body):
+    refresh_token: str = Field(min_length=1, max_length=128)
+
+
+class TokenPair(BaseModel):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str
+
+
+def _client(request: Request) -> Client:
+    host = request.client.host if request.client else ""
+    return Client(host, request.headers.get("user-agent", "")[:256])
+
+
+def _pair(tokens: Tokens) -> TokenPair:
+    return TokenPair(**msgspec.structs.asdict(tokens))
+
+
+def _keys(service: ExchangeService) -> bytes:
+    assert service.secrets is not None
+    return service.secrets.jwt_key
+
+
+@router.post("/login", response_model=TokenPair)
+async def login_route(body: LoginBody, request: Request) -> TokenPair:
+    """Exchange email and password for a 15-minute access token and a refresh token.
+    Five wrong passwords in a row lock the account for 15 minutes."""
+    service = service_of(request)
+    assert service.database is not None
+    try:
+        tokens = await login(service.database, _keys(service), body.email, body.password,
+                             _client(request))  # fmt: skip
+    except AuthError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+    return _pair(tokens)
+
+
+@router.post("/refresh", response_model=TokenPair)
+async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
+    """Spend a refresh token for a new pair. Using one twice revokes the session."""
+    service = service_of(request)
+    assert service.database is not None
+    try:
+        tokens = await refresh(service.database, _keys(service), body.refresh_token,
+                               _client(request))  # fmt: skip
+    except AuthError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+    return _pair(tokens)
+
+
+async def principal(request: Request) -> Principal:
+    """The caller of a private endpoint, from ``Authorization: Bearer <access token>``."""
+    service = service_of(request)
+    assert service.database is not None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <access token>")
+    try:
+        return await authenticate(service.database, _keys(service), token.strip())
+    except AuthError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+
+
+Caller = Annotated[Principal, Depends(principal)]
+
+
+@router.post("/logout", status_code=204)
+async def logout_route(caller: Caller, request: Request) -> None:
+    """End this session (its refresh tokens and, at once, its access tokens)."""
+    service = service_of(request)
+    assert service.database is not None
+    await logout(service.database, caller)
+
+
+@router.post("/logout-everywhere", status_code=204)
+async def logout_everywhere_route(caller: Caller, request: Request) -> None:
+    """End every session of the caller."""
+    service = service_of(request)
+    assert service.database is not None
+    await logout_everywhere(service.database, caller)

@@ -1,0 +1,234 @@
+"""Sessions: login, short-lived JWT access tokens, rotating refresh tokens, lockout.
+
+A session is a refresh-token *family*. Each refresh spends the presented token and
+issues the next one of the family; presenting a spent token again means it was copied,
+so the whole family is revoked (reuse detection). Access tokens (HS256, 15 minutes)
+name their family (`sid`), and every authenticated request checks that the family is
+still live, so logout and logout-everywhere take effect at once, not at expiry.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+import time
+
+import jwt
+import msgspec
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from mercato.auth.passwords import hash_password, verify_password
+from mercato.auth.users import UserError, normalize_email
+from mercato.store.tables import login_history, refresh_tokens, users
+
+ACCESS_TTL_SECONDS = 15 * 60
+REFRESH_TTL_MS = 30 * 24 * 3600 * 1000
+MAX_FAILED_LOGINS = 5
+LOCKOUT_MS = 15 * 60 * 1000
+JWT_ALGORITHM = "HS256"
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the email is unknown, so a login takes as long either way."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+class AuthError(Exception):
+    """Authentication failed; ``status`` and ``code`` are the HTTP answer."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Tokens(msgspec.Struct, frozen=True):
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    token_type: str = "Bearer"
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who an access token speaks for."""
+
+    user_id: int
+    role: str
+    session: str
+
+
+class Client(msgspec.Struct, frozen=True):
+    ip: str
+    user_agent: str
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _access_token(key: bytes, user_id: int, role: str, family: str) -> str:
+    now = int(time.time())
+    claims = {"sub": str(user_id), "role": role, "sid": family, "iat": now,
+              "exp": now + ACCESS_TTL_SECONDS, "typ": "access"}  # fmt: skip
+    return jwt.encode(claims, key, algorithm=JWT_ALGORITHM)
+
+
+async def _new_refresh(
+    connection: AsyncConnection, user_id: int, family: str, client: Client, now: int
+) -> str:
+    token = secrets.token_urlsafe(32)
+    await connection.execute(
+        insert(refresh_tokens).values(
+            user_id=user_id, family_id=family, token_hash=_hash(token), created_at=now,
+            expires_at=now + REFRESH_TTL_MS, ip=client.ip, user_agent=client.user_agent,
+        )
+    )  # fmt: skip
+    return token
+
+
+async def _record(
+    connection: AsyncConnection, user_id: int | None, email: str, client: Client,
+    success: bool, reason: str, now: int,
+) -> None:  # fmt: skip
+    await connection.execute(
+        insert(login_history).values(
+            user_id=user_id, email=email, ip=client.ip, user_agent=client.user_agent,
+            success=success, reason=reason, created_at=now,
+        )
+    )  # fmt: skip
+
+
+async def login(db: AsyncEngine, key: bytes, email: str, password: str, client: Client) -> Tokens:
+    """Check the credentials; count failures and lock the account after too many."""
+    now = _now_ms()
+    try:
+        address = normalize_email(email)
+    except UserError:
+        address = email.strip().lower()
+    # A refusal is raised only after the transaction commits: failed attempts, lockouts
+    # and the login history must be recorded, not rolled back with the error.
+    refusal: AuthError | None = None
+    async with db.begin() as connection:
+        user = (await connection.execute(select(users).where(users.c.email == address))).first()
+        if user is None:
+            verify_password(_dummy_hash(), password)
+            await _record(connection, None, address, client, False, "unknown email", now)
+            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+        elif user.locked_until is not None and user.locked_until > now:
+            await _record(connection, user.id, address, client, False, "locked", now)
+            minutes = -(-(user.locked_until - now) // 60_000)
+            refusal = AuthError(
+                403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min"
+            )
+        elif not verify_password(user.password_hash, password):
+            failures = user.failed_logins + 1
+            locked = failures >= MAX_FAILED_LOGINS
+            await connection.execute(
+                update(users).where(users.c.id == user.id).values(
+                    failed_logins=0 if locked else failures,
+                    locked_until=now + LOCKOUT_MS if locked else user.locked_until,
+                    updated_at=now,
+                )
+            )  # fmt: skip
+            await _record(connection, user.id, address, client, False, "wrong password", now)
+            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+        else:
+            await connection.execute(
+                update(users).where(users.c.id == user.id)
+                .values(failed_logins=0, locked_until=None, updated_at=now)
+            )  # fmt: skip
+            family = secrets.token_urlsafe(16)
+            refresh = await _new_refresh(connection, user.id, family, client, now)
+            await _record(connection, user.id, address, client, True, "", now)
+    if refusal is not None:
+        raise refusal
+    assert user is not None
+    return Tokens(_access_token(key, user.id, user.role, family), refresh, ACCESS_TTL_SECONDS)
+
+
+async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> Tokens:
+    """Spend ``token`` for a new pair; a spent token presented again revokes its family."""
+    now = _now_ms()
+    async with db.begin() as connection:
+        row = (
+            await connection.execute(
+                select(refresh_tokens, users.c.role)
+                .join(users, users.c.id == refresh_tokens.c.user_id)
+                .where(refresh_tokens.c.token_hash == _hash(token))
+            )
+        ).first()
+        if row is None or row.revoked_at is not None or row.expires_at <= now:
+            raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
+        spent = await connection.execute(
+            update(refresh_tokens)
+            .where(refresh_tokens.c.id == row.id, refresh_tokens.c.rotated_at.is_(None))
+            .values(rotated_at=now)
+        )
+        if spent.rowcount == 0:
+            await _revoke(connection, refresh_tokens.c.family_id == row.family_id, now)
+            reused = True
+        else:
+            reused = False
+            fresh = await _new_refresh(connection, row.user_id, row.family_id, client, now)
+    if reused:  # committed above: the revocation stands
+        raise AuthError(401, "TOKEN_REUSED", "refresh token used twice; the session is revoked")
+    return Tokens(
+        _access_token(key, row.user_id, row.role, row.family_id), fresh, ACCESS_TTL_SECONDS
+    )
+
+
+async def _revoke(connection: AsyncConnection, which: object, now: int) -> None:
+    await connection.execute(
+        update(refresh_tokens)
+        .where(and_(which, refresh_tokens.c.revoked_at.is_(None)))  # type: ignore[arg-type]
+        .values(revoked_at=now)
+    )
+
+
+async def logout(db: AsyncEngine, principal: Principal) -> None:
+    """End the caller's session."""
+    async with db.begin() as connection:
+        await _revoke(connection, refresh_tokens.c.family_id == principal.session, _now_ms())
+
+
+async def logout_everywhere(db: AsyncEngine, principal: Principal) -> None:
+    """End every session of the caller."""
+    async with db.begin() as connection:
+        await _revoke(connection, refresh_tokens.c.user_id == principal.user_id, _now_ms())
+
+
+async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
+    """The principal of a bearer token whose session is still live."""
+    try:
+        claims = jwt.decode(
+            access_token,
+            key,
+            algorithms=[JWT_ALGORITHM],
+            options={"require": ["exp", "sub", "sid"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise AuthError(401, "TOKEN_EXPIRED", "access token expired; refresh it") from None
+    except jwt.InvalidTokenError:
+        raise AuthError(401, "UNAUTHORIZED", "invalid access token") from None
+    if claims.get("typ") != "access":
+        raise AuthError(401, "UNAUTHORIZED", "not an access token")
+    async with db.connect() as connection:
+        live = (
+            await connection.execute(
+                select(refresh_tokens.c.id).where(
+                    refresh_tokens.c.family_id == claims["sid"],
+                    refresh_tokens.c.revoked_at.is_(None),
+                ).limit(1)
+            )
+        ).first()  # fmt: skip
+    if live is None:
+        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
+    return Principal(int(claims["sub"]), str(claims["role"]), str(claims["sid"]))
