@@ -141,3 +141,27 @@ def test_verify_email_refuses_unknown_tokens(
     answer = httpx.post(f"{server.url}/api/v1/auth/verify-email", json={"token": "forged"})
     assert (answer.status_code, answer.json()["code"]) == (400, "INVALID_TOKEN")
     assert server.stop() == 0
+
+
+def test_oversized_bodies_are_refused_before_any_handler(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    server = Server(tmp_path / "data", env)
+    servers.append(server)
+    server.wait_ready()
+    url = f"{server.url}/api/v1/auth/register"
+    huge = '{"email": "x@example.com", "password": "' + "a1" * 40_000 + '"}'
+    declared = httpx.post(url, content=huge, headers={"content-type": "application/json"})
+    assert (declared.status_code, declared.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
+
+    def chunks():  # no Content-Length: the limit applies to what streams in
+        for _ in range(100):
+            yield b"x" * 1024
+
+    streamed = httpx.post(url, content=chunks(), headers={"content-type": "application/json"})
+    assert (streamed.status_code, streamed.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
+    small = httpx.post(url, json={"email": "x@example.com", "password": "correct-horse-9"})
+    assert small.status_code == 201
+    assert server.stop() == 0
+    with sqlite3.connect(tmp_path / "data" / "mercato.db") as db:
+        assert db.execute("select email from users").fetchall() == [("x@example.com",)]

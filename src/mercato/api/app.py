@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import error_response, install_error_handlers
+from mercato.api.limits import BodyLimit
 from mercato.service import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(
 
     app = FastAPI(title="Mercato", version="0.1.0", lifespan=lifespan)
     app.state.service = service
+    app.add_middleware(BodyLimit)
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(account_router)
