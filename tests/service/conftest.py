@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from email import message_from_bytes
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 from store.conftest import database_url  # noqa: F401  (re-exported fixture)
 
@@ -77,3 +80,36 @@ def servers() -> Iterator[list[Server]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every delivered message."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def wait_for(self, count: int, seconds: float = 10) -> list[Any]:
+        deadline = time.monotonic() + seconds
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.messages) >= count, f"{len(self.messages)} mails arrived, not {count}"
+        return self.messages
+
+
+@pytest.fixture
+def smtp() -> Any:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+def smtp_env(env: dict[str, str], port: int) -> dict[str, str]:
+    """``env`` pointing the server at a plain (no TLS) SMTP server on ``port``."""
+    return {**env, "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "SMTP_STARTTLS": "false",
+            "SMTP_SENDER": "Mercato <desk@mercato.test>"}  # fmt: skip

@@ -4,45 +4,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
-from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
-from service.conftest import Server, free_port
+from service.conftest import Server
 
 TOKEN_LINE = re.compile(r"^ {4}(\S+)\r?$", re.MULTILINE)  # SMTP delivers CRLF
-
-
-class Inbox:
-    """An aiosmtpd handler keeping every delivered message."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content))
-        return "250 OK"
-
-    def wait_for(self, count: int, seconds: float = 10) -> list[Any]:
-        deadline = time.monotonic() + seconds
-        while len(self.messages) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.messages) >= count, f"{len(self.messages)} mails arrived, not {count}"
-        return self.messages
-
-
-@pytest.fixture
-def smtp() -> Any:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, inbox
-    controller.stop()
 
 
 def test_register_then_verify_from_the_mail_that_arrived(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from mercato.api.auth_routes import Caller, service_of
+from mercato.api.auth_routes import Caller, StrictBody, as_api_error, service_of
+from mercato.auth.accounts import change_password
+from mercato.auth.passwords import PasswordPolicyError
+from mercato.auth.users import UserError
 from mercato.store.tables import login_history, users
 
 router = APIRouter(prefix="/api/v1/account", tags=["account"])
@@ -54,3 +57,20 @@ async def history(
         )
         return [LoginEntry(time=r.created_at, ip=r.ip, user_agent=r.user_agent,
                            success=r.success, reason=r.reason) for r in rows]  # fmt: skip
+
+
+class PasswordChangeBody(StrictBody):
+    current_password: str = Field(max_length=128)
+    new_password: str = Field(max_length=128)
+
+
+@router.post("/password", status_code=204)
+async def change_password_route(body: PasswordChangeBody, caller: Caller, request: Request) -> None:
+    """Change the password (the current one is required); every session ends, this one
+    included, so the caller logs in again."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        await change_password(database, caller.user_id, body.current_password, body.new_password)
+    except (UserError, PasswordPolicyError) as error:
+        raise as_api_error(error) from None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mercato.api.errors import ApiError
-from mercato.auth.accounts import register, verify_email
+from mercato.auth.accounts import register, request_password_reset, reset_password, verify_email
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import (
     AuthError,
@@ -27,15 +27,15 @@ from mercato.service import ExchangeService
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
-USER_ERROR_STATUS = {"EMAIL_TAKEN": 409}
+USER_ERROR_STATUS = {"EMAIL_TAKEN": 409, "INVALID_CREDENTIALS": 401}
 
 
-class _Body(BaseModel):
+class StrictBody(BaseModel):
     # Unknown fields and type coercion are refused: what a client sends is what it means.
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class RegisterBody(_Body):
+class RegisterBody(StrictBody):
     email: str = Field(max_length=254, examples=["ann@example.com"])
     password: str = Field(max_length=128, examples=["correct-horse-9"])
 
@@ -46,7 +46,7 @@ class RegisteredUser(BaseModel):
     email_verified: bool
 
 
-class VerifyEmailBody(_Body):
+class VerifyEmailBody(StrictBody):
     token: str = Field(min_length=1, max_length=128)
 
 
@@ -62,7 +62,7 @@ def service_of(request: Request) -> ExchangeService:
     return service
 
 
-def _as_api_error(error: UserError | PasswordPolicyError) -> ApiError:
+def as_api_error(error: UserError | PasswordPolicyError) -> ApiError:
     if isinstance(error, PasswordPolicyError):
         return ApiError(400, "WEAK_PASSWORD", str(error))
     return ApiError(USER_ERROR_STATUS.get(error.code, 400), error.code, error.message)
@@ -77,7 +77,7 @@ async def register_route(body: RegisterBody, request: Request) -> RegisteredUser
     try:
         user = await register(service.database, service.mailer, body.email, body.password)
     except (UserError, PasswordPolicyError) as error:
-        raise _as_api_error(error) from None
+        raise as_api_error(error) from None
     return RegisteredUser(user_id=user.id, email=user.email, email_verified=False)
 
 
@@ -89,16 +89,16 @@ async def verify_email_route(body: VerifyEmailBody, request: Request) -> Verifie
     try:
         user_id = await verify_email(service.database, body.token)
     except UserError as error:
-        raise _as_api_error(error) from None
+        raise as_api_error(error) from None
     return Verified(user_id=user_id, email_verified=True)
 
 
-class LoginBody(_Body):
+class LoginBody(StrictBody):
     email: str = Field(max_length=254)
     password: str = Field(max_length=128)
 
 
-class RefreshBody(_Body):
+class RefreshBody(StrictBody):
     refresh_token: str = Field(min_length=1, max_length=128)
 
 
@@ -180,3 +180,37 @@ async def logout_everywhere_route(caller: Caller, request: Request) -> None:
     service = service_of(request)
     assert service.database is not None
     await logout_everywhere(service.database, caller)
+
+
+class ResetRequestBody(StrictBody):
+    email: str = Field(max_length=254)
+
+
+class ResetConfirmBody(StrictBody):
+    token: str = Field(min_length=1, max_length=128)
+    new_password: str = Field(max_length=128)
+
+
+class Accepted(BaseModel):
+    status: str
+
+
+@router.post("/password-reset/request", status_code=202, response_model=Accepted)
+async def reset_request_route(body: ResetRequestBody, request: Request) -> Accepted:
+    """Mail a reset token if the address has an account. The answer is the same either
+    way, so it does not reveal who has an account."""
+    service = service_of(request)
+    assert service.database is not None and service.mailer is not None
+    await request_password_reset(service.database, service.mailer, body.email)
+    return Accepted(status="if the address has an account, a reset token was mailed to it")
+
+
+@router.post("/password-reset/confirm", status_code=204)
+async def reset_confirm_route(body: ResetConfirmBody, request: Request) -> None:
+    """Set a new password with the mailed token; every session of the account ends."""
+    service = service_of(request)
+    assert service.database is not None
+    try:
+        await reset_password(service.database, body.token, body.new_password)
+    except (UserError, PasswordPolicyError) as error:
+        raise as_api_error(error) from None

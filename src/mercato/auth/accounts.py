@@ -1,7 +1,7 @@
-"""Self-service accounts: registration and email verification.
+"""Self-service accounts: registration, email verification, password change and reset.
 
-A one-time token is 32 random bytes (URL-safe); only its SHA-256 is stored, it expires
-after a day and works once.
+A one-time token is 32 random bytes (URL-safe); only its SHA-256 is stored, it works
+once and expires (a day for verification, an hour for a password reset).
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import secrets
 import time
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.mail import Mailer
-from mercato.auth.users import User, UserError, create_user
+from mercato.auth.passwords import check_policy, hash_password, verify_password
+from mercato.auth.users import User, UserError, create_user, normalize_email
+from mercato.store.tables import PURPOSE_RESET_PASSWORD as RESET_PASSWORD
 from mercato.store.tables import PURPOSE_VERIFY_EMAIL as VERIFY_EMAIL
-from mercato.store.tables import one_time_tokens, users
+from mercato.store.tables import one_time_tokens, refresh_tokens, users
 
-TOKEN_TTL_MS = 24 * 3600 * 1000
+VERIFY_TTL_MS = 24 * 3600 * 1000
+RESET_TTL_MS = 3600 * 1000
 
 
 def _hash(token: str) -> str:
@@ -29,14 +32,14 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def issue_token(db: AsyncEngine, user_id: int, purpose: str) -> str:
+async def issue_token(db: AsyncEngine, user_id: int, purpose: str, ttl_ms: int) -> str:
     token = secrets.token_urlsafe(32)
     now = _now_ms()
     async with db.begin() as connection:
         await connection.execute(
             one_time_tokens.insert().values(
                 user_id=user_id, purpose=purpose, token_hash=_hash(token), created_at=now,
-                expires_at=now + TOKEN_TTL_MS,
+                expires_at=now + ttl_ms,
             )
         )  # fmt: skip
     return token
@@ -45,7 +48,7 @@ async def issue_token(db: AsyncEngine, user_id: int, purpose: str) -> str:
 async def register(db: AsyncEngine, mailer: Mailer, email: str, password: str) -> User:
     """Create an unverified user and mail them a verification token."""
     user = await create_user(db, email, password)
-    token = await issue_token(db, user.id, VERIFY_EMAIL)
+    token = await issue_token(db, user.id, VERIFY_EMAIL, VERIFY_TTL_MS)
     await mailer.send(
         user.email,
         "Verify your Mercato email address",
@@ -57,35 +60,95 @@ async def register(db: AsyncEngine, mailer: Mailer, email: str, password: str) -
     return user
 
 
+async def _spend_token(connection: AsyncConnection, purpose: str, token: str, now: int) -> int:
+    """Mark a live token of ``purpose`` used and return its user, or refuse."""
+    spent = await connection.execute(
+        update(one_time_tokens)
+        .where(
+            one_time_tokens.c.token_hash == _hash(token),
+            one_time_tokens.c.purpose == purpose,
+            one_time_tokens.c.used_at.is_(None),
+            one_time_tokens.c.expires_at > now,
+        )
+        .values(used_at=now)
+        .returning(one_time_tokens.c.user_id)
+    )
+    user_id = spent.scalar_one_or_none()
+    if user_id is None:
+        raise UserError("INVALID_TOKEN", "the token is unknown, used or expired")
+    return int(user_id)
+
+
 async def verify_email(db: AsyncEngine, token: str) -> int:
     """Mark the token's user as verified; return the user id. The token is spent."""
     now = _now_ms()
     async with db.begin() as connection:
-        spent = await connection.execute(
-            update(one_time_tokens)
-            .where(
-                one_time_tokens.c.token_hash == _hash(token),
-                one_time_tokens.c.purpose == VERIFY_EMAIL,
-                one_time_tokens.c.used_at.is_(None),
-                one_time_tokens.c.expires_at > now,
-            )
-            .values(used_at=now)
-            .returning(one_time_tokens.c.user_id)
-        )
-        user_id = spent.scalar_one_or_none()
-        if user_id is None:
-            raise UserError("INVALID_TOKEN", "the token is unknown, used or expired")
+        user_id = await _spend_token(connection, VERIFY_EMAIL, token, now)
         await connection.execute(
             update(users)
             .where(users.c.id == user_id, users.c.email_verified_at.is_(None))
             .values(email_verified_at=now, updated_at=now)
         )
-    return int(user_id)
+    return user_id
 
 
-async def is_verified(db: AsyncEngine, user_id: int) -> bool:
+async def request_password_reset(db: AsyncEngine, mailer: Mailer, email: str) -> None:
+    """Mail a reset token if the address has an account; say nothing either way."""
+    try:
+        address = normalize_email(email)
+    except UserError:
+        return
     async with db.connect() as connection:
-        row = await connection.execute(
-            select(users.c.email_verified_at).where(users.c.id == user_id)
+        user_id = (
+            await connection.execute(select(users.c.id).where(users.c.email == address))
+        ).scalar_one_or_none()
+    if user_id is None:
+        return
+    token = await issue_token(db, user_id, RESET_PASSWORD, RESET_TTL_MS)
+    await mailer.send(
+        address,
+        "Reset your Mercato password",
+        "Someone asked to reset the password of this Mercato account.\n\n"
+        "To choose a new one, send this token with it to "
+        "POST /api/v1/auth/password-reset/confirm:\n\n"
+        f"    {token}\n\n"
+        "It works once and expires in one hour. Every session of the account ends when\n"
+        "the password changes. If you did not ask for this, ignore this mail.\n",
+    )
+
+
+async def _set_password(connection: AsyncConnection, user_id: int, password: str, now: int) -> None:
+    """New password hash, failed logins forgotten, every session of the user ended."""
+    await connection.execute(
+        update(users).where(users.c.id == user_id).values(
+            password_hash=hash_password(password), failed_logins=0, locked_until=None,
+            updated_at=now,
         )
-        return row.scalar_one_or_none() is not None
+    )  # fmt: skip
+    await connection.execute(
+        update(refresh_tokens)
+        .where(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def reset_password(db: AsyncEngine, token: str, password: str) -> int:
+    check_policy(password)
+    now = _now_ms()
+    async with db.begin() as connection:
+        user_id = await _spend_token(connection, RESET_PASSWORD, token, now)
+        await _set_password(connection, user_id, password, now)
+    return user_id
+
+
+async def change_password(db: AsyncEngine, user_id: int, current: str, new: str) -> None:
+    """Needs the current password; ends every session (the caller logs in again)."""
+    check_policy(new)
+    now = _now_ms()
+    async with db.begin() as connection:
+        stored = (
+            await connection.execute(select(users.c.password_hash).where(users.c.id == user_id))
+        ).scalar_one()
+        if not verify_password(stored, current):
+            raise UserError("INVALID_CREDENTIALS", "the current password is wrong")
+        await _set_password(connection, user_id, new, now)
