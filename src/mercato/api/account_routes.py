@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from mercato.api.auth_routes import Caller, StrictBody, as_api_error, service_of
+from mercato.auth import totp
 from mercato.auth.accounts import change_password
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.users import UserError
@@ -73,4 +74,59 @@ async def change_password_route(body: PasswordChangeBody, caller: Caller, reques
     try:
         await change_password(database, caller.user_id, body.current_password, body.new_password)
     except (UserError, PasswordPolicyError) as error:
+        raise as_api_error(error) from None
+
+
+class TwoFactorCode(StrictBody):
+    code: str = Field(min_length=1, max_length=32)
+
+
+class Enrolment(BaseModel):
+    secret: str
+    otpauth_uri: str
+
+
+class RecoveryCodes(BaseModel):
+    recovery_codes: list[str]
+
+
+def _master_key(request: Request) -> bytes:
+    secrets = service_of(request).secrets
+    assert secrets is not None
+    return secrets.master_key
+
+
+@router.post("/2fa/enroll", response_model=Enrolment)
+async def enroll_route(caller: Caller, request: Request) -> Enrolment:
+    """Start 2FA: a TOTP secret and its otpauth:// URI for an authenticator app. Nothing
+    changes at login until a code confirms it."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        secret, uri = await totp.enroll(database, _master_key(request), caller.user_id)
+    except UserError as error:
+        raise as_api_error(error) from None
+    return Enrolment(secret=secret, otpauth_uri=uri)
+
+
+@router.post("/2fa/confirm", response_model=RecoveryCodes)
+async def confirm_route(body: TwoFactorCode, caller: Caller, request: Request) -> RecoveryCodes:
+    """Turn 2FA on with a current code; returns ten one-time recovery codes, shown once."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        codes = await totp.confirm(database, _master_key(request), caller.user_id, body.code)
+    except UserError as error:
+        raise as_api_error(error) from None
+    return RecoveryCodes(recovery_codes=codes)
+
+
+@router.post("/2fa/disable", status_code=204)
+async def disable_route(body: TwoFactorCode, caller: Caller, request: Request) -> None:
+    """Turn 2FA off; needs a current code or a recovery code."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        await totp.disable(database, _master_key(request), caller.user_id, body.code)
+    except UserError as error:
         raise as_api_error(error) from None

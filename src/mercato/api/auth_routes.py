@@ -27,7 +27,7 @@ from mercato.service import ExchangeService
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
-USER_ERROR_STATUS = {"EMAIL_TAKEN": 409, "INVALID_CREDENTIALS": 401}
+USER_ERROR_STATUS = {"EMAIL_TAKEN": 409, "INVALID_CREDENTIALS": 401, "TOTP_ALREADY_ENABLED": 409}
 
 
 class StrictBody(BaseModel):
@@ -96,6 +96,9 @@ async def verify_email_route(body: VerifyEmailBody, request: Request) -> Verifie
 class LoginBody(StrictBody):
     email: str = Field(max_length=254)
     password: str = Field(max_length=128)
+    totp_code: str | None = Field(
+        default=None, max_length=32, description="2FA code or a recovery code, when 2FA is on"
+    )
 
 
 class RefreshBody(StrictBody):
@@ -130,8 +133,10 @@ async def login_route(body: LoginBody, request: Request) -> TokenPair:
     service = service_of(request)
     assert service.database is not None
     try:
+        assert service.secrets is not None
         tokens = await login(service.database, _keys(service), body.email, body.password,
-                             _client(request))  # fmt: skip
+                             _client(request), master_key=service.secrets.master_key,
+                             totp_code=body.totp_code)  # fmt: skip
     except AuthError as error:
         raise ApiError(error.status, error.code, error.message) from None
     return _pair(tokens)

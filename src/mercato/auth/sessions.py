@@ -20,6 +20,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.passwords import hash_password, verify_password
+from mercato.auth.totp import second_factor_ok
 from mercato.auth.users import UserError, normalize_email
 from mercato.store.tables import login_history, refresh_tokens, users
 
@@ -106,8 +107,18 @@ async def _record(
     )  # fmt: skip
 
 
-async def login(db: AsyncEngine, key: bytes, email: str, password: str, client: Client) -> Tokens:
-    """Check the credentials; count failures and lock the account after too many."""
+async def login(
+    db: AsyncEngine,
+    key: bytes,
+    email: str,
+    password: str,
+    client: Client,
+    *,
+    master_key: bytes,
+    totp_code: str | None = None,
+) -> Tokens:
+    """Check the credentials (and the second factor when 2FA is on); count failures and
+    lock the account after too many."""
     now = _now_ms()
     try:
         address = normalize_email(email)
@@ -128,7 +139,13 @@ async def login(db: AsyncEngine, key: bytes, email: str, password: str, client: 
             refusal = AuthError(
                 403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min"
             )
-        elif not verify_password(user.password_hash, password):
+        elif user.totp_enabled and not totp_code and verify_password(user.password_hash, password):
+            await _record(connection, user.id, address, client, False, "2fa code missing", now)
+            refusal = AuthError(401, "TOTP_REQUIRED", "2FA is on: send totp_code as well")
+        elif not verify_password(user.password_hash, password) or (
+            user.totp_enabled
+            and not await second_factor_ok(connection, master_key, user, totp_code or "")
+        ):
             failures = user.failed_logins + 1
             locked = failures >= MAX_FAILED_LOGINS
             await connection.execute(
@@ -138,8 +155,8 @@ async def login(db: AsyncEngine, key: bytes, email: str, password: str, client: 
                     updated_at=now,
                 )
             )  # fmt: skip
-            await _record(connection, user.id, address, client, False, "wrong password", now)
-            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+            await _record(connection, user.id, address, client, False, "wrong credentials", now)
+            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
         else:
             await connection.execute(
                 update(users).where(users.c.id == user.id)
