@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from mercato.api.auth_routes import Caller, StrictBody, as_api_error, service_of
-from mercato.auth import totp
+from mercato.api.auth_routes import Caller, SessionCaller, StrictBody, as_api_error, service_of
+from mercato.auth import api_keys, totp
 from mercato.auth.accounts import change_password
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.users import UserError
@@ -66,7 +67,9 @@ class PasswordChangeBody(StrictBody):
 
 
 @router.post("/password", status_code=204)
-async def change_password_route(body: PasswordChangeBody, caller: Caller, request: Request) -> None:
+async def change_password_route(
+    body: PasswordChangeBody, caller: SessionCaller, request: Request
+) -> None:
     """Change the password (the current one is required); every session ends, this one
     included, so the caller logs in again."""
     database = service_of(request).database
@@ -97,7 +100,7 @@ def _master_key(request: Request) -> bytes:
 
 
 @router.post("/2fa/enroll", response_model=Enrolment)
-async def enroll_route(caller: Caller, request: Request) -> Enrolment:
+async def enroll_route(caller: SessionCaller, request: Request) -> Enrolment:
     """Start 2FA: a TOTP secret and its otpauth:// URI for an authenticator app. Nothing
     changes at login until a code confirms it."""
     database = service_of(request).database
@@ -110,7 +113,9 @@ async def enroll_route(caller: Caller, request: Request) -> Enrolment:
 
 
 @router.post("/2fa/confirm", response_model=RecoveryCodes)
-async def confirm_route(body: TwoFactorCode, caller: Caller, request: Request) -> RecoveryCodes:
+async def confirm_route(
+    body: TwoFactorCode, caller: SessionCaller, request: Request
+) -> RecoveryCodes:
     """Turn 2FA on with a current code; returns ten one-time recovery codes, shown once."""
     database = service_of(request).database
     assert database is not None
@@ -122,11 +127,66 @@ async def confirm_route(body: TwoFactorCode, caller: Caller, request: Request) -
 
 
 @router.post("/2fa/disable", status_code=204)
-async def disable_route(body: TwoFactorCode, caller: Caller, request: Request) -> None:
+async def disable_route(body: TwoFactorCode, caller: SessionCaller, request: Request) -> None:
     """Turn 2FA off; needs a current code or a recovery code."""
     database = service_of(request).database
     assert database is not None
     try:
         await totp.disable(database, _master_key(request), caller.user_id, body.code)
+    except UserError as error:
+        raise as_api_error(error) from None
+
+
+class NewApiKey(StrictBody):
+    label: str = Field(min_length=1, max_length=64)
+    permissions: list[str] = Field(min_length=1, max_length=3, examples=[["read", "trade"]])
+    ip_allowlist: list[str] = Field(default_factory=list, max_length=20)
+
+
+class ApiKeyOut(BaseModel):
+    key_id: str
+    label: str
+    permissions: list[str]
+    ip_allowlist: list[str]
+    created_at: int
+
+
+class CreatedApiKey(ApiKeyOut):
+    secret: str
+
+
+@router.post("/api-keys", status_code=201, response_model=CreatedApiKey)
+async def create_key_route(
+    body: NewApiKey, caller: SessionCaller, request: Request
+) -> CreatedApiKey:
+    """Create an API key. The secret is in this answer only: store it now."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        key, secret = await api_keys.create_key(
+            database, _master_key(request), caller.user_id, body.label, body.permissions,
+            body.ip_allowlist,
+        )  # fmt: skip
+    except UserError as error:
+        raise as_api_error(error) from None
+    return CreatedApiKey(**msgspec.structs.asdict(key), secret=secret)
+
+
+@router.get("/api-keys", response_model=list[ApiKeyOut])
+async def list_keys_route(caller: Caller, request: Request) -> list[ApiKeyOut]:
+    """The caller's keys, without secrets."""
+    database = service_of(request).database
+    assert database is not None
+    keys = await api_keys.list_keys(database, caller.user_id)
+    return [ApiKeyOut(**msgspec.structs.asdict(key)) for key in keys]
+
+
+@router.delete("/api-keys/{key_id}", status_code=204)
+async def delete_key_route(key_id: str, caller: SessionCaller, request: Request) -> None:
+    """Delete one of the caller's keys (someone else's answers 404)."""
+    database = service_of(request).database
+    assert database is not None
+    try:
+        await api_keys.delete_key(database, caller.user_id, key_id)
     except UserError as error:
         raise as_api_error(error) from None

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mercato.api.errors import ApiError
 from mercato.auth.accounts import register, request_password_reset, reset_password, verify_email
+from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import (
     AuthError,
@@ -27,7 +28,12 @@ from mercato.service import ExchangeService
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
-USER_ERROR_STATUS = {"EMAIL_TAKEN": 409, "INVALID_CREDENTIALS": 401, "TOTP_ALREADY_ENABLED": 409}
+USER_ERROR_STATUS = {
+    "EMAIL_TAKEN": 409,
+    "INVALID_CREDENTIALS": 401,
+    "TOTP_ALREADY_ENABLED": 409,
+    "UNKNOWN_API_KEY": 404,
+}
 
 
 class StrictBody(BaseModel):
@@ -155,24 +161,56 @@ async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
     return _pair(tokens)
 
 
-async def principal(request: Request) -> Principal:
-    """The caller of a private endpoint, from ``Authorization: Bearer <access token>``."""
-    service = service_of(request)
+async def _bearer(request: Request, service: ExchangeService) -> Principal:
     assert service.database is not None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <access token>")
+        raise ApiError(
+            401, "UNAUTHORIZED", "send Authorization: Bearer <access token>, or a signed request"
+        )
     try:
         return await authenticate(service.database, _keys(service), token.strip())
     except AuthError as error:
         raise ApiError(error.status, error.code, error.message) from None
 
 
+async def _signed(request: Request, service: ExchangeService, key_id: str) -> Principal:
+    assert service.database is not None and service.secrets is not None
+    content_type = request.headers.get("content-type", "")
+    try:
+        return await authenticate_signed(
+            service.database, service.secrets.master_key, key_id, request.scope["query_string"],
+            await request.body(), request.client.host if request.client else "",
+            content_type.startswith("application/x-www-form-urlencoded"),
+        )  # fmt: skip
+    except AuthError as error:
+        raise ApiError(error.status, error.code, error.message) from None
+
+
+async def principal(request: Request) -> Principal:
+    """The caller of a read endpoint: a bearer session, or an API key with ``read``
+    signing the request (``X-MBX-APIKEY`` + ``timestamp`` + ``signature``)."""
+    service = service_of(request)
+    key_id = request.headers.get("x-mbx-apikey")
+    if key_id is None:
+        return await _bearer(request, service)
+    caller = await _signed(request, service, key_id)
+    if "read" not in caller.permissions:
+        raise ApiError(403, "MISSING_PERMISSION", "this API key lacks the read permission")
+    return caller
+
+
+async def session_principal(request: Request) -> Principal:
+    """The caller of an account-changing endpoint: a login session only, never a key."""
+    return await _bearer(request, service_of(request))
+
+
 Caller = Annotated[Principal, Depends(principal)]
+SessionCaller = Annotated[Principal, Depends(session_principal)]
 
 
 @router.post("/logout", status_code=204)
-async def logout_route(caller: Caller, request: Request) -> None:
+async def logout_route(caller: SessionCaller, request: Request) -> None:
     """End this session (its refresh tokens and, at once, its access tokens)."""
     service = service_of(request)
     assert service.database is not None
@@ -180,7 +218,7 @@ async def logout_route(caller: Caller, request: Request) -> None:
 
 
 @router.post("/logout-everywhere", status_code=204)
-async def logout_everywhere_route(caller: Caller, request: Request) -> None:
+async def logout_everywhere_route(caller: SessionCaller, request: Request) -> None:
     """End every session of the caller."""
     service = service_of(request)
     assert service.database is not None

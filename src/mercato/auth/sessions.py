@@ -54,12 +54,20 @@ class Tokens(msgspec.Struct, frozen=True):
     token_type: str = "Bearer"
 
 
+ALL_PERMISSIONS = ("read", "trade", "withdraw")
+
+
 class Principal(msgspec.Struct, frozen=True):
-    """Who an access token speaks for."""
+    """Who a request speaks for: a login session (every permission) or an API key."""
 
     user_id: int
     role: str
     session: str
+    permissions: tuple[str, ...] = ALL_PERMISSIONS
+
+    @property
+    def by_api_key(self) -> bool:
+        return self.session.startswith("apikey:")
 
 
 class Client(msgspec.Struct, frozen=True):

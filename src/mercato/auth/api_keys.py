@@ -1,0 +1,183 @@
+"""API keys and Binance-style signed requests.
+
+A key has a public id (sent as ``X-MBX-APIKEY``) and a secret shown once and stored
+sealed with the master key. A signed request carries ``timestamp`` (ms), optionally
+``recvWindow`` (default 5000, at most 60000) and ``signature``: the hex HMAC-SHA256,
+keyed with the secret, of the exact query string followed by the exact body, without
+the signature parameter. It is verified over the bytes as received, never over a
+re-serialised form, so any client that signs for Binance signs for Mercato.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import time
+from urllib.parse import parse_qsl
+
+import msgspec
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mercato.auth.crypto import seal, unseal
+from mercato.auth.sessions import AuthError, Principal
+from mercato.auth.users import UserError
+from mercato.store.tables import api_keys, users
+
+PERMISSIONS = ("read", "trade", "withdraw")
+DEFAULT_RECV_WINDOW_MS = 5000
+MAX_RECV_WINDOW_MS = 60000
+MAX_KEYS_PER_USER = 30
+_SIGNATURE = re.compile(rb"(^|&)signature=([0-9a-fA-F]*)$")
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    key_id: str
+    label: str
+    permissions: list[str]
+    ip_allowlist: list[str]
+    created_at: int
+
+
+def _context(key_id: str) -> bytes:
+    return f"apikey:{key_id}".encode()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _split(text: str | None) -> list[str]:
+    return [part for part in (text or "").split(",") if part]
+
+
+def _checked(label: str, permissions: list[str], ip_allowlist: list[str]) -> None:
+    if not 1 <= len(label) <= 64:
+        raise UserError("INVALID_API_KEY", "label has 1 to 64 characters")
+    if not permissions or any(p not in PERMISSIONS for p in permissions):
+        raise UserError("INVALID_API_KEY", f"permissions are some of {', '.join(PERMISSIONS)}")
+    for entry in ip_allowlist:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise UserError(
+                "INVALID_API_KEY", f"{entry!r} is not an IP address or network"
+            ) from None
+
+
+async def create_key(
+    db: AsyncEngine, master_key: bytes, user_id: int, label: str, permissions: list[str],
+    ip_allowlist: list[str],
+) -> tuple[ApiKey, str]:  # fmt: skip
+    """A new key and its secret (returned this once only)."""
+    _checked(label, permissions, ip_allowlist)
+    permissions = sorted(set(permissions), key=PERMISSIONS.index)
+    key_id, secret, now = secrets.token_hex(32), secrets.token_hex(32), _now_ms()
+    async with db.begin() as connection:
+        live = await connection.execute(
+            select(api_keys.c.id).where(
+                api_keys.c.user_id == user_id, api_keys.c.deleted_at.is_(None)
+            )
+        )
+        if len(live.all()) >= MAX_KEYS_PER_USER:
+            raise UserError("TOO_MANY_API_KEYS", f"at most {MAX_KEYS_PER_USER} keys per user")
+        await connection.execute(
+            insert(api_keys).values(
+                user_id=user_id, key_id=key_id, label=label,
+                secret_enc=seal(master_key, secret.encode(), _context(key_id)),
+                permissions=",".join(permissions), ip_allowlist=",".join(ip_allowlist) or None,
+                created_at=now,
+            )
+        )  # fmt: skip
+    return ApiKey(key_id, label, permissions, ip_allowlist, now), secret
+
+
+async def list_keys(db: AsyncEngine, user_id: int) -> list[ApiKey]:
+    async with db.connect() as connection:
+        rows = await connection.execute(
+            select(api_keys)
+            .where(api_keys.c.user_id == user_id, api_keys.c.deleted_at.is_(None))
+            .order_by(api_keys.c.id)
+        )
+        return [ApiKey(r.key_id, r.label, _split(r.permissions), _split(r.ip_allowlist),
+                       r.created_at) for r in rows]  # fmt: skip
+
+
+async def delete_key(db: AsyncEngine, user_id: int, key_id: str) -> None:
+    """Delete one of the user's keys; another user's key is reported as unknown."""
+    async with db.begin() as connection:
+        done = await connection.execute(
+            update(api_keys)
+            .where(api_keys.c.key_id == key_id, api_keys.c.user_id == user_id,
+                   api_keys.c.deleted_at.is_(None))
+            .values(deleted_at=_now_ms())
+        )  # fmt: skip
+        if done.rowcount == 0:
+            raise UserError("UNKNOWN_API_KEY", "no such API key")
+
+
+def _signature_and_payload(query: bytes, body: bytes) -> tuple[str, bytes]:
+    """The signature parameter (last, in the query or else the body) and the exact bytes
+    it signs: the query string followed by the body, without that parameter."""
+    for part, other_first in ((query, False), (body, True)):
+        found = _SIGNATURE.search(part)
+        if found:
+            unsigned = part[: found.start()]
+            payload = (query + unsigned) if other_first else (unsigned + body)
+            return found.group(2).decode(), payload
+    raise AuthError(401, "INVALID_SIGNATURE", "the request carries no signature parameter")
+
+
+def _window(params: dict[str, str], now: int) -> None:
+    try:
+        timestamp = int(params["timestamp"])
+        window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
+    except (KeyError, ValueError):
+        raise AuthError(
+            400, "INVALID_TIMESTAMP", "send timestamp (ms) and optionally recvWindow"
+        ) from None
+    if not 0 < window <= MAX_RECV_WINDOW_MS:
+        raise AuthError(400, "INVALID_TIMESTAMP", f"recvWindow is 1..{MAX_RECV_WINDOW_MS} ms")
+    if timestamp >= now + 1000 or now - timestamp > window:  # Binance's rule
+        message = f"timestamp {timestamp} is outside the {window} ms window around {now}"
+        raise AuthError(400, "TIMESTAMP_OUTSIDE_WINDOW", message)
+
+
+async def authenticate_signed(
+    db: AsyncEngine, master_key: bytes, key_id: str, query: bytes, body: bytes, client_ip: str,
+    form_body: bool,
+) -> Principal:  # fmt: skip
+    """The principal of a signed request, or AuthError with a distinct code."""
+    signature, payload = _signature_and_payload(query, body)
+    async with db.connect() as connection:
+        row = (
+            await connection.execute(
+                select(api_keys, users.c.role, users.c.status)
+                .join(users, users.c.id == api_keys.c.user_id)
+                .where(api_keys.c.key_id == key_id, api_keys.c.deleted_at.is_(None))
+            )
+        ).first()
+    if row is None:
+        raise AuthError(401, "UNKNOWN_API_KEY", "no such API key (X-MBX-APIKEY)")
+    secret = unseal(master_key, row.secret_enc, _context(key_id))
+    expected = hmac.new(secret, payload, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise AuthError(401, "INVALID_SIGNATURE", "signature does not match query string + body")
+    params = dict(parse_qsl(query.decode("latin-1")))
+    if form_body:
+        params.update(parse_qsl(body.decode("latin-1")))
+    _window(params, _now_ms())
+    allowlist = _split(row.ip_allowlist)
+    if allowlist and not any(
+        ipaddress.ip_address(client_ip) in ipaddress.ip_network(net, strict=False)
+        for net in allowlist
+    ):
+        raise AuthError(
+            403, "IP_NOT_ALLOWED", f"this key does not accept requests from {client_ip}"
+        )
+    if row.status == "frozen":
+        raise AuthError(403, "USER_FROZEN", "the account is frozen")
+    return Principal(row.user_id, row.role, f"apikey:{key_id}", tuple(_split(row.permissions)))
