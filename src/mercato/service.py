@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
-from mercato.core.results import Result
 from mercato.journal import AsyncSequencer
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, migrate
@@ -69,11 +68,6 @@ class ExchangeService:
             revision,
             self.sequencer.last_seq,
         )
-
-    async def submit(self, command: Command) -> Result:
-        if self.sequencer is None or not self.ready or self.stopping:
-            raise BootError("the exchange is not ready")
-        return await self.sequencer.submit(command)
 
     async def _bootstrap(self) -> None:
         """Create the configured assets and markets the engine does not have yet."""
