@@ -7,11 +7,9 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from mercato.api.auth_routes import Caller, SessionCaller, StrictBody, as_api_error, service_of
+from mercato.api.auth_routes import Caller, SessionCaller, StrictBody, service_of
 from mercato.auth import api_keys, totp
 from mercato.auth.accounts import change_password
-from mercato.auth.passwords import PasswordPolicyError
-from mercato.auth.users import UserError
 from mercato.store.tables import login_history, users
 
 router = APIRouter(prefix="/api/v1/account", tags=["account"])
@@ -74,10 +72,7 @@ async def change_password_route(
     included, so the caller logs in again."""
     database = service_of(request).database
     assert database is not None
-    try:
-        await change_password(database, caller.user_id, body.current_password, body.new_password)
-    except (UserError, PasswordPolicyError) as error:
-        raise as_api_error(error) from None
+    await change_password(database, caller.user_id, body.current_password, body.new_password)
 
 
 class TwoFactorCode(StrictBody):
@@ -105,10 +100,7 @@ async def enroll_route(caller: SessionCaller, request: Request) -> Enrolment:
     changes at login until a code confirms it."""
     database = service_of(request).database
     assert database is not None
-    try:
-        secret, uri = await totp.enroll(database, _master_key(request), caller.user_id)
-    except UserError as error:
-        raise as_api_error(error) from None
+    secret, uri = await totp.enroll(database, _master_key(request), caller.user_id)
     return Enrolment(secret=secret, otpauth_uri=uri)
 
 
@@ -119,10 +111,7 @@ async def confirm_route(
     """Turn 2FA on with a current code; returns ten one-time recovery codes, shown once."""
     database = service_of(request).database
     assert database is not None
-    try:
-        codes = await totp.confirm(database, _master_key(request), caller.user_id, body.code)
-    except UserError as error:
-        raise as_api_error(error) from None
+    codes = await totp.confirm(database, _master_key(request), caller.user_id, body.code)
     return RecoveryCodes(recovery_codes=codes)
 
 
@@ -131,10 +120,7 @@ async def disable_route(body: TwoFactorCode, caller: SessionCaller, request: Req
     """Turn 2FA off; needs a current code or a recovery code."""
     database = service_of(request).database
     assert database is not None
-    try:
-        await totp.disable(database, _master_key(request), caller.user_id, body.code)
-    except UserError as error:
-        raise as_api_error(error) from None
+    await totp.disable(database, _master_key(request), caller.user_id, body.code)
 
 
 class NewApiKey(StrictBody):
@@ -162,13 +148,10 @@ async def create_key_route(
     """Create an API key. The secret is in this answer only: store it now."""
     database = service_of(request).database
     assert database is not None
-    try:
-        key, secret = await api_keys.create_key(
-            database, _master_key(request), caller.user_id, body.label, body.permissions,
-            body.ip_allowlist,
-        )  # fmt: skip
-    except UserError as error:
-        raise as_api_error(error) from None
+    key, secret = await api_keys.create_key(
+        database, _master_key(request), caller.user_id, body.label, body.permissions,
+        body.ip_allowlist,
+    )  # fmt: skip
     return CreatedApiKey(**msgspec.structs.asdict(key), secret=secret)
 
 
@@ -186,7 +169,4 @@ async def delete_key_route(key_id: str, caller: SessionCaller, request: Request)
     """Delete one of the caller's keys (someone else's answers 404)."""
     database = service_of(request).database
     assert database is not None
-    try:
-        await api_keys.delete_key(database, caller.user_id, key_id)
-    except UserError as error:
-        raise as_api_error(error) from None
+    await api_keys.delete_key(database, caller.user_id, key_id)

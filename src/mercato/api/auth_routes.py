@@ -11,9 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mercato.api.errors import ApiError
 from mercato.auth.accounts import register, request_password_reset, reset_password, verify_email
 from mercato.auth.api_keys import authenticate_signed
-from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import (
-    AuthError,
     Client,
     Principal,
     Tokens,
@@ -23,17 +21,9 @@ from mercato.auth.sessions import (
     logout_everywhere,
     refresh,
 )
-from mercato.auth.users import UserError
 from mercato.service import ExchangeService
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
-
-USER_ERROR_STATUS = {
-    "EMAIL_TAKEN": 409,
-    "INVALID_CREDENTIALS": 401,
-    "TOTP_ALREADY_ENABLED": 409,
-    "UNKNOWN_API_KEY": 404,
-}
 
 
 class StrictBody(BaseModel):
@@ -68,22 +58,13 @@ def service_of(request: Request) -> ExchangeService:
     return service
 
 
-def as_api_error(error: UserError | PasswordPolicyError) -> ApiError:
-    if isinstance(error, PasswordPolicyError):
-        return ApiError(400, "WEAK_PASSWORD", str(error))
-    return ApiError(USER_ERROR_STATUS.get(error.code, 400), error.code, error.message)
-
-
 @router.post("/register", status_code=201, response_model=RegisteredUser)
 async def register_route(body: RegisterBody, request: Request) -> RegisteredUser:
     """Create an account; a verification token is mailed to the address. Unverified
     accounts cannot trade or withdraw."""
     service = service_of(request)
     assert service.database is not None and service.mailer is not None
-    try:
-        user = await register(service.database, service.mailer, body.email, body.password)
-    except (UserError, PasswordPolicyError) as error:
-        raise as_api_error(error) from None
+    user = await register(service.database, service.mailer, body.email, body.password)
     return RegisteredUser(user_id=user.id, email=user.email, email_verified=False)
 
 
@@ -92,10 +73,7 @@ async def verify_email_route(body: VerifyEmailBody, request: Request) -> Verifie
     """Confirm an address with the token from the verification mail (works once)."""
     service = service_of(request)
     assert service.database is not None
-    try:
-        user_id = await verify_email(service.database, body.token)
-    except UserError as error:
-        raise as_api_error(error) from None
+    user_id = await verify_email(service.database, body.token)
     return Verified(user_id=user_id, email_verified=True)
 
 
@@ -138,13 +116,10 @@ async def login_route(body: LoginBody, request: Request) -> TokenPair:
     Five wrong passwords in a row lock the account for 15 minutes."""
     service = service_of(request)
     assert service.database is not None
-    try:
-        assert service.secrets is not None
-        tokens = await login(service.database, _keys(service), body.email, body.password,
-                             _client(request), master_key=service.secrets.master_key,
-                             totp_code=body.totp_code)  # fmt: skip
-    except AuthError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+    assert service.secrets is not None
+    tokens = await login(service.database, _keys(service), body.email, body.password,
+                         _client(request), master_key=service.secrets.master_key,
+                         totp_code=body.totp_code)  # fmt: skip
     return _pair(tokens)
 
 
@@ -153,11 +128,8 @@ async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
     """Spend a refresh token for a new pair. Using one twice revokes the session."""
     service = service_of(request)
     assert service.database is not None
-    try:
-        tokens = await refresh(service.database, _keys(service), body.refresh_token,
-                               _client(request))  # fmt: skip
-    except AuthError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+    tokens = await refresh(service.database, _keys(service), body.refresh_token,
+                           _client(request))  # fmt: skip
     return _pair(tokens)
 
 
@@ -168,23 +140,17 @@ async def _bearer(request: Request, service: ExchangeService) -> Principal:
         raise ApiError(
             401, "UNAUTHORIZED", "send Authorization: Bearer <access token>, or a signed request"
         )
-    try:
-        return await authenticate(service.database, _keys(service), token.strip())
-    except AuthError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+    return await authenticate(service.database, _keys(service), token.strip())
 
 
 async def _signed(request: Request, service: ExchangeService, key_id: str) -> Principal:
     assert service.database is not None and service.secrets is not None
     content_type = request.headers.get("content-type", "")
-    try:
-        return await authenticate_signed(
-            service.database, service.secrets.master_key, key_id, request.scope["query_string"],
-            await request.body(), request.client.host if request.client else "",
-            content_type.startswith("application/x-www-form-urlencoded"),
-        )  # fmt: skip
-    except AuthError as error:
-        raise ApiError(error.status, error.code, error.message) from None
+    return await authenticate_signed(
+        service.database, service.secrets.master_key, key_id, request.scope["query_string"],
+        await request.body(), request.client.host if request.client else "",
+        content_type.startswith("application/x-www-form-urlencoded"),
+    )  # fmt: skip
 
 
 async def principal(request: Request) -> Principal:
@@ -253,7 +219,4 @@ async def reset_confirm_route(body: ResetConfirmBody, request: Request) -> None:
     """Set a new password with the mailed token; every session of the account ends."""
     service = service_of(request)
     assert service.database is not None
-    try:
-        await reset_password(service.database, body.token, body.new_password)
-    except (UserError, PasswordPolicyError) as error:
-        raise as_api_error(error) from None
+    await reset_password(service.database, body.token, body.new_password)

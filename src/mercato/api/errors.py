@@ -9,6 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from mercato.auth.passwords import PasswordPolicyError
+from mercato.auth.sessions import AuthError
+from mercato.auth.users import UserError
+
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {
@@ -21,6 +25,15 @@ HTTP_CODES = {
     415: "UNSUPPORTED_MEDIA_TYPE",
     429: "RATE_LIMITED",
     503: "NOT_READY",
+}
+
+
+# Stable codes of the domain errors that are not a 400.
+USER_ERROR_STATUS = {
+    "EMAIL_TAKEN": 409,
+    "INVALID_CREDENTIALS": 401,
+    "TOTP_ALREADY_ENABLED": 409,
+    "UNKNOWN_API_KEY": 404,
 }
 
 
@@ -42,6 +55,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return error_response(error.status, error.code, error.message)
+
+    # Domain errors carry their own stable code; they are mapped here, once, for every route.
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, error: AuthError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, error: UserError) -> JSONResponse:
+        return error_response(USER_ERROR_STATUS.get(error.code, 400), error.code, error.message)
+
+    @app.exception_handler(PasswordPolicyError)
+    async def weak_password(request: Request, error: PasswordPolicyError) -> JSONResponse:
+        return error_response(400, "WEAK_PASSWORD", str(error))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
