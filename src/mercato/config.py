@@ -10,6 +10,7 @@ repr or a log line. See docs/configuration.md.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tomllib
@@ -46,7 +47,38 @@ class DatabaseConfig(_Section):
 
 
 class RedisConfig(_Section):
-    url: str = ""  # empty: rate limits and sessions in-process
+    url: str = ""  # empty: rate limits in-process
+    key_prefix: str = "mercato:"  # lets several exchanges share one Redis
+
+
+class RateBudget(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        if not (self.per_second > 0 and math.isfinite(self.per_second)) or self.burst < 1:
+            raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
+
+    def describe(self) -> str:
+        return f"{self.per_second:g}/s, burst {self.burst}"
+
+
+class RateLimitsConfig(_Section):
+    """Budgets per client IP, per IP on the credential endpoints, per account, and per
+    account for order entry. See docs/configuration.md for the reasoning."""
+
+    enabled: bool = True
+    ip: RateBudget = RateBudget(per_second=50, burst=100)
+    auth: RateBudget = RateBudget(per_second=0.5, burst=20)
+    account: RateBudget = RateBudget(per_second=20, burst=60)
+    orders: RateBudget = RateBudget(per_second=10, burst=50)
+
+    def budgets(self) -> dict[str, RateBudget]:
+        if not self.enabled:
+            return {}
+        return {"ip": self.ip, "auth": self.auth, "account": self.account, "orders": self.orders}
 
 
 class SmtpConfig(_Section):
@@ -95,6 +127,7 @@ class Config(_Section):
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     assets: list[AssetConfig] = msgspec.field(default_factory=list)
     markets: list[MarketConfig] = msgspec.field(default_factory=list)

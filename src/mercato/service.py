@@ -2,9 +2,9 @@
 
 Boot order: data directory -> secrets -> SQL migrations -> sequencer recovery (snapshot +
 journal tail) -> assets and markets of the configuration that the engine does not know
-yet -> GTD tick loop -> ready. `/health/ready` answers 200 only after all of it.
-Stopping: refuse new work, stop the tick loop, commit and apply what is queued, write a
-final snapshot, close the journal and the database.
+yet -> GTD tick loop and mail retry loop -> ready. `/health/ready` answers 200 only after
+all of it. Stopping: refuse new work, stop both loops, commit and apply what is queued,
+write a final snapshot, close the journal and the database.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from mercato.store import create_engine, migrate
 log = logging.getLogger(__name__)
 
 TICK_CHECK_SECONDS = 0.1
+#: How often undelivered mail is looked at (the first retry is due 30 s after a failure).
+MAIL_RETRY_SECONDS = 10.0
 
 
 class BootError(RuntimeError):
@@ -45,6 +47,7 @@ class ExchangeService:
         self.stopping = False
         self.failure: BaseException | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self._mail_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -61,6 +64,7 @@ class ExchangeService:
         tune_gc()
         await self._bootstrap()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
+        self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")
         self.ready = True
         log.info(
             "ready: data dir %s, database at revision %s, engine at seq %d",
@@ -105,13 +109,29 @@ class ExchangeService:
             if due and not self.stopping:
                 await self.sequencer.submit(Tick())
 
+    async def _mail_loop(self) -> None:
+        """Retry undelivered outbox mail when due (with backoff, see mercato.auth.mail).
+        A failed pass (the database away for a moment) is logged and the loop goes on."""
+        assert self.mailer is not None
+        while not self.stopping:
+            await asyncio.sleep(MAIL_RETRY_SECONDS)
+            try:
+                done = await self.mailer.retry_due()
+            except Exception:
+                log.exception("mail retry pass failed; trying again in %g s", MAIL_RETRY_SECONDS)
+                continue
+            if done.sent or done.given_up:
+                log.info("mail retry: %d sent, %d to retry, %d given up", done.sent,
+                         done.retry, done.given_up)  # fmt: skip
+
     async def stop(self) -> None:
         self.stopping = True
         self.ready = False
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
+        for task in (self._tick_task, self._mail_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.sequencer is not None:
             await self.sequencer.close(snapshot=True)
             log.info("journal flushed and snapshot written at seq %d", self.sequencer.last_seq)

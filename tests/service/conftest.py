@@ -1,8 +1,15 @@
 """Shared harness for the service tests: a real `mercato serve` process on a free port.
-The store tests' database fixture (SQLite and PostgreSQL) is re-exported here."""
+
+``backend`` runs a test once per store: on SQLite (the default store in the data
+directory, as an operator gets it) and on PostgreSQL (``DATABASE_URL`` naming a fresh
+database, created and dropped like the store tests' one; skipped, or failed under
+``MERCATO_REQUIRE_SERVICES=1``, when PostgreSQL is unreachable). ``env`` alone is the
+SQLite-only environment, for tests about configuration or the HTTP layer that never reach
+the store. The store tests' ``database_url`` fixture is re-exported here."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -17,8 +25,10 @@ from typing import Any
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import inspect, text
 
-from store.conftest import database_url  # noqa: F401  (re-exported fixture)
+from mercato.store import create_engine, sqlite_url
+from store.conftest import database_url, fresh_postgres_database  # noqa: F401  (re-exported)
 
 BOOT_SECONDS = 30
 
@@ -33,11 +43,15 @@ class Server:
     def __init__(self, data_dir: Path, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mercato.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(data_dir), *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+        # The log goes to a file beside the data directory, not a pipe: a pipe nobody
+        # reads until the end fills up (64 KiB of tracebacks) and blocks the server.
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mercato.cli", "serve", "--port", str(self.port),
+                 "--data-dir", str(data_dir), *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
 
     def wait_ready(self) -> dict[str, object]:
         deadline = time.monotonic() + BOOT_SECONDS
@@ -58,10 +72,11 @@ class Server:
         return self.process.wait(timeout=30)
 
     def output(self) -> str:
+        """Everything the server logged (it is killed first if still running)."""
         if self.process.poll() is None:
             self.process.kill()
-        out, _ = self.process.communicate(timeout=10)
-        return out
+        self.process.wait(timeout=10)
+        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
@@ -70,6 +85,60 @@ def env() -> dict[str, str]:
     clean.pop("DATABASE_URL", None)
     clean.pop("REDIS_URL", None)
     return clean
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The store a service test's server runs on, and the test's own access to it."""
+
+    name: str  # "sqlite" or "postgres"
+    data: Path  # the server's --data-dir
+    env: dict[str, str]  # the server's environment: DATABASE_URL is set for PostgreSQL
+    url: str  # the store's URL (for SQLite, the default store in ``data``)
+
+    def rows(self, sql: str, **params: object) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (``:name`` parameters) in its own transaction; the rows it returns.
+        Booleans come back as 0/1 on SQLite and False/True on PostgreSQL (equal in Python)."""
+
+        async def run() -> list[tuple[Any, ...]]:
+            engine = create_engine(self.url)
+            try:
+                async with engine.begin() as connection:
+                    result = await connection.execute(text(sql), params)
+                    return [tuple(row) for row in result] if result.returns_rows else []
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run())
+
+    def execute(self, sql: str, **params: object) -> None:
+        self.rows(sql, **params)
+
+    def tables(self) -> set[str]:
+        async def run() -> set[str]:
+            engine = create_engine(self.url)
+            try:
+                async with engine.connect() as connection:
+                    names = await connection.run_sync(lambda c: inspect(c).get_table_names())
+                    return set(names)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, env: dict[str, str]
+) -> Iterator[Backend]:
+    """The test once on SQLite and once on PostgreSQL. A restart within the test reuses
+    ``backend.env``, so the new server finds the same database."""
+    data = tmp_path / "data"
+    if request.param == "sqlite":
+        yield Backend("sqlite", data, env, sqlite_url(data / "mercato.db"))
+        return
+    with fresh_postgres_database() as url:
+        yield Backend("postgres", data, {**env, "DATABASE_URL": url}, url)
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
 import time
-from pathlib import Path
 
 import httpx
 
-from service.conftest import Server
+from service.conftest import Backend, Server
 from service.test_sessions import PASSWORD, bearer, create_user
 
 
@@ -27,12 +25,10 @@ def signed_get(url: str, key: dict[str, str], params: str = "", *, offset_ms: in
                      headers={"X-MBX-APIKEY": key["key_id"]})  # fmt: skip
 
 
-def test_api_keys_sign_requests_like_binance(
-    tmp_path: Path, env: dict[str, str], servers: list[Server]
-) -> None:
-    data = tmp_path / "data"
-    create_user(data, "ann@example.com")
-    create_user(data, "bob@example.com")
+def test_api_keys_sign_requests_like_binance(backend: Backend, servers: list[Server]) -> None:
+    data, env = backend.data, backend.env
+    for email in ("ann@example.com", "bob@example.com"):
+        create_user(data, email, env.get("DATABASE_URL"))
     server = Server(data, env)
     servers.append(server)
     server.wait_ready()
@@ -96,12 +92,10 @@ def test_api_keys_sign_requests_like_binance(
     assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_API_KEY")
 
     # Frozen users are refused with their own code; deleted keys are unknown.
-    with sqlite3.connect(data / "mercato.db") as db:
-        db.execute("update users set status = 'frozen' where email = 'ann@example.com'")
+    backend.execute("update users set status = 'frozen' where email = 'ann@example.com'")
     frozen = signed_get(f"{account}/me", key)
     assert (frozen.status_code, frozen.json()["code"]) == (403, "USER_FROZEN")
-    with sqlite3.connect(data / "mercato.db") as db:
-        db.execute("update users set status = 'active' where email = 'ann@example.com'")
+    backend.execute("update users set status = 'active' where email = 'ann@example.com'")
     assert httpx.delete(f"{account}/api-keys/{key['key_id']}", headers=ann).status_code == 204
     gone = signed_get(f"{account}/me", key)
     assert (gone.status_code, gone.json()["code"]) == (401, "UNKNOWN_API_KEY")
@@ -112,8 +106,7 @@ def test_api_keys_sign_requests_like_binance(
     servers.append(again)
     again.wait_ready()
     assert signed_get(f"{again.url}/api/v1/account/me", trade_only).status_code == 403
-    with sqlite3.connect(data / "mercato.db") as db:
-        sealed = [row[0] for row in db.execute("select secret_enc from api_keys")]
+    sealed = [row[0] for row in backend.rows("select secret_enc from api_keys")]
     assert all(
         key["secret"].encode() not in s and trade_only["secret"].encode() not in s for s in sealed
     )

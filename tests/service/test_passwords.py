@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from service.conftest import Server, smtp_env
+from service.conftest import Backend, Server, smtp_env
 from service.test_sessions import PASSWORD, bearer, create_user
 
 TOKEN_LINE = re.compile(r"^ {4}(\S+)\r?$", re.MULTILINE)
@@ -16,12 +15,11 @@ NEW_PASSWORD = "brand-new-pass-7"
 
 
 def test_change_and_reset_end_every_session(
-    tmp_path: Path, env: dict[str, str], servers: list[Server], smtp: Any
+    backend: Backend, servers: list[Server], smtp: Any
 ) -> None:
     controller, inbox = smtp
-    data = tmp_path / "data"
-    create_user(data, "ann@example.com")
-    server = Server(data, smtp_env(env, controller.port))
+    create_user(backend.data, "ann@example.com", backend.env.get("DATABASE_URL"))
+    server = Server(backend.data, smtp_env(backend.env, controller.port))
     servers.append(server)
     server.wait_ready()
     auth, account = f"{server.url}/api/v1/auth", f"{server.url}/api/v1/account"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import stat
 from pathlib import Path
 
@@ -11,13 +10,13 @@ import httpx
 
 from mercato.journal import recover_engine
 from mercato.store import current_revision, head_revision
-from service.conftest import BOOT_SECONDS, Server
+from service.conftest import BOOT_SECONDS, Backend, Server
 
 
 def test_serve_boots_answers_stops_cleanly_and_restarts_with_its_state(
-    tmp_path: Path, env: dict[str, str], servers: list[Server]
+    backend: Backend, servers: list[Server]
 ) -> None:
-    data = tmp_path / "data"
+    data, env = backend.data, backend.env
     server = Server(data, env)
     servers.append(server)
     ready = server.wait_ready()
@@ -44,9 +43,8 @@ def test_serve_boots_answers_stops_cleanly_and_restarts_with_its_state(
         secret_file = data / "secrets" / name
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
         assert secret_file.read_text().strip() not in log  # never logged
-    with sqlite3.connect(data / "mercato.db") as db:
-        tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
-    assert {"users", "api_keys", "refresh_tokens", "alembic_version"} <= tables
+    assert {"users", "api_keys", "refresh_tokens", "alembic_version"} <= backend.tables()
+    assert (data / "mercato.db").exists() == (backend.name == "sqlite")
 
     again = Server(data, env)
     servers.append(again)
@@ -57,6 +55,8 @@ def test_serve_boots_answers_stops_cleanly_and_restarts_with_its_state(
 def test_serve_refuses_a_configuration_the_engine_rejects(
     tmp_path: Path, env: dict[str, str], servers: list[Server]
 ) -> None:
+    # This and the next test are about configuration (the engine's verdict on it, and a
+    # file that does not parse): the store plays no part, so SQLite alone.
     config = tmp_path / "bad.toml"
     config.write_text(
         '[[assets]]\nsymbol = "AAA"\ndecimals = 2\n[[assets]]\nsymbol = "BBB"\ndecimals = 2\n'

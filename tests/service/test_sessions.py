@@ -9,13 +9,16 @@ from pathlib import Path
 
 import httpx
 
-from service.conftest import Server
+from service.conftest import Backend, Server
 
 PASSWORD = "correct-horse-9"
 
 
-def create_user(data_dir: Path, email: str) -> None:
+def create_user(data_dir: Path, email: str, database_url: str | None = None) -> None:
+    """``mercato admin create-user`` on the store in ``data_dir``, or at ``database_url``."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MERCATO_DATA_DIR")}
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
     done = subprocess.run(
         [sys.executable, "-m", "mercato.cli", "admin", "create-user", email,
          "--password-stdin", "--data-dir", str(data_dir)],
@@ -28,10 +31,10 @@ def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_sessions_end_to_end(tmp_path: Path, env: dict[str, str], servers: list[Server]) -> None:
-    data = tmp_path / "data"
-    create_user(data, "ann@example.com")
-    create_user(data, "bob@example.com")
+def test_sessions_end_to_end(backend: Backend, servers: list[Server]) -> None:
+    data, env = backend.data, backend.env
+    for email in ("ann@example.com", "bob@example.com"):
+        create_user(data, email, env.get("DATABASE_URL"))
     server = Server(data, env)
     servers.append(server)
     server.wait_ready()

@@ -9,6 +9,7 @@ unreachable the PostgreSQL cases skip, or fail when ``MERCATO_REQUIRE_SERVICES=1
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import secrets
@@ -46,12 +47,11 @@ def postgres_reachable() -> tuple[bool, str]:
     return True, ""
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """URL of an empty database (never migrated) on each backend."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "store.db")
-        return
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database with a random name, dropped (even if still in use)
+    on exit; yields its ``postgresql+asyncpg://`` URL. Skips, or fails when
+    ``MERCATO_REQUIRE_SERVICES=1``, if PostgreSQL is unreachable."""
     reachable, reason = postgres_reachable()
     require_service("postgres", reachable, reason)
     name = f"mercato_test_{secrets.token_hex(6)}"
@@ -64,6 +64,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         )
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of an empty database (never migrated) on each backend."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "store.db")
+        return
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

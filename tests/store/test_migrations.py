@@ -11,17 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from mercato.store import (
+    alembic_config,
     create_engine,
     current_revision,
     downgrade,
     head_revision,
     metadata,
     migrate,
+    migration_connection,
     sqlite_url,
     users,
 )
@@ -41,6 +44,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "totp_enabled": False,
         "created_at": False,
         "updated_at": False,
+        "totp_last_step": False,
     },
     "refresh_tokens": {
         "id": False,
@@ -95,6 +99,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "sent_at": True,
         "attempts": False,
         "last_error": True,
+        "next_attempt_at": True,
+        "failed_at": True,
     },
     "audit_log": {
         "id": False,
@@ -119,6 +125,7 @@ EXPECTED_INDEXES = {
     "api_keys": [["user_id"]],
     "login_history": [["user_id", "created_at"]],
     "audit_log": [["created_at"]],
+    "email_outbox": [["next_attempt_at"]],
 }
 USER_FK_TABLES = {
     "refresh_tokens",
@@ -310,7 +317,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0001"
+    assert head == after == head_revision() == "0002"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
@@ -328,3 +335,120 @@ def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
     assert after_down == {"alembic_version"}
     assert again == head_revision()
     assert after_again == {*EXPECTED_COLUMNS, "alembic_version"}
+
+
+def _shape(connection: Connection) -> dict[str, Any]:
+    """Everything a migration could get wrong about the tables, comparable across two
+    databases: columns (name, nullability, default, type), keys, indexes, checks, and on
+    SQLite whether the id is AUTOINCREMENT (never reused)."""
+    inspector = sa.inspect(connection)
+    shape: dict[str, Any] = {}
+    for name in inspector.get_table_names():
+        autoincrement = None
+        if connection.dialect.name == "sqlite":
+            (sql,) = connection.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).one()
+            autoincrement = "AUTOINCREMENT" in sql
+        shape[name] = {
+            "columns": sorted(
+                (c["name"], c["nullable"], str(c.get("default")), repr(c["type"]))
+                for c in inspector.get_columns(name)
+            ),
+            "pk": inspector.get_pk_constraint(name)["constrained_columns"],
+            "unique": sorted(
+                (u["name"], u["column_names"]) for u in inspector.get_unique_constraints(name)
+            ),
+            "indexes": sorted((i["name"], i["column_names"]) for i in inspector.get_indexes(name)),
+            "checks": sorted(
+                (c["name"], c["sqltext"]) for c in inspector.get_check_constraints(name)
+            ),
+            "fks": sorted(
+                (
+                    f["name"],
+                    f["constrained_columns"],
+                    f["referred_table"],
+                    f.get("options", {}).get("ondelete"),
+                )
+                for f in inspector.get_foreign_keys(name)
+            ),
+            "autoincrement": autoincrement,
+        }
+    return shape
+
+
+async def _shape_of(url: str) -> dict[str, Any]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_shape)
+    finally:
+        await engine.dispose()
+
+
+async def _upgrade_to(url: str, revision: str) -> None:
+    def run(connection: Connection) -> None:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with migration_connection(url) as connection:
+        await connection.run_sync(run)
+
+
+def test_downgrading_0002_gives_back_the_0001_schema(database_url: str, tmp_path: Path) -> None:
+    """0002's downgrade rebuilds tables on SQLite: nothing of 0001 may be lost on the way
+    (AUTOINCREMENT, the CHECK on users.email, indexes, foreign keys)."""
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        await migrate(database_url)
+        at_head = await _shape_of(database_url)
+        assert await downgrade(database_url, "0001") == "0001"
+        downgraded = await _shape_of(database_url)
+        if database_url.startswith("sqlite"):
+            reference = sqlite_url(tmp_path / "reference.db")
+        else:  # a second fresh PostgreSQL database would need the fixture twice: reuse this one
+            await downgrade(database_url, "base")
+            reference = database_url
+        await _upgrade_to(reference, "0001")
+        return at_head, downgraded, await _shape_of(reference)
+
+    at_head, downgraded, reference = asyncio.run(scenario())
+    assert downgraded == reference
+    assert any(c[0] == "totp_last_step" for c in at_head["users"]["columns"])
+    if database_url.startswith("sqlite"):
+        assert all(t["autoincrement"] for n, t in downgraded.items() if n != "alembic_version")
+
+
+def test_0002_makes_mail_that_failed_before_it_due_at_once(database_url: str) -> None:
+    async def scenario() -> list[tuple[Any, ...]]:
+        await migrate(database_url)
+        await downgrade(database_url, "0001")
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                for subject, sent_at, attempts in (("sent", 5, 1), ("failed", None, 1),
+                                                   ("logged only", None, 0)):  # fmt: skip
+                    await connection.execute(
+                        sa.text(
+                            "INSERT INTO email_outbox (to_address, subject, body, created_at, "
+                            "sent_at, attempts) VALUES ('a@example.com', :s, 'b', 1000, :t, :n)"
+                        ),
+                        {"s": subject, "t": sent_at, "n": attempts},
+                    )
+            await migrate(database_url)
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    sa.text(
+                        "SELECT subject, next_attempt_at, failed_at FROM email_outbox ORDER BY id"
+                    )
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(scenario()) == [
+        ("sent", None, None),
+        ("failed", 1000, None),
+        ("logged only", None, None),
+    ]

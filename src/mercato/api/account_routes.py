@@ -1,9 +1,15 @@
-"""`/api/v1/account`: the caller's own data (never anyone else's)."""
+"""`/api/v1/account`: the caller's own data (never anyone else's).
+
+With 2FA on, the sensitive actions (password change, creating an API key, disabling 2FA)
+need ``totp_code``: a current code or a recovery code (docs/accounts.md).
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import msgspec
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
@@ -59,24 +65,42 @@ async def history(
                            success=r.success, reason=r.reason) for r in rows]  # fmt: skip
 
 
+TOTP_CODE_DOC = "a current 2FA code or an unused recovery code; required when 2FA is on"
+
+
+def totp_code_field() -> Any:
+    return Field(default=None, min_length=1, max_length=32, description=TOTP_CODE_DOC)
+
+
 class PasswordChangeBody(StrictBody):
     current_password: str = Field(max_length=128)
     new_password: str = Field(max_length=128)
+    totp_code: str | None = totp_code_field()
 
 
 @router.post("/password", status_code=204)
 async def change_password_route(
     body: PasswordChangeBody, caller: SessionCaller, request: Request
 ) -> None:
-    """Change the password (the current one is required); every session ends, this one
-    included, so the caller logs in again."""
+    """Change the password (the current one is required, and ``totp_code`` when 2FA is
+    on); every session ends, this one included, so the caller logs in again."""
     database = service_of(request).database
     assert database is not None
-    await change_password(database, caller.user_id, body.current_password, body.new_password)
+    await change_password(
+        database, caller.user_id, body.current_password, body.new_password,
+        master_key=_master_key(request), totp_code=body.totp_code,
+    )  # fmt: skip
 
 
 class TwoFactorCode(StrictBody):
     code: str = Field(min_length=1, max_length=32)
+
+
+class DisableBody(StrictBody):
+    totp_code: str | None = totp_code_field()
+    code: str | None = Field(
+        default=None, min_length=1, max_length=32, description="older name of totp_code"
+    )
 
 
 class Enrolment(BaseModel):
@@ -116,17 +140,19 @@ async def confirm_route(
 
 
 @router.post("/2fa/disable", status_code=204)
-async def disable_route(body: TwoFactorCode, caller: SessionCaller, request: Request) -> None:
-    """Turn 2FA off; needs a current code or a recovery code."""
+async def disable_route(body: DisableBody, caller: SessionCaller, request: Request) -> None:
+    """Turn 2FA off; needs ``totp_code``: a current code or a recovery code."""
     database = service_of(request).database
     assert database is not None
-    await totp.disable(database, _master_key(request), caller.user_id, body.code)
+    code = body.totp_code or body.code
+    await totp.disable(database, _master_key(request), caller.user_id, code)
 
 
 class NewApiKey(StrictBody):
     label: str = Field(min_length=1, max_length=64)
     permissions: list[str] = Field(min_length=1, max_length=3, examples=[["read", "trade"]])
     ip_allowlist: list[str] = Field(default_factory=list, max_length=20)
+    totp_code: str | None = totp_code_field()
 
 
 class ApiKeyOut(BaseModel):
@@ -145,12 +171,13 @@ class CreatedApiKey(ApiKeyOut):
 async def create_key_route(
     body: NewApiKey, caller: SessionCaller, request: Request
 ) -> CreatedApiKey:
-    """Create an API key. The secret is in this answer only: store it now."""
+    """Create an API key (``totp_code`` needed when 2FA is on). The secret is in this
+    answer only: store it now."""
     database = service_of(request).database
     assert database is not None
     key, secret = await api_keys.create_key(
         database, _master_key(request), caller.user_id, body.label, body.permissions,
-        body.ip_allowlist,
+        body.ip_allowlist, totp_code=body.totp_code,
     )  # fmt: skip
     return CreatedApiKey(**msgspec.structs.asdict(key), secret=secret)
 
@@ -165,8 +192,13 @@ async def list_keys_route(caller: Caller, request: Request) -> list[ApiKeyOut]:
 
 
 @router.delete("/api-keys/{key_id}", status_code=204)
-async def delete_key_route(key_id: str, caller: SessionCaller, request: Request) -> None:
-    """Delete one of the caller's keys (someone else's answers 404)."""
+async def delete_key_route(
+    key_id: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],  # malformed: 400, never a lookup
+    caller: SessionCaller,
+    request: Request,
+) -> None:
+    """Delete one of the caller's keys (someone else's answers 404). No 2FA code: taking
+    access away must stay quick, e.g. for a key that leaked."""
     database = service_of(request).database
     assert database is not None
     await api_keys.delete_key(database, caller.user_id, key_id)

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import error_response, install_error_handlers
-from mercato.api.limits import BodyLimit
+from mercato.api.limits import BodyLimit, RateLimit
+from mercato.api.ratelimit import limiter_for
 from mercato.service import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,14 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await boot
             await service.stop()
+            await limiter.close()
 
     app = FastAPI(title="Mercato", version="0.1.0", lifespan=lifespan)
+    limiter = limiter_for(service.config)
     app.state.service = service
+    app.state.limiter = limiter
     app.add_middleware(BodyLimit)
+    app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)
     app.include_router(auth_router)
     app.include_router(account_router)

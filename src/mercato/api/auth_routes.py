@@ -6,9 +6,10 @@ from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mercato.api.errors import ApiError
+from mercato.api.ratelimit import RateLimiter
 from mercato.auth.accounts import register, request_password_reset, reset_password, verify_email
 from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.sessions import (
@@ -29,6 +30,15 @@ router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 class StrictBody(BaseModel):
     # Unknown fields and type coercion are refused: what a client sends is what it means.
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # PostgreSQL text cannot hold NUL: refuse it here (400), not in the store (500).
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class RegisterBody(StrictBody):
@@ -153,22 +163,34 @@ async def _signed(request: Request, service: ExchangeService, key_id: str) -> Pr
     )  # fmt: skip
 
 
-async def principal(request: Request) -> Principal:
-    """The caller of a read endpoint: a bearer session, or an API key with ``read``
-    signing the request (``X-MBX-APIKEY`` + ``timestamp`` + ``signature``)."""
+async def _spend(request: Request, caller: Principal) -> Principal:
+    """Take a token from the caller's account budget (shared by its sessions and keys)."""
+    limiter: RateLimiter = request.app.state.limiter
+    await limiter.check("account", str(caller.user_id), "for this account")
+    return caller
+
+
+async def caller_with(request: Request, permission: str) -> Principal:
+    """A bearer session, or an API key holding ``permission`` that signs the request
+    (``X-MBX-APIKEY`` + ``timestamp`` + ``signature``); its account budget is charged."""
     service = service_of(request)
     key_id = request.headers.get("x-mbx-apikey")
     if key_id is None:
-        return await _bearer(request, service)
+        return await _spend(request, await _bearer(request, service))
     caller = await _signed(request, service, key_id)
-    if "read" not in caller.permissions:
-        raise ApiError(403, "MISSING_PERMISSION", "this API key lacks the read permission")
-    return caller
+    if permission not in caller.permissions:
+        raise ApiError(403, "MISSING_PERMISSION", f"this API key lacks the {permission} permission")
+    return await _spend(request, caller)
+
+
+async def principal(request: Request) -> Principal:
+    """The caller of a read endpoint: a session, or a key with ``read``."""
+    return await caller_with(request, "read")
 
 
 async def session_principal(request: Request) -> Principal:
     """The caller of an account-changing endpoint: a login session only, never a key."""
-    return await _bearer(request, service_of(request))
+    return await _spend(request, await _bearer(request, service_of(request)))
 
 
 Caller = Annotated[Principal, Depends(principal)]

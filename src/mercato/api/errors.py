@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from mercato.api.ratelimit import RateLimited
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import AuthError
 from mercato.auth.users import UserError
@@ -16,7 +17,7 @@ from mercato.auth.users import UserError
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {
-    400: "BAD_REQUEST",
+    400: "INVALID_REQUEST",  # e.g. a body that is not UTF-8, or JSON nested too deep
     401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT_FOUND",
@@ -68,6 +69,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PasswordPolicyError)
     async def weak_password(request: Request, error: PasswordPolicyError) -> JSONResponse:
         return error_response(400, "WEAK_PASSWORD", str(error))
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, error: RateLimited) -> JSONResponse:
+        response = error_response(429, error.code, error.message)
+        response.headers["Retry-After"] = str(error.retry_after)
+        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

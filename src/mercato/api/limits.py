@@ -1,4 +1,6 @@
-"""Request body size limit: a pure ASGI middleware, so no handler ever sees a large body."""
+"""Request limits as pure ASGI middleware, so a refused request reaches no handler:
+body size (413) and the per-IP rate budgets (429). Per-account budgets need the caller,
+so they are taken in the authentication dependencies (api/auth_routes.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mercato.api.ratelimit import RateLimited, RateLimiter
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -59,8 +63,52 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         message = f"request bodies are limited to {self.limit} bytes"
-        body = json.dumps({"code": "PAYLOAD_TOO_LARGE", "message": message}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, "PAYLOAD_TOO_LARGE", message)
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer with the common error body, from ASGI middleware."""
+    body = json.dumps({"code": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+# Endpoints that take a password, a token or a 2FA code, or mail someone: a much tighter
+# per-IP budget than the rest, against password and code guessing and mail bombing.
+CREDENTIAL_ENDPOINTS = frozenset(
+    [("POST", f"/api/v1/auth/{name}")
+     for name in ("register", "verify-email", "login", "refresh",
+                  "password-reset/request", "password-reset/confirm")]
+    + [("POST", f"/api/v1/account/{name}")
+       for name in ("password", "api-keys", "2fa/confirm", "2fa/disable")]
+)  # fmt: skip
+UNLIMITED_PREFIXES = ("/health/",)  # probes must never be refused
+
+
+class RateLimit:
+    """Per-IP budgets: ``ip`` for every request, plus ``auth`` on the credential paths."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or path.startswith(UNLIMITED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        try:
+            await self.limiter.check("ip", ip, "from this IP")
+            if (scope["method"], path) in CREDENTIAL_ENDPOINTS:
+                await self.limiter.check("auth", ip, "to the sign-in endpoints from this IP")
+        except RateLimited as limited:
+            retry = (b"retry-after", str(limited.retry_after).encode())
+            await send_error(send, 429, limited.code, limited.message, (retry,))
+            return
+        await self.app(scope, receive, send)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.mail import Mailer
 from mercato.auth.passwords import check_policy, hash_password, verify_password
+from mercato.auth.totp import check_second_factor
 from mercato.auth.users import User, UserError, create_user, normalize_email
 from mercato.store.tables import PURPOSE_RESET_PASSWORD as RESET_PASSWORD
 from mercato.store.tables import PURPOSE_VERIFY_EMAIL as VERIFY_EMAIL
@@ -141,11 +142,17 @@ async def reset_password(db: AsyncEngine, token: str, password: str) -> int:
     return user_id
 
 
-async def change_password(db: AsyncEngine, user_id: int, current: str, new: str) -> None:
-    """Needs the current password; ends every session (the caller logs in again)."""
+async def change_password(
+    db: AsyncEngine, user_id: int, current: str, new: str, *, master_key: bytes,
+    totp_code: str | None,
+) -> None:  # fmt: skip
+    """Needs the current password, and the second factor when 2FA is on (checked first,
+    so a session without it learns nothing about the password); ends every session (the
+    caller logs in again). A refusal changes nothing and spends no code."""
     check_policy(new)
     now = _now_ms()
     async with db.begin() as connection:
+        await check_second_factor(connection, master_key, user_id, totp_code)
         stored = (
             await connection.execute(select(users.c.password_hash).where(users.c.id == user_id))
         ).scalar_one()

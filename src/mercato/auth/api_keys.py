@@ -23,7 +23,9 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.crypto import seal, unseal
-from mercato.auth.sessions import AuthError, Principal
+from mercato.auth.errors import AuthError
+from mercato.auth.sessions import Principal
+from mercato.auth.totp import check_second_factor
 from mercato.auth.users import UserError
 from mercato.store.tables import api_keys, users
 
@@ -70,13 +72,15 @@ def _checked(label: str, permissions: list[str], ip_allowlist: list[str]) -> Non
 
 async def create_key(
     db: AsyncEngine, master_key: bytes, user_id: int, label: str, permissions: list[str],
-    ip_allowlist: list[str],
+    ip_allowlist: list[str], *, totp_code: str | None,
 ) -> tuple[ApiKey, str]:  # fmt: skip
-    """A new key and its secret (returned this once only)."""
+    """A new key and its secret (returned this once only). With 2FA on, ``totp_code`` must
+    be a current code or a recovery code; a refusal creates nothing and spends no code."""
     _checked(label, permissions, ip_allowlist)
     permissions = sorted(set(permissions), key=PERMISSIONS.index)
     key_id, secret, now = secrets.token_hex(32), secrets.token_hex(32), _now_ms()
     async with db.begin() as connection:
+        await check_second_factor(connection, master_key, user_id, totp_code)
         live = await connection.execute(
             select(api_keys.c.id).where(
                 api_keys.c.user_id == user_id, api_keys.c.deleted_at.is_(None)

@@ -17,10 +17,12 @@ import time
 import jwt
 import msgspec
 from sqlalchemy import and_, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mercato.auth.errors import AuthError as AuthError  # re-exported: it used to live here
 from mercato.auth.passwords import hash_password, verify_password
-from mercato.auth.totp import second_factor_ok
+from mercato.auth.totp import second_factor
 from mercato.auth.users import UserError, normalize_email
 from mercato.store.tables import login_history, refresh_tokens, users
 
@@ -35,16 +37,6 @@ JWT_ALGORITHM = "HS256"
 def _dummy_hash() -> str:
     """Verified against when the email is unknown, so a login takes as long either way."""
     return hash_password(secrets.token_urlsafe(16))
-
-
-class AuthError(Exception):
-    """Authentication failed; ``status`` and ``code`` are the HTTP answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 class Tokens(msgspec.Struct, frozen=True):
@@ -115,6 +107,19 @@ async def _record(
     )  # fmt: skip
 
 
+async def _failed(connection: AsyncConnection, user: Row[tuple[object, ...]], now: int) -> None:
+    """One more failed login; the last one allowed locks the account."""
+    failures = user.failed_logins + 1
+    locked = failures >= MAX_FAILED_LOGINS
+    await connection.execute(
+        update(users).where(users.c.id == user.id).values(
+            failed_logins=0 if locked else failures,
+            locked_until=now + LOCKOUT_MS if locked else user.locked_until,
+            updated_at=now,
+        )
+    )  # fmt: skip
+
+
 async def login(
     db: AsyncEngine,
     key: bytes,
@@ -147,32 +152,39 @@ async def login(
             refusal = AuthError(
                 403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min"
             )
-        elif user.totp_enabled and not totp_code and verify_password(user.password_hash, password):
+        elif not verify_password(user.password_hash, password):
+            await _failed(connection, user, now)
+            await _record(connection, user.id, address, client, False, "wrong credentials", now)
+            # Word for word the unknown email's answer: no account enumeration.
+            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+        elif user.totp_enabled and not totp_code:
             await _record(connection, user.id, address, client, False, "2fa code missing", now)
             refusal = AuthError(401, "TOTP_REQUIRED", "2FA is on: send totp_code as well")
-        elif not verify_password(user.password_hash, password) or (
-            user.totp_enabled
-            and not await second_factor_ok(connection, master_key, user, totp_code or "")
-        ):
-            failures = user.failed_logins + 1
-            locked = failures >= MAX_FAILED_LOGINS
-            await connection.execute(
-                update(users).where(users.c.id == user.id).values(
-                    failed_logins=0 if locked else failures,
-                    locked_until=now + LOCKOUT_MS if locked else user.locked_until,
-                    updated_at=now,
-                )
-            )  # fmt: skip
-            await _record(connection, user.id, address, client, False, "wrong credentials", now)
-            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
         else:
-            await connection.execute(
-                update(users).where(users.c.id == user.id)
-                .values(failed_logins=0, locked_until=None, updated_at=now)
-            )  # fmt: skip
-            family = secrets.token_urlsafe(16)
-            refresh = await _new_refresh(connection, user.id, family, client, now)
-            await _record(connection, user.id, address, client, True, "", now)
+            outcome = "ok"
+            if user.totp_enabled:
+                outcome = await second_factor(connection, master_key, user, totp_code or "")
+            if outcome == "ok":
+                await connection.execute(
+                    update(users).where(users.c.id == user.id)
+                    .values(failed_logins=0, locked_until=None, updated_at=now)
+                )  # fmt: skip
+                family = secrets.token_urlsafe(16)
+                refresh = await _new_refresh(connection, user.id, family, client, now)
+                await _record(connection, user.id, address, client, True, "", now)
+            else:
+                # Both count towards the lockout. A reused code gets its own answer: the
+                # caller had the password and a code right a moment ago; wait for the next.
+                await _failed(connection, user, now)
+                reason = f"2fa code {outcome}"
+                await _record(connection, user.id, address, client, False, reason, now)
+                refusal = (
+                    AuthError(
+                        401, "TOTP_REUSED", "this 2FA code was used already; wait for the next"
+                    )
+                    if outcome == "reused"
+                    else AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
+                )
     if refusal is not None:
         raise refusal
     assert user is not None

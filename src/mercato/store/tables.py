@@ -85,6 +85,9 @@ users: Final = Table(
     Column("totp_enabled", Boolean, nullable=False, server_default=false()),
     Column("created_at", MILLIS, nullable=False),
     Column("updated_at", MILLIS, nullable=False),
+    # The newest TOTP time step (Unix time // 30) accepted for the user: a code of that
+    # step or an earlier one is refused (replay). Added by 0002, hence after updated_at.
+    Column("totp_last_step", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("email = lower(email)", name="email_lower"),
     sqlite_autoincrement=True,
 )
@@ -176,6 +179,11 @@ email_outbox: Final = Table(
     Column("sent_at", MILLIS, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text, nullable=True),
+    # When the next delivery attempt is due (or, while one runs, when its claim lapses);
+    # NULL once sent, given up, or when there is no SMTP to send to. Added by 0002.
+    Column("next_attempt_at", MILLIS, nullable=True),
+    Column("failed_at", MILLIS, nullable=True),  # delivery given up
+    Index(None, "next_attempt_at"),
     sqlite_autoincrement=True,
 )
 
