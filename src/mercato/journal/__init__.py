@@ -13,6 +13,7 @@ from mercato.journal.segments import (
     scan_segment,
 )
 from mercato.journal.sequencer import (
+    AppliedBatch,
     AsyncSequencer,
     CommandEncodeError,
     RecoveryError,
@@ -20,6 +21,7 @@ from mercato.journal.sequencer import (
     SequencerClosedError,
     journal_dir,
     recover_engine,
+    replay_applied,
     replay_dir,
     snapshot_dir,
     wall_clock_ms,
@@ -28,6 +30,7 @@ from mercato.journal.snapshots import SnapshotError, SnapshotStore
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "AppliedBatch",
     "AsyncSequencer",
     "CommandEncodeError",
     "JournalCorruptError",
@@ -42,6 +45,7 @@ __all__ = [
     "list_segments",
     "read_records",
     "recover_engine",
+    "replay_applied",
     "replay_dir",
     "scan_segment",
     "snapshot_dir",

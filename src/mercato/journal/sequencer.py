@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final, get_args
@@ -44,6 +44,7 @@ from mercato.journal.segments import (
 from mercato.journal.snapshots import SnapshotStore
 
 __all__ = [
+    "AppliedBatch",
     "AsyncSequencer",
     "CommandEncodeError",
     "RecoveryError",
@@ -51,6 +52,7 @@ __all__ = [
     "SequencerClosedError",
     "journal_dir",
     "recover_engine",
+    "replay_applied",
     "replay_dir",
     "snapshot_dir",
     "wall_clock_ms",
@@ -59,6 +61,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """A durable batch as applied: what consumers of the event stream receive. The
+    command at index i has seq ``seq0 + i`` and its result is ``results[i]``."""
+
+    seq0: int
+    ts: int
+    commands: Sequence[Command]
+    results: Sequence[Result]
+
+    @property
+    def last_seq(self) -> int:
+        return self.seq0 + len(self.commands) - 1
+
+
+Listener = Callable[[AppliedBatch], None]
 JOURNAL_SUBDIR: Final = "journal"
 SNAPSHOT_SUBDIR: Final = "snapshots"
 LOCK_FILE: Final = "LOCK"
@@ -156,6 +176,29 @@ def recover_engine(
     return engine, snap_seq, replayed
 
 
+def replay_applied(
+    data_dir: str | os.PathLike[str], after_seq: int, until_seq: int
+) -> Iterator[AppliedBatch]:
+    """The applied records ``after_seq < seq <= until_seq``, one per batch of one, with
+    their results exactly as the live engine produced them: for a consumer (projector)
+    catching up after a restart. Restores the newest snapshot at or before ``after_seq``
+    (a fresh engine if none is left) and replays silently up to it. Read-only."""
+    store = SnapshotStore(snapshot_dir(data_dir), create=False)
+    engine, start = Engine(), 0
+    for seq, data in store.iter_valid(max_seq=after_seq):
+        with contextlib.suppress(Exception):
+            engine = Engine.restore(data)
+            start = seq
+            break
+    apply = engine.apply
+    for seq, ts, cmd in read_records(journal_dir(data_dir), after_seq=start):
+        if seq > until_seq:
+            break
+        result = apply(seq, ts, cmd)
+        if seq > after_seq:
+            yield AppliedBatch(seq, ts, (cmd,), (result,))
+
+
 def replay_dir(data_dir: str | os.PathLike[str], use_snapshots: bool = False) -> Engine:
     """The engine rebuilt from the journal alone (or newest snapshot + journal tail)."""
     return recover_engine(data_dir, use_snapshots=use_snapshots)[0]
@@ -210,6 +253,8 @@ class Sequencer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._failed: BaseException | None = None
         self._closed = False
+        self.listeners: list[Listener] = []
+        """Called with every applied batch, in order (see :class:`AppliedBatch`)."""
         self._journal_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd = _lock(self.data_dir / LOCK_FILE)
         try:
@@ -303,7 +348,19 @@ class Sequencer:
             self._failed = exc
             raise
         self._since_snapshot += len(commands)
+        if self.listeners:
+            self._notify(AppliedBatch(seq0, ts, commands, results))
         return results
+
+    def _notify(self, batch: AppliedBatch) -> None:
+        # Listeners run on the applying thread, in seq order, before any result is
+        # released; they must be quick and must not raise (a failure is logged only:
+        # the batch is durable and applied whatever a consumer thinks of it).
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                log.exception("listener %r failed on batch at seq %d", listener, batch.seq0)
 
     def _snapshot_due(self) -> bool:
         return self.snapshot_every > 0 and self._since_snapshot >= self.snapshot_every
