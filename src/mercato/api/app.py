@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
-from mercato.api.errors import error_response, install_error_handlers
+from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.limits import BodyLimit, RateLimit
 from mercato.api.ratelimit import limiter_for
 from mercato.service import ExchangeService
@@ -46,6 +46,7 @@ def create_app(
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)
+    document_errors(app)
     app.include_router(auth_router)
     app.include_router(account_router)
 

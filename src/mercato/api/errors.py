@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -91,3 +92,40 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "INTERNAL", "internal error; it has been logged")
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+    "additionalProperties": False,
+}
+COMMON_ERRORS = {
+    "400": "Invalid request: the message names the field and what to fix",
+    "429": "Rate limited: see Retry-After",
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make /openapi.json say what the server does: errors are 4xx with the common body,
+    never FastAPI's 422 validation shape (the handlers above answer 400 instead)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                for status, description in COMMON_ERRORS.items():
+                    responses.setdefault(status, {"description": description, "content": error})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
