@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.mail import Mailer
 from mercato.auth.passwords import check_policy, hash_password, verify_password
+from mercato.auth.sessions import LIVE_SESSIONS
 from mercato.auth.totp import check_second_factor
 from mercato.auth.users import User, UserError, create_user, normalize_email
 from mercato.store.tables import PURPOSE_RESET_PASSWORD as RESET_PASSWORD
@@ -139,6 +140,7 @@ async def reset_password(db: AsyncEngine, token: str, password: str) -> int:
     async with db.begin() as connection:
         user_id = await _spend_token(connection, RESET_PASSWORD, token, now)
         await _set_password(connection, user_id, password, now)
+    LIVE_SESSIONS.revoked()
     return user_id
 
 
@@ -159,3 +161,4 @@ async def change_password(
         if not verify_password(stored, current):
             raise UserError("INVALID_CREDENTIALS", "the current password is wrong")
         await _set_password(connection, user_id, new, now)
+    LIVE_SESSIONS.revoked()

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import secrets
 import time
+from typing import Final
 
 import jwt
 import msgspec
@@ -216,10 +217,45 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
             reused = False
             fresh = await _new_refresh(connection, row.user_id, row.family_id, client, now)
     if reused:  # committed above: the revocation stands
+        LIVE_SESSIONS.revoked()
         raise AuthError(401, "TOKEN_REUSED", "refresh token used twice; the session is revoked")
     return Tokens(
         _access_token(key, row.user_id, row.role, row.family_id), fresh, ACCESS_TTL_SECONDS
     )
+
+
+class LiveSessions:
+    """Sessions recently found live, so most requests skip the database.
+
+    An entry is trusted for ``seconds`` and only while no revocation happened in this
+    process since its lookup began: revocations bump ``generation`` after they commit,
+    which invalidates every entry, including one a concurrent lookup stores afterwards
+    from a read that predates the commit. So a logout takes effect at once in the
+    process that handled it, and within ``seconds`` in the others.
+    """
+
+    def __init__(self, seconds: float = 2.0, capacity: int = 100_000) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self.generation = 0
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def is_live(self, session: str) -> bool:
+        entry = self._seen.get(session)
+        return entry is not None and entry[1] == self.generation and entry[0] > time.monotonic()
+
+    def remember(self, session: str, generation: int) -> None:
+        if len(self._seen) >= self.capacity:
+            self._seen.clear()
+        self._seen[session] = (time.monotonic() + self.seconds, generation)
+
+    def revoked(self) -> None:
+        """Call after a revocation commits."""
+        self.generation += 1
+        self._seen.clear()
+
+
+LIVE_SESSIONS: Final = LiveSessions()
 
 
 async def _revoke(connection: AsyncConnection, which: object, now: int) -> None:
@@ -234,12 +270,14 @@ async def logout(db: AsyncEngine, principal: Principal) -> None:
     """End the caller's session."""
     async with db.begin() as connection:
         await _revoke(connection, refresh_tokens.c.family_id == principal.session, _now_ms())
+    LIVE_SESSIONS.revoked()
 
 
 async def logout_everywhere(db: AsyncEngine, principal: Principal) -> None:
     """End every session of the caller."""
     async with db.begin() as connection:
         await _revoke(connection, refresh_tokens.c.user_id == principal.user_id, _now_ms())
+    LIVE_SESSIONS.revoked()
 
 
 async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
@@ -257,6 +295,10 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
         raise AuthError(401, "UNAUTHORIZED", "invalid access token") from None
     if claims.get("typ") != "access":
         raise AuthError(401, "UNAUTHORIZED", "not an access token")
+    principal = Principal(int(claims["sub"]), str(claims["role"]), str(claims["sid"]))
+    if LIVE_SESSIONS.is_live(principal.session):
+        return principal
+    generation = LIVE_SESSIONS.generation
     async with db.connect() as connection:
         live = (
             await connection.execute(
@@ -268,4 +310,5 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
         ).first()  # fmt: skip
     if live is None:
         raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
-    return Principal(int(claims["sub"]), str(claims["role"]), str(claims["sid"]))
+    LIVE_SESSIONS.remember(principal.session, generation)
+    return principal
