@@ -111,12 +111,111 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "ip": True,
         "created_at": False,
     },
+    # 0003: the trading projection
+    "orders": {
+        "order_id": False,
+        "user_id": False,
+        "market": False,
+        "side": False,
+        "type": False,
+        "time_in_force": False,
+        "client_order_id": False,
+        "price": False,
+        "stop_price": False,
+        "quantity": False,
+        "iceberg_quantity": False,
+        "quote_quantity": False,
+        "expire_at": False,
+        "stp": False,
+        "status": False,
+        "filled": False,
+        "filled_base": False,
+        "filled_quote": False,
+        "fee": False,
+        "fee_asset": True,
+        "reason": False,
+        "created_at": False,
+        "updated_at": False,
+        "triggered_at": True,
+        "created_seq": False,
+        "updated_seq": False,
+    },
+    "trades": {
+        "trade_id": False,
+        "market": False,
+        "price": False,
+        "quantity": False,
+        "base_amount": False,
+        "quote_amount": False,
+        "taker_side": False,
+        "maker_order_id": False,
+        "taker_order_id": False,
+        "ts": False,
+        "seq": False,
+    },
+    "fills": {
+        "id": False,
+        "user_id": False,
+        "trade_id": False,
+        "order_id": False,
+        "market": False,
+        "side": False,
+        "role": False,
+        "price": False,
+        "quantity": False,
+        "base_amount": False,
+        "quote_amount": False,
+        "fee": False,
+        "fee_asset": False,
+        "ts": False,
+        "seq": False,
+    },
+    "ledger_entries": {
+        "id": False,
+        "user_id": False,
+        "asset": False,
+        "account": False,
+        "delta": False,
+        "balance_after": False,
+        "reason": False,
+        "ref": False,
+        "seq": False,
+        "ts": False,
+    },
+    "ledger_balances": {
+        "user_id": False,
+        "asset": False,
+        "account": False,
+        "balance": False,
+        "updated_seq": False,
+    },
+    "candles": {
+        "market": False,
+        "interval": False,
+        "open_time": False,
+        "open": False,
+        "high": False,
+        "low": False,
+        "close": False,
+        "volume": False,
+        "quote_volume": False,
+        "trades": False,
+        "first_trade_id": False,
+        "last_trade_id": False,
+    },
+    "projection_cursor": {
+        "name": False,
+        "last_seq": False,
+        "last_ts": False,
+        "updated_at": False,
+    },
 }
 EXPECTED_UNIQUE = {
     "users": [["email"]],
     "refresh_tokens": [["token_hash"]],
     "one_time_tokens": [["token_hash"]],
     "api_keys": [["key_id"]],
+    "fills": [["trade_id", "role"]],
 }
 EXPECTED_INDEXES = {
     "refresh_tokens": [["family_id"], ["user_id"]],
@@ -126,7 +225,41 @@ EXPECTED_INDEXES = {
     "login_history": [["user_id", "created_at"]],
     "audit_log": [["created_at"]],
     "email_outbox": [["next_attempt_at"]],
+    "orders": [
+        ["status", "user_id"],
+        ["user_id", "client_order_id"],
+        ["user_id", "market", "created_at"],
+        ["user_id", "order_id"],
+    ],
+    "trades": [["market", "trade_id"]],
+    "fills": [["user_id", "id"], ["user_id", "market", "ts"]],
+    "ledger_entries": [["user_id", "asset", "id"], ["user_id", "id"]],
+    "candles": [["interval", "open_time"]],
 }
+EXPECTED_PK = {
+    "orders": ["order_id"],
+    "trades": ["trade_id"],
+    "ledger_balances": ["user_id", "asset", "account"],
+    "candles": ["market", "interval", "open_time"],
+    "projection_cursor": ["name"],
+}
+#: Engine integers (atoms, ticks, lots, ids, seqs): BIGINT, so any int64 fits.
+ENGINE_INT_COLUMNS = {
+    ("orders", c) for c in ("price", "stop_price", "quantity", "iceberg_quantity",
+                            "quote_quantity", "filled", "filled_base", "filled_quote", "fee",
+                            "created_seq", "updated_seq")
+} | {
+    ("trades", c) for c in ("price", "quantity", "base_amount", "quote_amount",
+                            "maker_order_id", "taker_order_id", "ts", "seq")
+} | {
+    ("fills", c) for c in ("trade_id", "order_id", "price", "quantity", "base_amount",
+                           "quote_amount", "fee", "ts", "seq")
+} | {
+    ("ledger_entries", c) for c in ("delta", "balance_after", "ref", "seq", "ts")
+} | {("ledger_balances", "balance"), ("ledger_balances", "updated_seq")} | {
+    ("candles", c) for c in ("open_time", "open", "high", "low", "close", "trades",
+                             "first_trade_id", "last_trade_id")
+} | {("projection_cursor", "last_seq"), ("projection_cursor", "last_ts")}  # fmt: skip
 USER_FK_TABLES = {
     "refresh_tokens",
     "one_time_tokens",
@@ -183,18 +316,22 @@ def test_migrate_creates_every_table_with_the_expected_columns(database_url: str
         columns = {column: info["nullable"] for column, info in table["columns"].items()}
         assert columns == expected, name
         assert list(table["columns"]) == list(expected), f"{name}: column order"
-        assert table["pk"] == ["id"], name
+        assert table["pk"] == EXPECTED_PK.get(name, ["id"]), name
         assert table["unique"] == EXPECTED_UNIQUE.get(name, []), name
         assert table["indexes"] == EXPECTED_INDEXES.get(name, []), name
         expected_fks = [(["user_id"], "users", ["id"])] if name in USER_FK_TABLES else []
         assert table["fks"] == expected_fks, name
-        id_type = table["columns"]["id"]["type"]
-        if is_sqlite:  # INTEGER PRIMARY KEY: the rowid, autoincrementing
+        if table["pk"] not in (["id"], ["order_id"], ["trade_id"]):
+            continue
+        id_type = table["columns"][table["pk"][0]]["type"]
+        if is_sqlite:  # INTEGER PRIMARY KEY: the rowid (autoincrementing for "id")
             assert type(id_type) is sa.INTEGER, name
         else:
             assert isinstance(id_type, sa.BigInteger), name
-    for table, column in MILLIS_COLUMNS:
+    for table, column in MILLIS_COLUMNS | ENGINE_INT_COLUMNS:
         assert isinstance(tables[table]["columns"][column]["type"], sa.BigInteger), (table, column)
+    for column in ("volume", "quote_volume"):  # sums beyond int64: exact decimal text
+        assert isinstance(tables["candles"]["columns"][column]["type"], sa.Text), column
 
 
 def test_migrate_is_idempotent_and_keeps_data(database_url: str) -> None:
@@ -317,7 +454,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0002"
+    assert head == after == head_revision() == "0003"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
@@ -452,3 +589,39 @@ def test_0002_makes_mail_that_failed_before_it_due_at_once(database_url: str) ->
         ("failed", 1000, None),
         ("logged only", None, None),
     ]
+
+
+def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path: Path) -> None:
+    """0003 only adds the projection's tables: its downgrade drops them and leaves the
+    0002 schema exactly (AUTOINCREMENT, checks, indexes, foreign keys)."""
+    projection = {
+        "orders",
+        "trades",
+        "fills",
+        "ledger_entries",
+        "ledger_balances",
+        "candles",
+        "projection_cursor",
+    }
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        await migrate(database_url)
+        at_head = await _shape_of(database_url)
+        assert await downgrade(database_url, "0002") == "0002"
+        downgraded = await _shape_of(database_url)
+        if database_url.startswith("sqlite"):
+            reference = sqlite_url(tmp_path / "reference.db")
+        else:  # one fresh PostgreSQL database per test: reuse it
+            await downgrade(database_url, "base")
+            reference = database_url
+        await _upgrade_to(reference, "0002")
+        return at_head, downgraded, await _shape_of(reference)
+
+    at_head, downgraded, reference = asyncio.run(scenario())
+    assert projection <= set(at_head)
+    assert not projection & set(downgraded)
+    assert downgraded == reference
+    assert {n: t for n, t in at_head.items() if n not in projection} == reference
+    if database_url.startswith("sqlite"):
+        assert at_head["fills"]["autoincrement"] and at_head["ledger_entries"]["autoincrement"]
+        assert not at_head["orders"]["autoincrement"]  # the engine's ids, never generated

@@ -1,8 +1,11 @@
 """The SQL store: accounts, sessions, one-time tokens, API keys, login history, email
-outbox and audit log, on SQLite (aiosqlite) or PostgreSQL (asyncpg).
+outbox and audit log, and the trading projection (orders, trades, fills, ledger, candles),
+on SQLite (aiosqlite) or PostgreSQL (asyncpg).
 
-It depends on nothing else in Mercato. See docs/store.md for the tables, how migrations run
-and how to add one.
+This package depends on nothing else in Mercato, except two modules imported on their own:
+``mercato.store.projector`` (the event stream into the projection tables: core, journal,
+candles) and ``mercato.store.queries`` (reads of those tables). See docs/store.md for the
+tables, the projector, how migrations run and how to add one.
 """
 
 from mercato.store.database import (
@@ -22,16 +25,24 @@ from mercato.store.database import (
 from mercato.store.tables import (
     NAMING_CONVENTION,
     ONE_TIME_TOKEN_PURPOSES,
+    OPEN_ORDER_STATUSES,
     PURPOSE_RESET_PASSWORD,
     PURPOSE_VERIFY_EMAIL,
     api_keys,
     audit_log,
+    candles,
     email_outbox,
+    fills,
+    ledger_balances,
+    ledger_entries,
     login_history,
     metadata,
     one_time_tokens,
+    orders,
+    projection_cursor,
     recovery_codes,
     refresh_tokens,
+    trades,
     users,
 )
 
@@ -39,6 +50,7 @@ __all__ = [
     "MIGRATIONS_LOCATION",
     "NAMING_CONVENTION",
     "ONE_TIME_TOKEN_PURPOSES",
+    "OPEN_ORDER_STATUSES",
     "PURPOSE_RESET_PASSWORD",
     "PURPOSE_VERIFY_EMAIL",
     "SQLITE_BUSY_TIMEOUT_MS",
@@ -47,18 +59,25 @@ __all__ = [
     "alembic_config",
     "api_keys",
     "audit_log",
+    "candles",
     "create_engine",
     "current_revision",
     "downgrade",
     "email_outbox",
+    "fills",
     "head_revision",
+    "ledger_balances",
+    "ledger_entries",
     "login_history",
     "metadata",
     "migrate",
     "migration_connection",
     "one_time_tokens",
+    "orders",
+    "projection_cursor",
     "recovery_codes",
     "refresh_tokens",
     "sqlite_url",
+    "trades",
     "users",
 ]
