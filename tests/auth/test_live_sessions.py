@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import time
 
+import jwt
+import pytest
+
+from mercato.auth import sessions
+from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LiveSessions
 
 
@@ -35,3 +40,19 @@ def test_the_cache_is_bounded() -> None:
     for index in range(25):
         cache.remember(f"s{index}", cache.generation)
     assert cache.is_live("s24") and not cache.is_live("s0")
+
+
+def test_a_verified_token_is_cached_until_it_expires() -> None:
+    key = b"k" * 32
+    token = jwt.encode({"sub": "7", "role": "user", "sid": "s7", "typ": "access",
+                        "exp": int(time.time()) + 60}, key, algorithm="HS256")  # fmt: skip
+    assert sessions._verified(key, token).user_id == 7
+    assert (token, key) in sessions._VERIFIED
+    with pytest.raises(AuthError) as other_key:  # the cache is per key: no bypass
+        sessions._verified(b"x" * 32, token)
+    assert other_key.value.code == "UNAUTHORIZED"
+    principal, _ = sessions._VERIFIED[(token, key)]
+    sessions._VERIFIED[(token, key)] = (principal, time.time() - 1)  # its exp has passed
+    with pytest.raises(AuthError) as expired:
+        sessions._verified(key, token)
+    assert expired.value.code == "TOKEN_EXPIRED"

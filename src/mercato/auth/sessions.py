@@ -280,8 +280,19 @@ async def logout_everywhere(db: AsyncEngine, principal: Principal) -> None:
     LIVE_SESSIONS.revoked()
 
 
-async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
-    """The principal of a bearer token whose session is still live."""
+# Verified access tokens -> (principal, expiry in s): a token's signature is checked once,
+# not on every request. Keyed by the token and the key, so a key change verifies anew.
+_VERIFIED: dict[tuple[str, bytes], tuple[Principal, float]] = {}
+_VERIFIED_CAPACITY = 50_000
+
+
+def _verified(key: bytes, access_token: str) -> Principal:
+    cached = _VERIFIED.get((access_token, key))
+    if cached is not None:
+        if cached[1] > time.time():
+            return cached[0]
+        del _VERIFIED[(access_token, key)]
+        raise AuthError(401, "TOKEN_EXPIRED", "access token expired; refresh it")
     try:
         claims = jwt.decode(
             access_token,
@@ -296,6 +307,15 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
     if claims.get("typ") != "access":
         raise AuthError(401, "UNAUTHORIZED", "not an access token")
     principal = Principal(int(claims["sub"]), str(claims["role"]), str(claims["sid"]))
+    if len(_VERIFIED) >= _VERIFIED_CAPACITY:
+        _VERIFIED.clear()
+    _VERIFIED[(access_token, key)] = (principal, float(claims["exp"]))
+    return principal
+
+
+async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
+    """The principal of a bearer token whose session is still live."""
+    principal = _verified(key, access_token)
     if LIVE_SESSIONS.is_live(principal.session):
         return principal
     generation = LIVE_SESSIONS.generation
@@ -303,7 +323,7 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
         live = (
             await connection.execute(
                 select(refresh_tokens.c.id).where(
-                    refresh_tokens.c.family_id == claims["sid"],
+                    refresh_tokens.c.family_id == principal.session,
                     refresh_tokens.c.revoked_at.is_(None),
                 ).limit(1)
             )
