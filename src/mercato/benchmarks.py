@@ -184,3 +184,40 @@ def bench_engine(
     console.print(table)
     if as_json:
         print(json.dumps(figures))
+
+
+@bench_app.command("api")
+def bench_api(
+    seconds: float = typer.Option(10.0, "--seconds", help="Length of the HTTP order load."),
+    connections: int = typer.Option(32, "--connections", help="Keep-alive HTTP connections."),
+    users: int = typer.Option(8, "--users", help="Trading users sharing the connections."),
+    subscribers: int = typer.Option(500, "--subscribers", help="WebSocket subscribers (0: skip)."),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON line of figures."),
+) -> None:
+    """Start a server on a temporary data dir, then place and cancel orders over HTTP from
+    many connections: acknowledged (durable) orders/s and latency percentiles; then
+    WebSocket subscribers on the busy market: messages/s and event-to-client latency."""
+    from mercato.apibench import run_api_bench
+
+    figures = run_api_bench(seconds, connections, users, subscribers)
+    console = Console()
+    console.print(
+        f"HTTP: {figures['http_orders_per_sec']:,} orders/s placed "
+        f"({figures['http_requests_per_sec']:,} order requests/s with cancels), "
+        f"p50 {figures['http_p50_ms']} ms, p99 {figures['http_p99_ms']} ms, "
+        f"{connections} connections, errors {figures['http_errors'] or 'none'}"
+    )
+    if subscribers:
+        console.print(
+            f"WebSocket: {subscribers} subscribers received {figures['ws_messages_per_sec']:,} "
+            f"messages/s, event-to-client p99 {figures['ws_p99_ms']} ms, "
+            f"{figures['ws_closed_early']} closed early"
+        )
+    if subscribers:
+        console.print(
+            f"WebSocket: {subscribers} subscribers received {figures['ws_messages_per_sec']:,} "
+            f"messages/s, event-to-client p99 {figures['ws_p99_ms']} ms, "
+            f"{figures['ws_closed_early']} closed early"
+        )
+    if as_json:
+        print(json.dumps(figures))

@@ -146,6 +146,9 @@ def serve(
         Path | None, typer.Option(help="All state lives here (default ./mercato-data).")
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Development mode: enables the test-funds faucet.")
+    ] = False,
 ) -> None:
     """Run the whole exchange in one process: engine, journal, SQL store, HTTP server.
 
@@ -166,7 +169,11 @@ def serve(
     )
     try:
         settings = load_config(
-            config, host=host, port=port, data_dir=str(data_dir) if data_dir else None
+            config,
+            host=host,
+            port=port,
+            data_dir=str(data_dir) if data_dir else None,
+            dev=True if dev else None,
         )
     except ConfigError as error:
         raise _fail(Console(stderr=True), str(error)) from None

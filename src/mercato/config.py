@@ -40,6 +40,7 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: str = "./mercato-data"
+    dev: bool = False  # development mode: the test-funds faucet exists
 
 
 class DatabaseConfig(_Section):
@@ -153,6 +154,7 @@ ENVIRONMENT: dict[str, tuple[str, str, type]] = {
     "MERCATO_HOST": ("server", "host", str),
     "MERCATO_PORT": ("server", "port", int),
     "MERCATO_DATA_DIR": ("server", "data_dir", str),
+    "MERCATO_DEV": ("server", "dev", bool),
     "DATABASE_URL": ("database", "url", str),
     "REDIS_URL": ("redis", "url", str),
     "SMTP_HOST": ("smtp", "host", str),
@@ -190,7 +192,7 @@ def load_config(
     **overrides: object,
 ) -> Config:
     """The effective configuration. ``overrides`` are ``server`` keys from the command
-    line (``host``, ``port``, ``data_dir``); ``None`` values are ignored."""
+    line (``host``, ``port``, ``data_dir``, ``dev``); ``None`` values are ignored."""
     env = os.environ if env is None else env
     default_text = resources.files("mercato").joinpath("default_config.toml").read_text()
     raw = _read_toml(default_text, "default_config.toml")

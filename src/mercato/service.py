@@ -1,10 +1,11 @@
 """The running exchange: boots the store and the sequencer, owns them, stops them.
 
 Boot order: data directory -> secrets -> SQL migrations -> sequencer recovery (snapshot +
-journal tail) -> assets and markets of the configuration that the engine does not know
-yet -> GTD tick loop and mail retry loop -> ready. `/health/ready` answers 200 only after
-all of it. Stopping: refuse new work, stop both loops, commit and apply what is queued,
-write a final snapshot, close the journal and the database.
+journal tail) -> the SQL projection catches up from the journal -> market data loads its
+history -> assets and markets of the configuration that the engine does not know yet ->
+GTD tick loop and mail retry loop -> ready. `/health/ready` answers 200 only after all of
+it. Stopping: refuse new work, stop both loops, commit and apply what is queued, write a
+final snapshot, close the journal, drain the projection, close the database.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
 from mercato.journal import AsyncSequencer
+from mercato.marketdata.feed import MarketData
+from mercato.marketdata.hub import Hub
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, migrate
+from mercato.store.fill_totals import FillTotals
+from mercato.store.projector import Projector
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,11 @@ class ExchangeService:
         self.failure: BaseException | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._mail_task: asyncio.Task[None] | None = None
+        self.market_data: MarketData | None = None
+        self.projector: Projector | None = None
+        self.fill_totals = FillTotals()  # open orders' fills, for cancel and amend answers
+        self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
+        self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
 
     async def start(self) -> None:
         config = self.config
@@ -62,6 +72,19 @@ class ExchangeService:
             snapshot_every=config.engine.snapshot_every,
         )
         tune_gc()
+        # The SQL projection follows every batch from now on and first catches up with
+        # what the journal holds beyond its cursor (exactly once: docs/store.md).
+        self.reads = create_engine(config.database_url, sqlite_begin="DEFERRED")
+        self.projector = Projector(self.database)
+        self.sequencer.sequencer.listeners.append(self.projector.on_batch)
+        await self.projector.start(config.engine_dir, self.sequencer.last_seq)
+        await self.fill_totals.seed(self.reads)
+        self.sequencer.sequencer.listeners.append(self.fill_totals.on_batch)
+        # Market data follows every batch from now on (before the bootstrap submits), and
+        # starts from the recent trades and candles of the SQL projection.
+        self.market_data = MarketData(self.sequencer.engine, self.hub)
+        self.sequencer.sequencer.listeners.append(self.market_data.on_batch)
+        await self.market_data.load_history(self.database)
         await self._bootstrap()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")
@@ -132,8 +155,15 @@ class ExchangeService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.market_data is not None:
+            await self.market_data.hub.close_all()
         if self.sequencer is not None:
             await self.sequencer.close(snapshot=True)
             log.info("journal flushed and snapshot written at seq %d", self.sequencer.last_seq)
+        if self.projector is not None:
+            await self.projector.stop(timeout=30)  # the journal has the rest
+            log.info("projection flushed at seq %d", self.projector.cursor)
+        if self.reads is not None:
+            await self.reads.dispose()
         if self.database is not None:
             await self.database.dispose()

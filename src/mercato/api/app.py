@@ -14,7 +14,10 @@ from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.limits import BodyLimit, RateLimit
+from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
+from mercato.api.trading_routes import router as trading_router
+from mercato.api.ws import router as ws_router
 from mercato.service import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,9 @@ def create_app(
     document_errors(app)
     app.include_router(auth_router)
     app.include_router(account_router)
+    app.include_router(trading_router)
+    app.include_router(market_router)
+    app.include_router(ws_router)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:

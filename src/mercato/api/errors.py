@@ -14,6 +14,7 @@ from mercato.api.ratelimit import RateLimited
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import AuthError
 from mercato.auth.users import UserError
+from mercato.journal import CommandEncodeError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ def install_error_handlers(app: FastAPI) -> None:
         response = error_response(429, error.code, error.message)
         response.headers["Retry-After"] = str(error.retry_after)
         return response
+
+    @app.exception_handler(CommandEncodeError)
+    async def unencodable(request: Request, error: CommandEncodeError) -> JSONResponse:
+        # A number past what the journal can hold (64 bits): refused before sequencing.
+        return error_response(400, "INVALID_REQUEST", "a number in the request is out of range")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

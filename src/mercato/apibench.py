@@ -1,0 +1,277 @@
+"""`mercato bench api`: the whole service under HTTP order load, measured from outside.
+
+A server (`mercato serve --dev`, rate limits off) runs as a subprocess on a temporary data
+directory; this process creates and funds the users, then drives ``connections``
+keep-alive HTTP/1.1 connections, each placing limit orders and cancelling its older ones,
+for ``seconds``. Every order counted was acknowledged, i.e. journaled and fsynced. The load
+generator is a minimal asyncio HTTP/1.1 client: a general-purpose client library would
+spend more CPU than the server on this shared 2-core machine and measure itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+PASSWORD = "bench-password-9"
+MARKET = "BTC-USDT"
+MID_PRICE = 50_000  # USDT; resting orders are placed around it, never crossing
+OPEN_PER_CONNECTION = 20  # a connection cancels its oldest order beyond this many
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection: request, then read exactly one response."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port = host, port
+        self.auth = f"Authorization: Bearer {token}\r\n".encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        ).encode()
+        self.writer.write(head + self.auth + b"\r\n" + body)
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(header[9:12])
+        length = 0
+        for line in header.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await self.writer.wait_closed()
+
+
+@dataclass
+class Tally:
+    placed: int = 0
+    cancelled: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # seconds, every request
+
+    def error(self, status: int, body: bytes) -> None:
+        try:
+            code = str(msgspec.json.decode(body).get("code", status))
+        except msgspec.DecodeError:
+            code = str(status)
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+
+def _orders(rng: random.Random) -> Iterator[bytes]:
+    """Limit orders that rest: buys below the mid price, sells above it."""
+    while True:
+        side = rng.choice(("BUY", "SELL"))
+        offset = rng.randint(1, 2000)
+        price = MID_PRICE - offset if side == "BUY" else MID_PRICE + offset
+        quantity = rng.randint(2, 50) / 10_000  # 0.0002..0.005 BTC: over the 5 USDT minimum
+        yield msgspec.json.encode({"market": MARKET, "side": side, "price": str(price),
+                                   "quantity": f"{quantity:.4f}"})  # fmt: skip
+
+
+async def _drive(client: RawHttp, deadline: float, tally: Tally, seed: int) -> None:
+    orders = _orders(random.Random(seed))
+    open_ids: list[int] = []
+    clock = time.perf_counter
+    await client.open()
+    try:
+        while clock() < deadline:
+            started = clock()
+            if len(open_ids) >= OPEN_PER_CONNECTION:
+                status, body = await client.request("DELETE", f"/api/v1/orders/{open_ids.pop(0)}")
+                ok = status == 200
+                tally.cancelled += ok
+            else:
+                status, body = await client.request("POST", "/api/v1/orders", next(orders))
+                ok = status == 201
+                if ok:
+                    tally.placed += 1
+                    open_ids.append(msgspec.json.decode(body)["order"]["order_id"])
+            tally.latencies.append(clock() - started)
+            if not ok:
+                tally.error(status, body)
+    finally:
+        await client.close()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def run_http_load(
+    url: str, tokens: list[str], seconds: float, connections: int
+) -> dict[str, Any]:
+    host, port = url.removeprefix("http://").split(":")
+    tally = Tally()
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    clients = [RawHttp(host, int(port), tokens[i % len(tokens)]) for i in range(connections)]
+    await asyncio.gather(*(_drive(c, deadline, tally, i) for i, c in enumerate(clients)))
+    elapsed = time.perf_counter() - started
+    return {
+        "http_connections": connections,
+        "http_seconds": round(elapsed, 2),
+        "http_orders_placed": tally.placed,
+        "http_orders_cancelled": tally.cancelled,
+        "http_orders_per_sec": round(tally.placed / elapsed),
+        "http_requests_per_sec": round((tally.placed + tally.cancelled) / elapsed),
+        "http_p50_ms": round(percentile(tally.latencies, 0.50) * 1000, 2),
+        "http_p99_ms": round(percentile(tally.latencies, 0.99) * 1000, 2),
+        "http_errors": tally.errors,
+    }
+
+
+class BenchServer:
+    """`mercato serve --dev` on a temporary data directory, rate limits off."""
+
+    def __init__(self, data_dir: Path, users: int) -> None:
+        self.data_dir = data_dir
+        self.users = [f"trader{i}@bench.test" for i in range(users)]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def environment(self) -> dict[str, str]:
+        dropped = ("DATABASE_URL", "REDIS_URL")
+        return {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MERCATO_", "SMTP_")) and k not in dropped
+        }
+
+    def start(self) -> None:
+        from mercato.auth.users import create_user
+        from mercato.config import load_config
+        from mercato.store import create_engine, migrate
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_file = self.data_dir / "bench.toml"
+        config_file.write_text("[rate_limits]\nenabled = false\n")
+        config = load_config(config_file, env=self.environment(), data_dir=str(self.data_dir))
+
+        async def users() -> None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            await migrate(config.database_url)
+            db = create_engine(config.database_url)
+            try:
+                for email in self.users:
+                    await create_user(db, email, PASSWORD, verified=True)
+            finally:
+                await db.dispose()
+
+        asyncio.run(users())
+        log = (self.data_dir / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mercato.cli", "serve", "--dev", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--config", str(config_file)],
+            env=self.environment(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.data_dir / 'server.log'}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("server not ready after 60 s")
+
+    def funded_tokens(self) -> list[str]:
+        tokens = []
+        with httpx.Client(base_url=f"{self.url}/api/v1", timeout=30) as http:
+            for email in self.users:
+                login = http.post("/auth/login", json={"email": email, "password": PASSWORD})
+                login.raise_for_status()
+                token = login.json()["access_token"]
+                auth = {"authorization": f"Bearer {token}"}
+                for asset, amount in (("USDT", "1000000"), ("BTC", "1000")):
+                    funds = {"asset": asset, "amount": amount}
+                    http.post("/dev/faucet", headers=auth, json=funds).raise_for_status()
+                tokens.append(token)
+        return tokens
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+async def run_ws_phase(
+    url: str, tokens: list[str], seconds: float, subscribers: int, connections: int
+) -> dict[str, Any]:
+    """``subscribers`` WebSocket clients on the market while ``connections`` HTTP
+    connections keep it busy with orders."""
+    from mercato.marketdata.wsbench import run_ws_bench
+
+    load: list[asyncio.Task[dict[str, Any]]] = []
+
+    def drive() -> None:
+        load.append(asyncio.create_task(run_http_load(url, tokens, seconds + 2, connections)))
+
+    ws_url = url.replace("http://", "ws://") + "/ws"
+    result = await run_ws_bench(ws_url, subscribers, seconds, MARKET, drive)
+    driven = await load[0] if load else {}
+    summary = result.summary()
+    return {
+        "ws_subscribers": subscribers,
+        "ws_messages_per_sec": summary["messages_per_s"],
+        "ws_frames_per_sec": summary["frames_per_s"],
+        "ws_p50_ms": summary["p50_latency_ms"],
+        "ws_p99_ms": summary["p99_latency_ms"],
+        "ws_closed_early": summary["closed_early"],
+        "ws_driving_orders_per_sec": driven.get("http_orders_per_sec", 0),
+    }
+
+
+def run_api_bench(seconds: float, connections: int, users: int, subscribers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="mercato-bench-api-") as tmp:
+        server = BenchServer(Path(tmp) / "data", users)
+        try:
+            server.start()
+            tokens = server.funded_tokens()
+            figures = asyncio.run(run_http_load(server.url, tokens, seconds, connections))
+            if subscribers:
+                ws = run_ws_phase(
+                    server.url, tokens, seconds, subscribers, max(1, connections // 4)
+                )
+                figures.update(asyncio.run(ws))
+            return figures
+        finally:
+            server.stop()

@@ -1,0 +1,458 @@
+"""``MarketData``: the engine listener behind the public market data and the WebSocket
+channels, and the queries the REST routes answer from.
+
+It is called synchronously on the event-loop thread after each durable batch is applied
+(``Sequencer.listeners``), before the batch's results are released. It does only
+in-memory work proportional to the batch: the depth mirror (exact, O(touched levels)),
+recent trades, candles and tickers, and *enqueuing* encoded messages on the hub. Sockets
+are written by the hub's per-client writers; a slow client never slows the engine.
+
+Channel payloads (docs/websocket.md) are built here, in decimal strings: prices are
+ticks x ``tick_size``, quantities lots x ``step_size``, amounts atoms at the asset's
+ledger decimals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mercato.core.book import Order
+from mercato.core.engine import Engine
+from mercato.core.events import (
+    AssetUpserted,
+    MarketUpserted,
+    OrderAccepted,
+    OrderAmended,
+    OrderTriggered,
+    OrderUpdated,
+    Trade,
+    Transfer,
+)
+from mercato.core.model import LOCKED
+from mercato.core.money import format_amount
+from mercato.journal.sequencer import AppliedBatch
+from mercato.marketdata.candles import INTERVALS, Candle
+from mercato.marketdata.depth import DepthChange, DepthTracker, Touched
+from mercato.marketdata.formats import MarketFormat
+from mercato.marketdata.history import recent_history
+from mercato.marketdata.hub import Client, Hub
+from mercato.marketdata.stats import MarketStats, TickerStats
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 5000
+"""Most levels per side in a snapshot (REST ``depth`` and the WebSocket snapshot)."""
+STATS_INTERVAL = 0.25
+"""Ticker and candle channels publish a market at most this often (seconds)."""
+PUBLIC_KINDS = ("depth", "trades", "ticker", "candles")
+PRIVATE_CHANNELS = ("orders", "fills", "balances")
+
+_encode = msgspec.json.Encoder().encode
+_PERCENT = Context(prec=60, rounding=ROUND_HALF_EVEN)
+_CENT = Decimal("0.01")
+
+
+def encode(message: Any) -> str:
+    """A message as the JSON text sent on the wire."""
+    return _encode(message).decode()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Pending:
+    """Depth changes of one market not yet published (merged: the last value wins)."""
+
+    __slots__ = ("asks", "bids", "first", "last", "ts")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.last = first
+        self.ts = 0
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+
+
+class MarketData:
+    """Market data of one engine. ``on_batch`` is the sequencer listener."""
+
+    def __init__(self, engine: Engine, hub: Hub | None = None) -> None:
+        self.engine = engine
+        self.hub = hub if hub is not None else Hub()
+        self.depth = DepthTracker(engine)
+        self.decimals: dict[str, int] = {s: a.decimals for s, a in engine.assets.items()}
+        self.stats: dict[str, MarketStats] = {}
+        self.formats: dict[str, MarketFormat] = {}
+        for symbol in engine.markets:
+            self._add_market(symbol)
+        self._pending: dict[str, _Pending] = {}
+        self._stats_dirty: set[str] = set()
+        self._last_stats = 0.0
+        self.hub.before_flush.append(self._flush)
+        self.batches = 0
+
+    def _add_market(self, symbol: str) -> None:
+        state = self.engine.markets[symbol]
+        self.formats[symbol] = MarketFormat.of(state, self.decimals)
+        if symbol not in self.stats:
+            self.stats[symbol] = MarketStats(symbol)
+
+    # -- the listener -------------------------------------------------------------------
+
+    def on_batch(self, batch: AppliedBatch) -> None:
+        """Fold one applied batch in and queue what its subscribers must see."""
+        self.batches += 1
+        hub = self.hub
+        subscribers = hub.subscribers
+        private = hub.private_users
+        depth = self.depth
+        touch = depth.touch
+        touched: Touched = set()
+        balances: set[tuple[int, str]] = set()
+        seq = batch.seq0 - 1
+        for result in batch.results:
+            seq += 1
+            for event in result.events:
+                touch(event, touched)
+                kind = type(event)
+                if kind is Trade:
+                    self._trade(event, seq, subscribers, private, balances)  # type: ignore[arg-type]
+                elif kind is Transfer:
+                    if private:
+                        assert isinstance(event, Transfer)
+                        user = event.debit_user
+                        if user in private and event.debit_kind <= LOCKED:
+                            balances.add((user, event.asset))
+                        user = event.credit_user
+                        if user in private and event.credit_kind <= LOCKED:
+                            balances.add((user, event.asset))
+                elif kind in _ORDER_EVENTS:
+                    user = event.user  # type: ignore[union-attr]
+                    if user in private and f"orders:{user}" in subscribers:
+                        message = self._order_event(event, seq, batch.ts)
+                        hub.publish(f"orders:{user}", encode(message))
+                elif kind is MarketUpserted:
+                    assert isinstance(event, MarketUpserted)
+                    self._add_market(event.spec.symbol)
+                elif kind is AssetUpserted:
+                    assert isinstance(event, AssetUpserted)
+                    self.decimals[event.symbol] = event.decimals
+        if touched:
+            for change in depth.commit(touched, batch.ts):
+                if f"depth.{change.market}" in subscribers:
+                    self._pend(change)
+        if balances:
+            self._publish_balances(balances, batch.last_seq, batch.ts)
+        if self._pending or self._stats_dirty:
+            hub.request_flush()
+
+    def _trade(self, trade: Trade, seq: int, subscribers: dict[str, Any],
+               private: dict[int, int], balances: set[tuple[int, str]]) -> None:  # fmt: skip
+        market = trade.market
+        self.stats[market].add(trade)
+        self._stats_dirty.add(market)
+        channel = f"trades.{market}"
+        if channel in subscribers:
+            self.hub.publish(channel, encode(self._trade_message(trade, channel)))
+        if private:
+            for user, maker in ((trade.maker_user, True), (trade.taker_user, False)):
+                if user in private:
+                    balances.add((user, trade.base))
+                    balances.add((user, trade.quote))
+                    if f"fills:{user}" in subscribers:
+                        self.hub.publish(f"fills:{user}", encode(self._fill(trade, maker, seq)))
+
+    def _pend(self, change: DepthChange) -> None:
+        pending = self._pending.get(change.market)
+        if pending is None:
+            pending = self._pending[change.market] = _Pending(change.seq)
+        pending.last = change.seq
+        pending.ts = change.ts
+        for price, qty in change.bids:
+            pending.bids[price] = qty
+        for price, qty in change.asks:
+            pending.asks[price] = qty
+
+    def _flush(self) -> None:
+        """Before the hub wakes the writers: publish merged depth updates, and (at most
+        every ``STATS_INTERVAL``) tickers and current candles of markets that traded."""
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            for market, update in pending.items():
+                channel = f"depth.{market}"
+                if channel in self.hub.subscribers:
+                    self.hub.publish(channel, encode(self._depth_update(market, update)))
+        if self._stats_dirty:
+            now = time.monotonic()
+            wait = self._last_stats + STATS_INTERVAL - now
+            if wait > 0:
+                # Not yet: the hub flushes again no later than then.
+                self.hub.flush_after(wait)
+                return
+            self._last_stats = now
+            dirty, self._stats_dirty = self._stats_dirty, set()
+            now_ms = _now_ms()
+            for market in dirty:
+                self.publish_stats(market, now_ms)
+
+    def publish_stats(self, market: str, now_ms: int) -> None:
+        channel = f"ticker.{market}"
+        if channel in self.hub.subscribers:
+            self.hub.publish(channel, encode({"channel": channel, "type": "ticker",
+                                              **self.ticker(market, now_ms)}))  # fmt: skip
+        stats = self.stats[market]
+        for interval in INTERVALS:
+            channel = f"candles.{market}.{interval}"
+            if channel in self.hub.subscribers:
+                candle = stats.current(interval)
+                if candle is not None:
+                    self.hub.publish(channel, encode(self._candle_message(candle, channel)))
+
+    # -- message bodies ---------------------------------------------------------------------
+
+    def _trade_message(self, trade: Trade, channel: str) -> dict[str, Any]:
+        return {"channel": channel, "type": "trade", **self.trade_row(trade)}
+
+    def trade_row(self, trade: Trade) -> dict[str, Any]:
+        fmt = self.formats[trade.market]
+        return {
+            "trade_id": trade.trade_id,
+            "price": fmt.price(trade.price),
+            "quantity": fmt.qty(trade.quantity),
+            "quote_amount": fmt.quote_amount(trade.quote_amount),
+            "taker_side": trade.taker_side,
+            "time": trade.ts,
+        }
+
+    def _fill(self, trade: Trade, maker: bool, seq: int) -> dict[str, Any]:
+        """The fill of one side of ``trade`` (a self-trade gives its user both sides)."""
+        fmt = self.formats[trade.market]
+        side = trade.taker_side if not maker else ("SELL" if trade.taker_side == "BUY" else "BUY")
+        fee = trade.maker_fee if maker else trade.taker_fee
+        # Each side pays its fee in the asset it receives: buyers base, sellers quote.
+        fee_asset = trade.base if side == "BUY" else trade.quote
+        return {
+            "channel": "fills", "type": "fill", "seq": seq,
+            "trade_id": trade.trade_id, "order_id": trade.maker_order_id if maker
+            else trade.taker_order_id, "market": trade.market,
+            "side": side, "role": "MAKER" if maker else "TAKER",
+            "price": fmt.price(trade.price), "quantity": fmt.qty(trade.quantity),
+            "quote_amount": fmt.quote_amount(trade.quote_amount),
+            "fee": fmt.amount(fee, fee_asset), "fee_asset": fee_asset, "time": trade.ts,
+        }  # fmt: skip
+
+    def _order_event(self, event: Any, seq: int, ts: int) -> dict[str, Any]:
+        fmt = self.formats.get(event.market)
+        message: dict[str, Any] = {"channel": "orders", "type": "order", "seq": seq, "ts": ts,
+                                   "order_id": event.order_id, "market": event.market}  # fmt: skip
+        if fmt is None:  # pragma: no cover - an order names a market the engine knows
+            return message
+        if isinstance(event, OrderAccepted):
+            message.update(
+                event="ACCEPTED", status=event.status, side=event.side, order_type=event.type,
+                time_in_force=event.time_in_force, client_order_id=event.client_order_id,
+                price=fmt.price(event.price) if event.price else None,
+                quantity=fmt.qty(event.quantity) if event.quantity else None,
+                quote_quantity=fmt.quote_amount(event.quote_quantity)
+                if event.quote_quantity else None,
+                stop_price=fmt.price(event.stop_price) if event.stop_price else None,
+                iceberg_quantity=fmt.qty(event.iceberg_quantity)
+                if event.iceberg_quantity else None,
+                expire_at=event.expire_at or None, stp=event.stp,
+            )  # fmt: skip
+        elif isinstance(event, OrderUpdated):
+            message.update(event="UPDATED", status=event.status, filled=fmt.qty(event.filled),
+                           quantity=fmt.qty(event.quantity), reason=event.reason)  # fmt: skip
+        elif isinstance(event, OrderAmended):
+            message.update(event="AMENDED", price=fmt.price(event.price),
+                           quantity=fmt.qty(event.quantity),
+                           kept_priority=event.kept_priority)  # fmt: skip
+        elif isinstance(event, OrderTriggered):
+            message.update(event="TRIGGERED", status="NEW",
+                           last_price=fmt.price(event.last_price))  # fmt: skip
+        return message
+
+    def order_row(self, order: Order) -> dict[str, Any]:
+        fmt = self.formats[order.market]
+        return {
+            "order_id": order.order_id, "client_order_id": order.client_order_id,
+            "market": order.market, "side": order.side, "order_type": order.type,
+            "time_in_force": order.time_in_force, "status": order.status,
+            "price": fmt.price(order.price) if order.price else None,
+            "stop_price": fmt.price(order.stop_price) if order.stop_price else None,
+            "quantity": fmt.qty(order.quantity), "filled": fmt.qty(order.filled),
+            "ts": order.ts,
+        }  # fmt: skip
+
+    def _publish_balances(self, touched: set[tuple[int, str]], seq: int, ts: int) -> None:
+        subscribers = self.hub.subscribers
+        balance = self.engine.balance
+        for user, asset in sorted(touched):
+            channel = f"balances:{user}"
+            if channel in subscribers:
+                self.hub.publish(channel, encode(
+                    {"channel": "balances", "type": "balance", "seq": seq, "ts": ts,
+                     **self.balance_row(asset, *balance(user, asset))}))  # fmt: skip
+
+    def balance_row(self, asset: str, available: int, locked: int) -> dict[str, Any]:
+        decimals = self.decimals[asset]
+        return {"asset": asset, "available": format_amount(available, decimals),
+                "locked": format_amount(locked, decimals)}  # fmt: skip
+
+    def _depth_update(self, market: str, update: _Pending) -> dict[str, Any]:
+        fmt = self.formats[market]
+        price, qty = fmt.price, fmt.qty
+        return {
+            "channel": f"depth.{market}", "type": "update",
+            "first_seq": update.first, "last_seq": update.last, "ts": update.ts,
+            "bids": [[price(p), qty(q)] for p, q in sorted(update.bids.items(), reverse=True)],
+            "asks": [[price(p), qty(q)] for p, q in sorted(update.asks.items())],
+        }  # fmt: skip
+
+    def _candle_message(self, candle: Candle, channel: str) -> dict[str, Any]:
+        return {"channel": channel, "type": "candle", **self.candle_row(candle)}
+
+    def candle_row(self, candle: Candle) -> dict[str, Any]:
+        fmt = self.formats[candle.market]
+        return {
+            "open_time": candle.open_time, "close_time": candle.close_time,
+            "open": fmt.price(candle.open), "high": fmt.price(candle.high),
+            "low": fmt.price(candle.low), "close": fmt.price(candle.close),
+            "volume": fmt.base_amount(candle.volume),
+            "quote_volume": fmt.quote_amount(candle.quote_volume), "trades": candle.trades,
+        }  # fmt: skip
+
+    # -- queries (REST, and the first message of a subscription) ------------------------------
+
+    def snapshot(self, market: str, limit: int) -> dict[str, Any]:
+        """The mirror's best ``limit`` levels per side and the sequence they are at."""
+        book = self.depth.books[market]
+        fmt = self.formats[market]
+        price, qty = fmt.price, fmt.qty
+        bids, asks = book.top(limit)
+        return {"market": market, "seq": book.seq, "ts": _now_ms(),
+                "bids": [[price(p), qty(q)] for p, q in bids],
+                "asks": [[price(p), qty(q)] for p, q in asks]}  # fmt: skip
+
+    def recent_trades(self, market: str, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` trades, oldest first."""
+        trades = self.stats[market].trades
+        start = max(0, len(trades) - limit)
+        row = self.trade_row
+        return [row(trades[i]) for i in range(start, len(trades))]
+
+    def ticker(self, market: str, now_ms: int) -> dict[str, Any]:
+        stats: TickerStats = self.stats[market].ticker(now_ms)
+        fmt = self.formats[market]
+        book = self.depth.books[market]
+        last = self.engine.markets[market].last_price
+        bid, ask = book.best_bid(), book.best_ask()
+        traded = stats.trades > 0
+        change = stats.close - stats.open if traded else 0
+        return {
+            "market": market, "open_time": stats.open_time, "close_time": stats.close_time,
+            "open": fmt.price(stats.open) if traded else None,
+            "high": fmt.price(stats.high) if traded else None,
+            "low": fmt.price(stats.low) if traded else None,
+            "last": fmt.price(last) if last else None,
+            "change": (("-" if change < 0 else "") + fmt.price(abs(change))) if traded else None,
+            "change_percent": _percent(change, stats.open) if traded else None,
+            "volume": fmt.base_amount(stats.volume),
+            "quote_volume": fmt.quote_amount(stats.quote_volume),
+            "trades": stats.trades,
+            "first_trade_id": stats.first_trade_id or None,
+            "last_trade_id": stats.last_trade_id or None,
+            "best_bid": fmt.price(bid[0]) if bid else None,
+            "best_bid_qty": fmt.qty(bid[1]) if bid else None,
+            "best_ask": fmt.price(ask[0]) if ask else None,
+            "best_ask_qty": fmt.qty(ask[1]) if ask else None,
+        }  # fmt: skip
+
+    def memory_candles(self, market: str, interval: str) -> list[Candle]:
+        """The recent candles of ``interval`` held in memory (time order)."""
+        return list(self.stats[market].candles[interval])
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def initial_messages(self, client: Client, channel: str) -> Iterable[str]:
+        """What a new subscriber of ``channel`` gets first (after the acknowledgement)."""
+        kind, _, rest = channel.partition(".")
+        if kind == "depth":
+            # Publish what is pending first, so the snapshot's seq is exactly where the
+            # next update starts (first_seq == seq + 1).
+            pending = self._pending.pop(rest, None)
+            if pending is not None:
+                self.hub.publish(channel, encode(self._depth_update(rest, pending)))
+            yield encode({"channel": channel, "type": "snapshot",
+                          **self.snapshot(rest, MAX_DEPTH)})  # fmt: skip
+        elif kind == "ticker":
+            yield encode({"channel": channel, "type": "ticker", **self.ticker(rest, _now_ms())})
+        elif kind == "candles":
+            market, _, interval = rest.rpartition(".")
+            candle = self.stats[market].current(interval)
+            if candle is not None:
+                yield encode(self._candle_message(candle, channel))
+        elif channel == "orders":
+            orders = [self.order_row(o) for o in self.engine.open_orders(client.user)]
+            yield encode({"channel": "orders", "type": "snapshot", "seq": self.engine.last_seq,
+                          "orders": orders})  # fmt: skip
+        elif channel == "balances":
+            held = self.engine.balances.get(client.user, {})
+            rows = [self.balance_row(asset, *held[asset]) for asset in sorted(held)]
+            yield encode({"channel": "balances", "type": "snapshot",
+                          "seq": self.engine.last_seq, "balances": rows})  # fmt: skip
+
+    def channel_error(self, channel: str) -> tuple[str, str] | None:
+        """Why ``channel`` cannot be subscribed to, as (code, message), or None."""
+        if channel in PRIVATE_CHANNELS:
+            return None
+        kind, dot, rest = channel.partition(".")
+        if not dot or kind not in PUBLIC_KINDS:
+            return ("UNKNOWN_CHANNEL", f"no channel {channel!r}: use depth.<market>, "
+                    "trades.<market>, ticker.<market>, candles.<market>.<interval>, "
+                    "orders, fills or balances")  # fmt: skip
+        market = rest
+        if kind == "candles":
+            market, _, interval = rest.rpartition(".")
+            if interval not in INTERVALS:
+                return ("INVALID_REQUEST", f"{channel!r}: interval must be one of "
+                        + ", ".join(INTERVALS))  # fmt: skip
+        if market not in self.engine.markets:
+            return ("UNKNOWN_MARKET", f"market {market!r} does not exist")
+        return None
+
+    # -- history ----------------------------------------------------------------------------
+
+    def seed(self, market: str, trades: list[Trade], candles: dict[str, list[Candle]]) -> None:
+        """Start ``market`` from stored history (see mercato.marketdata.history)."""
+        if market in self.stats:
+            self.stats[market].seed(trades, candles)
+
+    async def load_history(self, db: AsyncEngine) -> None:
+        """Seed the recent trades, candles and so the 24 h tickers from the SQL projection.
+        Call it before any trading command is applied, once the projection has caught up
+        with the journal; a store without the tables only logs a warning."""
+        try:
+            history = await recent_history(db, self.engine)
+        except Exception as error:
+            log.warning("market data starts without history: %s", error)
+            return
+        for market, (trades, candles) in history.items():
+            self.seed(market, trades, candles)
+
+
+_ORDER_EVENTS = frozenset({OrderAccepted, OrderUpdated, OrderAmended, OrderTriggered})
+
+
+def _percent(change: int, base: int) -> str:
+    """``change / base`` in percent, rounded half-even to 0.01 (prices in the same unit)."""
+    value = _PERCENT.divide(_PERCENT.multiply(Decimal(change), Decimal(100)), Decimal(base))
+    return f"{value.quantize(_CENT, rounding=ROUND_HALF_EVEN):f}"

@@ -1,0 +1,59 @@
+"""Engine integers to the decimal strings clients see, per market.
+
+Prices are ticks x ``tick_size``, quantities lots x ``step_size``, amounts (volumes, fees,
+balances) atoms of the asset at its ledger decimals: always through
+:mod:`mercato.core.money`, which is exact (no floats, no rounding).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from mercato.core.book import MarketState
+from mercato.core.money import format_amount, format_units
+
+PRICE_CACHE_LIMIT = 65_536
+
+
+class MarketFormat:
+    """The string forms of one market's integers. Price strings are cached: a book's
+    prices repeat all day long, and the cache is simply emptied when it grows too big."""
+
+    __slots__ = ("_prices", "base", "base_decimals", "quote", "quote_decimals", "step", "tick")
+
+    def __init__(self, tick: Decimal, step: Decimal, base: str, base_decimals: int,
+                 quote: str, quote_decimals: int) -> None:  # fmt: skip
+        self.tick = tick
+        self.step = step
+        self.base = base
+        self.base_decimals = base_decimals
+        self.quote = quote
+        self.quote_decimals = quote_decimals
+        self._prices: dict[int, str] = {}
+
+    @classmethod
+    def of(cls, state: MarketState, asset_decimals: dict[str, int]) -> MarketFormat:
+        base, quote = state.base, state.quote
+        return cls(state.rules.tick_size, state.rules.step_size, base, asset_decimals[base],
+                   quote, asset_decimals[quote])  # fmt: skip
+
+    def price(self, ticks: int) -> str:
+        text = self._prices.get(ticks)
+        if text is None:
+            if len(self._prices) >= PRICE_CACHE_LIMIT:
+                self._prices.clear()
+            text = self._prices[ticks] = format_units(ticks, self.tick)
+        return text
+
+    def qty(self, lots: int) -> str:
+        return format_units(lots, self.step)
+
+    def base_amount(self, atoms: int) -> str:
+        return format_amount(atoms, self.base_decimals)
+
+    def quote_amount(self, atoms: int) -> str:
+        return format_amount(atoms, self.quote_decimals)
+
+    def amount(self, atoms: int, asset: str) -> str:
+        decimals = self.base_decimals if asset == self.base else self.quote_decimals
+        return format_amount(atoms, decimals)

@@ -1,0 +1,206 @@
+"""Trading over real HTTP on both stores: two verified users funded by the faucet trade
+with each other, and every number they can read back is checked by hand."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.conftest import Backend, Server
+from service.test_sessions import PASSWORD, bearer, create_user
+
+
+class Trader:
+    def __init__(self, url: str, email: str) -> None:
+        self.http = httpx.Client(base_url=f"{url}/api/v1", timeout=30)
+        login = self.http.post("/auth/login", json={"email": email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        self.http.headers.update(bearer(login.json()["access_token"]))
+
+    def fund(self, asset: str, amount: str) -> None:
+        answer = self.http.post("/dev/faucet", json={"asset": asset, "amount": amount})
+        assert answer.status_code == 200, answer.text
+
+    def place(self, **order: Any) -> httpx.Response:
+        return self.http.post("/orders", json={"market": "BTC-USDT", **order})
+
+    def balances(self) -> dict[str, tuple[str, str]]:
+        rows = self.http.get("/balances").json()
+        return {r["asset"]: (r["available"], r["locked"]) for r in rows if r["total"] != "0"}
+
+
+@pytest.fixture
+def traders(backend: Backend, servers: list[Server]) -> tuple[Trader, Trader, Server]:
+    for email in ("ann@example.com", "bob@example.com"):
+        create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
+    server = Server(backend.data, backend.env, "--dev")
+    servers.append(server)
+    server.wait_ready()
+    ann, bob = Trader(server.url, "ann@example.com"), Trader(server.url, "bob@example.com")
+    ann.fund("USDT", "100000")
+    bob.fund("BTC", "2")
+    return ann, bob, server
+
+
+def test_two_users_trade_and_every_number_adds_up(
+    traders: tuple[Trader, Trader, Server],
+) -> None:
+    ann, bob, _ = traders
+    resting = bob.place(side="SELL", price="50000", quantity="0.5", client_order_id="s1")
+    assert resting.status_code == 201, resting.text
+    sell = resting.json()["order"]
+    assert (sell["status"], sell["filled"], resting.json()["fills"]) == ("NEW", "0", [])
+    assert bob.balances() == {"BTC": ("1.5", "0.5")}
+
+    taking = ann.place(side="BUY", price="50010", quantity="0.2")
+    assert taking.status_code == 201, taking.text
+    buy, fills = taking.json()["order"], taking.json()["fills"]
+    # Fills at the maker's price; the taker's fee (0.1 %) comes out of the BTC received.
+    assert (buy["status"], buy["filled"], buy["filled_quote"]) == ("FILLED", "0.2", "10000")
+    assert (buy["average_price"], buy["fee"], buy["fee_asset"]) == ("50000", "0.0002", "BTC")
+    assert [(f["price"], f["quantity"], f["role"], f["fee"]) for f in fills] == [
+        ("50000", "0.2", "TAKER", "0.0002")
+    ]
+    # Ann locked 0.2 x 50010 and got back the 2 USDT of price improvement.
+    assert ann.balances() == {"BTC": ("0.1998", "0"), "USDT": ("90000", "0")}
+    # Bob received 10000 USDT less the 10 USDT maker fee; 0.3 BTC stays locked.
+    assert bob.balances() == {"BTC": ("1.5", "0.3"), "USDT": ("9990", "0")}
+
+    mine = bob.http.get("/trades").json()["items"]
+    assert [(f["side"], f["role"], f["quantity"], f["quote_amount"], f["fee"], f["fee_asset"])
+            for f in mine] == [("SELL", "MAKER", "0.2", "10000", "10", "USDT")]  # fmt: skip
+    open_orders = bob.http.get("/orders").json()
+    assert [(o["order_id"], o["status"], o["filled"]) for o in open_orders] == [
+        (sell["order_id"], "PARTIALLY_FILLED", "0.2")
+    ]
+    assert ann.http.get("/orders").json() == []
+
+    # The ledger explains every balance: per asset and account, deltas sum to it.
+    for trader in (ann, bob):
+        entries = trader.http.get("/ledger", params={"limit": 1000}).json()["items"]
+        sums: dict[tuple[str, str], Decimal] = {}
+        for entry in entries:
+            key = (entry["asset"], entry["account"])
+            sums[key] = sums.get(key, Decimal(0)) + Decimal(entry["delta"])
+        for asset, (available, locked) in trader.balances().items():
+            assert sums.get((asset, "available"), 0) == Decimal(available)
+            assert sums.get((asset, "locked"), 0) == Decimal(locked)
+    reasons = {e["reason"] for e in ann.http.get("/ledger").json()["items"]}
+    assert reasons == {"deposit", "reserve", "trade", "fee", "release"}
+
+
+def test_client_order_id_is_an_idempotency_key(traders: tuple[Trader, Trader, Server]) -> None:
+    _, bob, _ = traders
+    first = bob.place(side="SELL", price="60000", quantity="0.1", client_order_id="once")
+    again = bob.place(side="SELL", price="60000", quantity="0.1", client_order_id="once")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["duplicate"] is True
+    assert again.json()["order"]["order_id"] == first.json()["order"]["order_id"]
+    assert bob.balances()["BTC"] == ("1.9", "0.1")  # one order's worth locked, not two
+    # Still the original once it is no longer open.
+    cancelled = bob.http.delete("/orders/by-client-id/once")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELED"
+    third = bob.place(side="SELL", price="61000", quantity="0.3", client_order_id="once")
+    assert third.status_code == 200 and third.json()["order"]["status"] == "CANCELED"
+    assert bob.balances()["BTC"] == ("2", "0")
+
+
+def test_cancel_amend_cancel_all_and_order_types(traders: tuple[Trader, Trader, Server]) -> None:
+    ann, bob, _ = traders
+    ids = [bob.place(side="SELL", price=p, quantity="0.1").json()["order"]["order_id"]
+           for p in ("51000", "52000", "53000")]  # fmt: skip
+
+    # Amend: a smaller quantity keeps priority, a new price moves the order.
+    amended = bob.http.patch(f"/orders/{ids[0]}", json={"quantity": "0.05"})
+    assert amended.status_code == 200, amended.text
+    assert (amended.json()["quantity"], amended.json()["price"]) == ("0.05", "51000")
+    moved = bob.http.patch(f"/orders/{ids[1]}", json={"price": "52500"})
+    assert moved.json()["price"] == "52500"
+    assert {**moved.json(), "updated_at": 0} == {
+        **bob.http.get(f"/orders/{ids[1]}").json(),
+        "updated_at": 0,
+    }
+    assert bob.balances()["BTC"] == ("1.75", "0.25")
+
+    # Post-only that would take is refused; IOC and FOK behave.
+    maker = ann.place(side="BUY", type="LIMIT_MAKER", price="51000", quantity="0.01")
+    assert (maker.status_code, maker.json()["code"]) == (400, "ORDER_WOULD_TAKE")
+    fok = ann.place(side="BUY", price="51000", quantity="0.06", time_in_force="FOK")
+    assert fok.status_code == 201 and fok.json()["order"]["status"] == "EXPIRED"
+    assert fok.json()["fills"] == []
+    ioc = ann.place(side="BUY", price="51000", quantity="0.06", time_in_force="IOC")
+    assert ioc.json()["order"]["status"] == "EXPIRED" and ioc.json()["order"]["filled"] == "0.05"
+
+    # A stop rests untriggered until the last price reaches it, then trades.
+    stop = ann.place(side="BUY", type="STOP_LOSS_LIMIT", price="53000", stop_price="52500",
+                     quantity="0.1")  # fmt: skip
+    assert stop.status_code == 201 and stop.json()["order"]["status"] == "UNTRIGGERED"
+    trigger = ann.place(side="BUY", price="52500", quantity="0.01")
+    assert trigger.json()["order"]["status"] == "FILLED"
+    fired = ann.http.get(f"/orders/{stop.json()['order']['order_id']}").json()
+    assert fired["status"] == "FILLED" and fired["average_price"] == "52550"
+
+    # Someone else's order is not found; cancelling twice says it is not open any more.
+    assert ann.http.delete(f"/orders/{ids[2]}").status_code == 404
+    cancelled = bob.http.delete(f"/orders/{ids[2]}")
+    assert cancelled.status_code == 200
+    # The answer (built from memory) agrees with the projection, field for field.
+    projected = bob.http.get(f"/orders/{ids[2]}").json()
+    assert {**cancelled.json(), "updated_at": 0} == {**projected, "updated_at": 0}
+    assert (projected["status"], projected["filled"], projected["fee"]) == (
+        "CANCELED",
+        "0.01",
+        "0.53",
+    )
+    twice = bob.http.delete(f"/orders/{ids[2]}")
+    assert (twice.status_code, twice.json()["code"]) == (409, "ORDER_NOT_OPEN")
+    bob.place(side="SELL", price="70000", quantity="0.2")
+    bob.place(side="SELL", price="71000", quantity="0.2")
+    everything = bob.http.delete("/orders", params={"market": "BTC-USDT"})
+    assert len(everything.json()["cancelled"]) == 2
+    assert bob.http.get("/orders").json() == []
+    assert bob.balances()["BTC"][1] == "0"
+
+
+BAD_ORDERS = [
+    ({"market": "DOGE-USDT", "side": "BUY", "price": "1", "quantity": "1"}, 404, "UNKNOWN_MARKET"),
+    ({"side": "BUY", "price": "0", "quantity": "0.1"}, 400, "INVALID_PRICE"),
+    ({"side": "BUY", "price": "-5", "quantity": "0.1"}, 400, "INVALID_PRICE"),
+    ({"side": "BUY", "price": "50000.001", "quantity": "0.1"}, 400, "INVALID_PRICE"),
+    ({"side": "BUY", "price": "50000", "quantity": "0.000001"}, 400, "INVALID_QUANTITY"),
+    ({"side": "BUY", "price": "1e5", "quantity": "0.1"}, 400, "INVALID_PRICE"),
+    ({"side": "BUY", "price": "9" * 30, "quantity": "0.1"}, 400, "INVALID_PRICE"),
+    ({"side": "BUY", "price": 50000, "quantity": "0.1"}, 400, "INVALID_REQUEST"),
+    ({"side": "BUY", "price": "50000", "quantity": "0.1", "leverage": 5}, 400, "INVALID_REQUEST"),
+    ({"side": "HOLD", "price": "50000", "quantity": "0.1"}, 400, "INVALID_REQUEST"),
+    ({"side": "BUY", "price": "50000", "quantity": "100"}, 400, "INSUFFICIENT_BALANCE"),
+]
+
+
+def test_bad_orders_answer_4xx_and_change_nothing(traders: tuple[Trader, Trader, Server]) -> None:
+    ann, _, server = traders
+    before = ann.balances()
+    for order, status, code in BAD_ORDERS:
+        answer = ann.http.post("/orders", json={"market": "BTC-USDT", **order})
+        assert (answer.status_code, answer.json()["code"]) == (status, code), (order, answer.text)
+    assert ann.balances() == before
+    assert ann.http.get("/orders/history").json()["items"] == []
+    anonymous = httpx.post(f"{server.url}/api/v1/dev/faucet", json={"asset": "BTC", "amount": "1"})
+    assert anonymous.status_code == 401
+
+
+def test_the_faucet_needs_dev_mode(
+    tmp_path: Path, env: dict[str, str], servers: list[Server]
+) -> None:
+    create_user(tmp_path / "data", "ann@example.com")
+    server = Server(tmp_path / "data", env)
+    servers.append(server)
+    server.wait_ready()
+    ann = Trader(server.url, "ann@example.com")
+    refused = ann.http.post("/dev/faucet", json={"asset": "BTC", "amount": "1"})
+    assert (refused.status_code, refused.json()["code"]) == (403, "FAUCET_DISABLED")
+    assert ann.balances() == {}
