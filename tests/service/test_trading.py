@@ -204,3 +204,28 @@ def test_the_faucet_needs_dev_mode(
     refused = ann.http.post("/dev/faucet", json={"asset": "BTC", "amount": "1"})
     assert (refused.status_code, refused.json()["code"]) == (403, "FAUCET_DISABLED")
     assert ann.balances() == {}
+
+
+def test_portfolio_average_cost_and_pnl(traders: tuple[Trader, Trader, Server]) -> None:
+    ann, bob, _ = traders
+    bob.place(side="SELL", price="50000", quantity="0.2")
+    ann.place(side="BUY", price="50000", quantity="0.2")  # 0.1998 BTC after fee, 10000 USDT
+    (bought,) = ann.http.get("/portfolio").json()
+    assert bought == {
+        "asset": "BTC", "market": "BTC-USDT", "quote_asset": "USDT", "balance": "0.1998",
+        "position": "0.1998", "average_cost": "50050.05005005", "last_price": "50000",
+        "realised_pnl": "0", "unrealised_pnl": "-10",
+    }  # fmt: skip
+    bob.place(side="BUY", price="51000", quantity="0.1")
+    ann.place(side="SELL", price="51000", quantity="0.1")  # 5100 USDT less 5.1 fee
+    (after,) = ann.http.get("/portfolio").json()
+    # Realised: 5094.9 - 10000 x 0.1/0.1998; the rest valued at the new last price.
+    assert (after["position"], after["average_cost"]) == ("0.0998", "50050.05005005")
+    assert (after["realised_pnl"], after["unrealised_pnl"]) == ("89.89499499", "94.80500501")
+    # Bob's BTC came from the faucet: no known cost, nothing realised on selling it.
+    (bobs,) = bob.http.get("/portfolio").json()
+    assert (bobs["position"], bobs["realised_pnl"], bobs["average_cost"]) == (
+        "0.0999",
+        "0",
+        "51051.05105105",
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from fractions import Fraction
 from typing import Annotated, Any, Literal, NoReturn
 
 import msgspec
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
+from mercato.api import portfolio
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
 from mercato.api.ratelimit import RateLimiter
@@ -26,7 +28,7 @@ from mercato.auth.sessions import Principal
 from mercato.core.commands import AmendOrder, CancelAll, CancelOrder, CreditDeposit, PlaceOrder
 from mercato.core.engine import MAX_PRICE_TICKS, MAX_SUPPLY, Engine
 from mercato.core.events import OrderUpdated
-from mercato.core.money import MoneyError, format_amount, parse_amount
+from mercato.core.money import MoneyError, format_amount, format_units, parse_amount
 from mercato.core.results import Result
 from mercato.service import ExchangeService
 from mercato.store import queries
@@ -704,3 +706,74 @@ async def ledger(
             ref=entry.ref, time=entry.ts,
         ))  # fmt: skip
     return _json(LedgerPage(items, page.next_before))
+
+
+class Holding(msgspec.Struct, kw_only=True):
+    asset: str
+    market: str
+    quote_asset: str
+    balance: str
+    position: str
+    average_cost: str | None
+    last_price: str | None
+    realised_pnl: str
+    unrealised_pnl: str | None
+
+
+def _quote_atoms(value: Fraction, decimals: int) -> str:
+    return format_amount(round(value), decimals)  # round() on a Fraction is half-even
+
+
+def _holding(engine: Engine, user: int, market: str, fills: list[Any], last: int | None) -> Holding:
+    state = engine.markets[market]
+    base_decimals = engine.assets[state.base].decimals
+    quote_decimals = engine.assets[state.quote].decimals
+    position = portfolio.fold(fills)
+    # quote atoms per base atom, from a price in ticks
+    scale = Fraction(state.rules.tick_size) * 10**quote_decimals / 10**base_decimals
+    last_price = None if last is None else last * scale
+    average = position.average_cost
+    unrealised = position.unrealised(last_price)
+    available, locked = engine.balance(user, state.base)
+    unit = Fraction(10**base_decimals, 10**quote_decimals)  # atoms/atom -> units/unit
+    return Holding(
+        asset=state.base, market=market, quote_asset=state.quote,
+        balance=format_amount(available + locked, base_decimals),
+        position=format_amount(position.quantity, base_decimals),
+        average_cost=None if average is None
+        else _quote_atoms(average * unit * 10**quote_decimals, quote_decimals),
+        last_price=None if last is None else format_units(last, state.rules.tick_size),
+        realised_pnl=_quote_atoms(position.realised, quote_decimals),
+        unrealised_pnl=None if unrealised is None else _quote_atoms(unrealised, quote_decimals),
+    )  # fmt: skip
+
+
+@router.get("/portfolio", responses=_response(Holding, 200, "One entry per market traded"))
+async def portfolio_view(caller: Caller, request: Request) -> Response:
+    """Per market the caller has traded: the base balance, the position bought there, its
+    weighted average cost, realised P&L and unrealised P&L at the last price, all in the
+    market's quote asset (method in docs/trading.md)."""
+    service = service_of(request)
+    engine = _engine(service)
+    await caught_up(service)
+    by_market: dict[str, list[Any]] = {}
+    async with _reads(service) as connection:
+        before = None
+        while True:
+            page = await queries.user_fills(
+                connection, caller.user_id, before=before, limit=queries.MAX_LIMIT
+            )
+            for fill in page.items:
+                by_market.setdefault(fill.market, []).append(fill)
+            before = page.next_before
+            if before is None:
+                break
+        last = {}
+        for market in by_market:
+            latest = await queries.market_trades(connection, market, limit=1)
+            last[market] = latest[0].price if latest else None
+    holdings = [
+        _holding(engine, caller.user_id, market, list(reversed(fills)), last[market])
+        for market, fills in sorted(by_market.items())
+    ]
+    return _json(holdings)
