@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import random
 import socket
@@ -233,21 +234,29 @@ class BenchServer:
                 self.process.kill()
 
 
+def _drive_in_process(url: str, tokens: list[str], seconds: float, connections: int,
+                     out: Any) -> None:  # fmt: skip
+    out.put(asyncio.run(run_http_load(url, tokens, seconds, connections)))
+
+
 async def run_ws_phase(
     url: str, tokens: list[str], seconds: float, subscribers: int, connections: int
 ) -> dict[str, Any]:
     """``subscribers`` WebSocket clients on the market while ``connections`` HTTP
-    connections keep it busy with orders."""
+    connections, from a process of their own, keep it busy with orders."""
     from mercato.marketdata.wsbench import run_ws_bench
 
-    load: list[asyncio.Task[dict[str, Any]]] = []
-
-    def drive() -> None:
-        load.append(asyncio.create_task(run_http_load(url, tokens, seconds + 2, connections)))
-
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    driver = context.Process(
+        target=_drive_in_process, args=(url, tokens, seconds + 2, connections, results)
+    )
     ws_url = url.replace("http://", "ws://") + "/ws"
-    result = await run_ws_bench(ws_url, subscribers, seconds, MARKET, drive)
-    driven = await load[0] if load else {}
+    try:
+        result = await run_ws_bench(ws_url, subscribers, seconds, MARKET, driver.start)
+        driven = await asyncio.to_thread(results.get, True, seconds + 60)
+    finally:
+        driver.join(timeout=30)
     summary = result.summary()
     return {
         "ws_subscribers": subscribers,
