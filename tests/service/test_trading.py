@@ -33,14 +33,20 @@ class Trader:
         return {r["asset"]: (r["available"], r["locked"]) for r in rows if r["total"] != "0"}
 
 
-@pytest.fixture
-def traders(backend: Backend, servers: list[Server]) -> tuple[Trader, Trader, Server]:
+def ann_and_bob(backend: Backend, servers: list[Server]) -> tuple[Trader, Trader, Server]:
+    """Two verified users signed in to a fresh `mercato serve --dev` on ``backend``."""
     for email in ("ann@example.com", "bob@example.com"):
         create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
     server = Server(backend.data, backend.env, "--dev")
     servers.append(server)
     server.wait_ready()
     ann, bob = Trader(server.url, "ann@example.com"), Trader(server.url, "bob@example.com")
+    return ann, bob, server
+
+
+@pytest.fixture
+def traders(backend: Backend, servers: list[Server]) -> tuple[Trader, Trader, Server]:
+    ann, bob, server = ann_and_bob(backend, servers)
     ann.fund("USDT", "100000")
     bob.fund("BTC", "2")
     return ann, bob, server

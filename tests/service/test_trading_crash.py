@@ -12,8 +12,7 @@ from decimal import Decimal
 import httpx
 
 from service.conftest import Backend, Server
-from service.test_sessions import create_user
-from service.test_trading import Trader
+from service.test_trading import Trader, ann_and_bob
 
 LOAD_SECONDS = 3.0
 FUNDS = {"USDT": Decimal("1000000"), "BTC": Decimal("20")}
@@ -37,12 +36,7 @@ def trade_until(trader: Trader, side: str, stop: threading.Event, acked: list[di
 def test_sigkill_mid_load_loses_nothing_acknowledged(
     backend: Backend, servers: list[Server]
 ) -> None:
-    for email in ("ann@example.com", "bob@example.com"):
-        create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
-    server = Server(backend.data, backend.env, "--dev")
-    servers.append(server)
-    server.wait_ready()
-    ann, bob = Trader(server.url, "ann@example.com"), Trader(server.url, "bob@example.com")
+    ann, bob, server = ann_and_bob(backend, servers)
     for trader in (ann, bob):
         for asset, amount in FUNDS.items():
             trader.fund(asset, str(amount / 2))

@@ -12,8 +12,7 @@ import httpx
 import websockets
 
 from service.conftest import Backend, Server
-from service.test_sessions import create_user
-from service.test_trading import Trader
+from service.test_trading import ann_and_bob
 
 
 async def receive(socket: Any, seconds: float = 0.5) -> list[dict[str, Any]]:
@@ -37,12 +36,7 @@ async def signed_in(url: str, token: str, channels: list[str]) -> Any:
 def test_orders_over_http_stream_to_the_book_and_to_their_owner_only(
     backend: Backend, servers: list[Server]
 ) -> None:
-    for email in ("ann@example.com", "bob@example.com"):
-        create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
-    server = Server(backend.data, backend.env, "--dev")
-    servers.append(server)
-    server.wait_ready()
-    ann, bob = Trader(server.url, "ann@example.com"), Trader(server.url, "bob@example.com")
+    ann, bob, server = ann_and_bob(backend, servers)
     ann.fund("USDT", "100000")
     bob.fund("BTC", "1")
     ws_url = server.url.replace("http://", "ws://") + "/ws"
