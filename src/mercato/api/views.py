@@ -14,7 +14,8 @@ import msgspec
 
 from mercato.core.engine import Engine
 from mercato.core.events import Event, OrderAccepted, OrderAmended, OrderUpdated, Trade
-from mercato.core.money import EXACT, format_amount, format_units
+from mercato.core.money import EXACT
+from mercato.marketdata.formats import MarketFormat
 
 # Averages are the one division here: rounded, never trapping as EXACT would.
 AVERAGE = Context(prec=60, rounding=ROUND_HALF_EVEN)
@@ -183,36 +184,27 @@ class OrderState(msgspec.Struct, kw_only=True):
     updated_at: int
 
 
-class Formatter:
-    """Formats one market's integers; built from the engine's market and asset tables."""
+class Formatter(MarketFormat):
+    """One market's integers as the REST shapes; the primitives (price, quantity and
+    amount strings) are market data's, so REST and WebSocket always read the same."""
+
+    __slots__ = ("market",)
 
     def __init__(self, engine: Engine, market: str) -> None:
         state = engine.markets[market]
+        super().__init__(
+            state.rules.tick_size, state.rules.step_size, state.base,
+            engine.assets[state.base].decimals, state.quote,
+            engine.assets[state.quote].decimals,
+        )  # fmt: skip
         self.market = market
-        self.base, self.quote = state.base, state.quote
-        self.tick = state.rules.tick_size
-        self.step = state.rules.step_size
-        self.base_decimals = engine.assets[self.base].decimals
-        self.quote_decimals = engine.assets[self.quote].decimals
-
-    def price(self, ticks: int) -> str:
-        return format_units(ticks, self.tick)
-
-    def lots(self, lots: int) -> str:
-        return format_units(lots, self.step)
-
-    def base_atoms(self, atoms: int) -> str:
-        return format_amount(atoms, self.base_decimals)
-
-    def quote_atoms(self, atoms: int) -> str:
-        return format_amount(atoms, self.quote_decimals)
 
     def fee_asset(self, side: str) -> str:
         """Fees are taken from what a side receives: base for buys, quote for sells."""
         return self.base if side == "BUY" else self.quote
 
     def fee(self, side: str, atoms: int) -> str:
-        return self.base_atoms(atoms) if side == "BUY" else self.quote_atoms(atoms)
+        return self.base_amount(atoms) if side == "BUY" else self.quote_amount(atoms)
 
     def average_price(self, base_atoms: int, quote_atoms: int) -> str | None:
         """Quote per base of the fills so far, to the quote asset's precision (half even)."""
@@ -235,14 +227,14 @@ class Formatter:
             time_in_force=row.time_in_force,
             price=self.price(row.price) if limit_priced else None,
             stop_price=self.price(row.stop_price) if row.stop_price else None,
-            quantity=self.lots(row.quantity) if row.quantity else None,
-            quote_quantity=self.quote_atoms(row.quote_quantity) if row.quote_quantity else None,
-            iceberg_quantity=self.lots(row.iceberg_quantity) if row.iceberg_quantity else None,
+            quantity=self.qty(row.quantity) if row.quantity else None,
+            quote_quantity=self.quote_amount(row.quote_quantity) if row.quote_quantity else None,
+            iceberg_quantity=self.qty(row.iceberg_quantity) if row.iceberg_quantity else None,
             expire_at=row.expire_at or None,
             stp=row.stp,
             status=row.status,
-            filled=self.base_atoms(row.filled_base),
-            filled_quote=self.quote_atoms(row.filled_quote),
+            filled=self.base_amount(row.filled_base),
+            filled_quote=self.quote_amount(row.filled_quote),
             average_price=self.average_price(row.filled_base, row.filled_quote),
             fee=self.fee(row.side, row.fee),
             fee_asset=self.fee_asset(row.side),
@@ -256,8 +248,8 @@ class Formatter:
         return FillView(
             trade_id=fill.trade_id, order_id=fill.order_id, market=fill.market, side=fill.side,
             role=fill.role, price=self.price(fill.price),
-            quantity=self.base_atoms(fill.base_amount),
-            quote_amount=self.quote_atoms(fill.quote_amount),
+            quantity=self.base_amount(fill.base_amount),
+            quote_amount=self.quote_amount(fill.quote_amount),
             fee=self.fee(fill.side, fill.fee), fee_asset=fill.fee_asset, time=fill.ts,
         )  # fmt: skip
 
@@ -272,8 +264,8 @@ class Formatter:
             side=side,
             role="TAKER" if taker else "MAKER",
             price=self.price(trade.price),
-            quantity=self.base_atoms(trade.base_amount),
-            quote_amount=self.quote_atoms(trade.quote_amount),
+            quantity=self.base_amount(trade.base_amount),
+            quote_amount=self.quote_amount(trade.quote_amount),
             fee=self.fee(side, trade.taker_fee if taker else trade.maker_fee),
             fee_asset=self.fee_asset(side),
             time=trade.ts,
