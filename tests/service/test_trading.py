@@ -193,6 +193,9 @@ def test_bad_orders_answer_4xx_and_change_nothing(traders: tuple[Trader, Trader,
     for order, status, code in BAD_ORDERS:
         answer = ann.http.post("/orders", json={"market": "BTC-USDT", **order})
         assert (answer.status_code, answer.json()["code"]) == (status, code), (order, answer.text)
+    for path, code in (("/orders/99999999999999999999", 400), ("/orders/-1", 400),
+                       ("/orders/abc", 400), ("/orders/12345", 404)):  # fmt: skip
+        assert ann.http.delete(path).status_code == code, path
     assert ann.balances() == before
     assert ann.http.get("/orders/history").json()["items"] == []
     anonymous = httpx.post(f"{server.url}/api/v1/dev/faucet", json={"asset": "BTC", "amount": "1"})

@@ -777,3 +777,17 @@ async def portfolio_view(caller: Caller, request: Request) -> Response:
         for market, fills in sorted(by_market.items())
     ]
     return _json(holdings)
+
+
+async def place_order_direct(request: Request) -> Response:
+    """POST /orders without FastAPI's per-request dependency machinery (the hot path);
+    the FastAPI route above documents it in OpenAPI and shares every line of logic."""
+    return await place_order(await trader(request), request)
+
+
+async def cancel_order_direct(request: Request) -> Response:
+    """DELETE /orders/{order_id}, served like :func:`place_order_direct`."""
+    order_id: int = request.path_params["order_id"]
+    if not 1 <= order_id <= 2**63 - 1:
+        raise ApiError(400, "INVALID_REQUEST", "path.order_id: must be 1..2^63-1")
+    return await cancel_order(await trader(request), request, order_id)
