@@ -17,7 +17,12 @@ from mercato.api.errors import document_errors, error_response, install_error_ha
 from mercato.api.limits import BodyLimit, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
-from mercato.api.trading_routes import cancel_order_direct, place_order_direct
+from mercato.api.trading_routes import (
+    ClientOrderIds,
+    Eligibility,
+    cancel_order_direct,
+    place_order_direct,
+)
 from mercato.api.trading_routes import router as trading_router
 from mercato.api.ws import router as ws_router
 from mercato.service import ExchangeService
@@ -48,6 +53,8 @@ def create_app(
     limiter = limiter_for(service.config)
     app.state.service = service
     app.state.limiter = limiter
+    app.state.eligibility = Eligibility()
+    app.state.client_order_ids = ClientOrderIds()
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)

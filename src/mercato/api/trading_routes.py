@@ -23,13 +23,23 @@ from mercato.api import portfolio
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
 from mercato.api.ratelimit import RateLimiter
-from mercato.api.views import FillView, Formatter, OrderState, OrderView, fills_of, fold_order
+from mercato.api.views import (
+    FillView,
+    OrderState,
+    OrderView,
+    fills_of,
+    fold_order,
+    order_view,
+    projected_fill_view,
+    trade_fill_view,
+)
 from mercato.auth.sessions import Principal
 from mercato.core.commands import AmendOrder, CancelAll, CancelOrder, CreditDeposit, PlaceOrder
 from mercato.core.engine import MAX_PRICE_TICKS, MAX_SUPPLY, Engine
 from mercato.core.events import OrderUpdated
 from mercato.core.money import MoneyError, format_amount, format_units, parse_amount
 from mercato.core.results import Result
+from mercato.marketdata.formats import MarketFormat
 from mercato.service import ExchangeService
 from mercato.store import queries
 from mercato.store.tables import users
@@ -139,10 +149,7 @@ class Eligibility:
 
 
 def _eligibility(request: Request) -> Eligibility:
-    state = request.app.state
-    if not hasattr(state, "eligibility"):
-        state.eligibility = Eligibility()
-    eligibility: Eligibility = state.eligibility
+    eligibility: Eligibility = request.app.state.eligibility  # set by create_app
     return eligibility
 
 
@@ -203,14 +210,22 @@ def to_command(service: ExchangeService, user: int, body: OrderRequest) -> Place
     )
 
 
+def market_format(service: ExchangeService, market: str) -> MarketFormat:
+    """The market's formatter, kept by market data (refreshed when the market changes)."""
+    assert service.market_data is not None
+    return service.market_data.formats[market]
+
+
 def placed_view(service: ExchangeService, user: int, result: Result) -> PlacedOrder:
     assert service.sequencer is not None
     engine = service.sequencer.engine
     state = fold_order(result.events, result.order_id, engine.last_ts)
     assert state is not None, "an accepted order always has its OrderAccepted event"
-    formatter = Formatter(engine, state.market)
-    fills = [formatter.fill(trade, user) for trade in fills_of(result.events, result.order_id)]
-    return PlacedOrder(order=formatter.order(state), fills=fills)
+    fmt = market_format(service, state.market)
+    fills = [
+        trade_fill_view(fmt, trade, user) for trade in fills_of(result.events, result.order_id)
+    ]
+    return PlacedOrder(order=order_view(fmt, state), fills=fills)
 
 
 @router.post(
@@ -246,8 +261,8 @@ async def _original(service: ExchangeService, user: int, order_id: int, seq: int
         page = await queries.user_fills(
             connection, user, order_id=order_id, limit=queries.MAX_LIMIT
         )
-    formatter = Formatter(_engine(service), order.market)
-    fills = [formatter.fill_record(f) for f in reversed(page.items)]
+    fmt = market_format(service, order.market)
+    fills = [projected_fill_view(fmt, f) for f in reversed(page.items)]
     return PlacedOrder(order=order, fills=fills, duplicate=True)
 
 
@@ -322,10 +337,7 @@ class ClientOrderIds:
 
 
 def _client_ids(request: Request) -> ClientOrderIds:
-    state = request.app.state
-    if not hasattr(state, "client_order_ids"):
-        state.client_order_ids = ClientOrderIds()
-    ids: ClientOrderIds = state.client_order_ids
+    ids: ClientOrderIds = request.app.state.client_order_ids  # set by create_app
     return ids
 
 
@@ -420,17 +432,8 @@ def _reads(service: ExchangeService) -> Any:
     return service.reads.connect()
 
 
-def _formatter(service: ExchangeService, market: str, cache: dict[str, Formatter]) -> Formatter:
-    formatter = cache.get(market)
-    if formatter is None:
-        assert service.sequencer is not None
-        formatter = cache[market] = Formatter(service.sequencer.engine, market)
-    return formatter
-
-
 def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -> list[OrderView]:
-    cache: dict[str, Formatter] = {}
-    return [_formatter(service, r.market, cache).order(r) for r in records]
+    return [order_view(market_format(service, r.market), r) for r in records]
 
 
 def _market_filter(service: ExchangeService, market: str | None) -> str | None:
@@ -575,7 +578,7 @@ async def _changed_order(
         filled_quote=filled_quote, fee=fee, created_at=created_at or order.ts,
         updated_at=engine.last_ts,
     )  # fmt: skip
-    return _json(Formatter(engine, order.market).order(state))
+    return _json(order_view(market_format(service, order.market), state))
 
 
 @router.delete("/orders/{order_id}", responses=_response(OrderView, 200, "The cancelled order"))
@@ -671,8 +674,7 @@ async def my_trades(
             connection, caller.user_id, market=market, order_id=order_id,
             start_time=start_time, end_time=end_time, before=before, limit=limit,
         )  # fmt: skip
-    cache: dict[str, Formatter] = {}
-    items = [_formatter(service, f.market, cache).fill_record(f) for f in page.items]
+    items = [projected_fill_view(market_format(service, f.market), f) for f in page.items]
     return _json(FillPage(items, page.next_before))
 
 

@@ -12,7 +12,6 @@ from typing import Protocol
 
 import msgspec
 
-from mercato.core.engine import Engine
 from mercato.core.events import Event, OrderAccepted, OrderAmended, OrderUpdated, Trade
 from mercato.core.money import EXACT
 from mercato.marketdata.formats import MarketFormat
@@ -184,92 +183,85 @@ class OrderState(msgspec.Struct, kw_only=True):
     updated_at: int
 
 
-class Formatter(MarketFormat):
-    """One market's integers as the REST shapes; the primitives (price, quantity and
-    amount strings) are market data's, so REST and WebSocket always read the same."""
+# The views below take market data's MarketFormat of the market (one per market, kept by
+# mercato.marketdata.feed.MarketData), so REST and WebSocket read the same strings and no
+# request builds a formatter of its own.
 
-    __slots__ = ("market",)
 
-    def __init__(self, engine: Engine, market: str) -> None:
-        state = engine.markets[market]
-        super().__init__(
-            state.rules.tick_size, state.rules.step_size, state.base,
-            engine.assets[state.base].decimals, state.quote,
-            engine.assets[state.quote].decimals,
-        )  # fmt: skip
-        self.market = market
+def fee_asset(fmt: MarketFormat, side: str) -> str:
+    """Fees are taken from what a side receives: base for buys, quote for sells."""
+    return fmt.base if side == "BUY" else fmt.quote
 
-    def fee_asset(self, side: str) -> str:
-        """Fees are taken from what a side receives: base for buys, quote for sells."""
-        return self.base if side == "BUY" else self.quote
 
-    def fee(self, side: str, atoms: int) -> str:
-        return self.base_amount(atoms) if side == "BUY" else self.quote_amount(atoms)
+def fee_amount(fmt: MarketFormat, side: str, atoms: int) -> str:
+    return fmt.base_amount(atoms) if side == "BUY" else fmt.quote_amount(atoms)
 
-    def average_price(self, base_atoms: int, quote_atoms: int) -> str | None:
-        """Quote per base of the fills so far, to the quote asset's precision (half even)."""
-        if base_atoms == 0:
-            return None
-        quote = EXACT.scaleb(Decimal(quote_atoms), -self.quote_decimals)
-        base = EXACT.scaleb(Decimal(base_atoms), -self.base_decimals)
-        exponent = Decimal(1).scaleb(-self.quote_decimals)
-        average = AVERAGE.divide(quote, base).quantize(exponent, context=AVERAGE)
-        return f"{average.normalize(AVERAGE):f}"
 
-    def order(self, row: OrderRow) -> OrderView:
-        limit_priced = row.price > 0
-        return OrderView(
-            order_id=row.order_id,
-            client_order_id=row.client_order_id,
-            market=row.market,
-            side=row.side,
-            type=row.type,
-            time_in_force=row.time_in_force,
-            price=self.price(row.price) if limit_priced else None,
-            stop_price=self.price(row.stop_price) if row.stop_price else None,
-            quantity=self.qty(row.quantity) if row.quantity else None,
-            quote_quantity=self.quote_amount(row.quote_quantity) if row.quote_quantity else None,
-            iceberg_quantity=self.qty(row.iceberg_quantity) if row.iceberg_quantity else None,
-            expire_at=row.expire_at or None,
-            stp=row.stp,
-            status=row.status,
-            filled=self.base_amount(row.filled_base),
-            filled_quote=self.quote_amount(row.filled_quote),
-            average_price=self.average_price(row.filled_base, row.filled_quote),
-            fee=self.fee(row.side, row.fee),
-            fee_asset=self.fee_asset(row.side),
-            reason=row.reason,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
+def average_price(fmt: MarketFormat, base_atoms: int, quote_atoms: int) -> str | None:
+    """Quote per base of the fills so far, to the quote asset's precision (half even)."""
+    if base_atoms == 0:
+        return None
+    quote = EXACT.scaleb(Decimal(quote_atoms), -fmt.quote_decimals)
+    base = EXACT.scaleb(Decimal(base_atoms), -fmt.base_decimals)
+    exponent = Decimal(1).scaleb(-fmt.quote_decimals)
+    average = AVERAGE.divide(quote, base).quantize(exponent, context=AVERAGE)
+    return f"{average.normalize(AVERAGE):f}"
 
-    def fill_record(self, fill: FillRow) -> FillView:
-        """A projected fill (one user's side of a trade)."""
-        return FillView(
-            trade_id=fill.trade_id, order_id=fill.order_id, market=fill.market, side=fill.side,
-            role=fill.role, price=self.price(fill.price),
-            quantity=self.base_amount(fill.base_amount),
-            quote_amount=self.quote_amount(fill.quote_amount),
-            fee=self.fee(fill.side, fill.fee), fee_asset=fill.fee_asset, time=fill.ts,
-        )  # fmt: skip
 
-    def fill(self, trade: Trade, user: int) -> FillView:
-        """``user``'s side of ``trade`` (a self-trade cannot happen: STP prevents it)."""
-        taker = trade.taker_user == user
-        side = trade.taker_side if taker else ("SELL" if trade.taker_side == "BUY" else "BUY")
-        return FillView(
-            trade_id=trade.trade_id,
-            order_id=trade.taker_order_id if taker else trade.maker_order_id,
-            market=trade.market,
-            side=side,
-            role="TAKER" if taker else "MAKER",
-            price=self.price(trade.price),
-            quantity=self.base_amount(trade.base_amount),
-            quote_amount=self.quote_amount(trade.quote_amount),
-            fee=self.fee(side, trade.taker_fee if taker else trade.maker_fee),
-            fee_asset=self.fee_asset(side),
-            time=trade.ts,
-        )
+def order_view(fmt: MarketFormat, row: OrderRow) -> OrderView:
+    return OrderView(
+        order_id=row.order_id,
+        client_order_id=row.client_order_id,
+        market=row.market,
+        side=row.side,
+        type=row.type,
+        time_in_force=row.time_in_force,
+        price=fmt.price(row.price) if row.price > 0 else None,
+        stop_price=fmt.price(row.stop_price) if row.stop_price else None,
+        quantity=fmt.qty(row.quantity) if row.quantity else None,
+        quote_quantity=fmt.quote_amount(row.quote_quantity) if row.quote_quantity else None,
+        iceberg_quantity=fmt.qty(row.iceberg_quantity) if row.iceberg_quantity else None,
+        expire_at=row.expire_at or None,
+        stp=row.stp,
+        status=row.status,
+        filled=fmt.base_amount(row.filled_base),
+        filled_quote=fmt.quote_amount(row.filled_quote),
+        average_price=average_price(fmt, row.filled_base, row.filled_quote),
+        fee=fee_amount(fmt, row.side, row.fee),
+        fee_asset=fee_asset(fmt, row.side),
+        reason=row.reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def projected_fill_view(fmt: MarketFormat, fill: FillRow) -> FillView:
+    """A projected fill (one user's side of a trade)."""
+    return FillView(
+        trade_id=fill.trade_id, order_id=fill.order_id, market=fill.market, side=fill.side,
+        role=fill.role, price=fmt.price(fill.price), quantity=fmt.base_amount(fill.base_amount),
+        quote_amount=fmt.quote_amount(fill.quote_amount),
+        fee=fee_amount(fmt, fill.side, fill.fee), fee_asset=fill.fee_asset, time=fill.ts,
+    )  # fmt: skip
+
+
+def trade_fill_view(fmt: MarketFormat, trade: Trade, user: int) -> FillView:
+    """``user``'s side of ``trade`` (a self-trade cannot happen: STP prevents it)."""
+    taker = trade.taker_user == user
+    side = trade.taker_side if taker else ("SELL" if trade.taker_side == "BUY" else "BUY")
+    return FillView(
+        trade_id=trade.trade_id,
+        order_id=trade.taker_order_id if taker else trade.maker_order_id,
+        market=trade.market,
+        side=side,
+        role="TAKER" if taker else "MAKER",
+        price=fmt.price(trade.price),
+        quantity=fmt.base_amount(trade.base_amount),
+        quote_amount=fmt.quote_amount(trade.quote_amount),
+        fee=fee_amount(fmt, side, trade.taker_fee if taker else trade.maker_fee),
+        fee_asset=fee_asset(fmt, side),
+        time=trade.ts,
+    )
 
 
 def fold_order(events: list[Event], order_id: int, updated_at: int) -> OrderState | None:
@@ -277,38 +269,27 @@ def fold_order(events: list[Event], order_id: int, updated_at: int) -> OrderStat
     by them). Fills add their amounts; status and reason follow the last update."""
     state: OrderState | None = None
     for event in events:
-        kind = type(event)
-        if kind is OrderAccepted and event.order_id == order_id:  # type: ignore[union-attr]
-            accepted: OrderAccepted = event  # type: ignore[assignment]
+        if isinstance(event, OrderAccepted) and event.order_id == order_id:
             state = OrderState(
-                order_id=order_id, client_order_id=accepted.client_order_id,
-                market=accepted.market, side=accepted.side, type=accepted.type,
-                time_in_force=accepted.time_in_force, price=accepted.price,
-                stop_price=accepted.stop_price, quantity=accepted.quantity,
-                quote_quantity=accepted.quote_quantity,
-                iceberg_quantity=accepted.iceberg_quantity, expire_at=accepted.expire_at,
-                stp=accepted.stp, status=accepted.status, created_at=accepted.ts,
-                updated_at=updated_at,
+                order_id=order_id, client_order_id=event.client_order_id,
+                market=event.market, side=event.side, type=event.type,
+                time_in_force=event.time_in_force, price=event.price,
+                stop_price=event.stop_price, quantity=event.quantity,
+                quote_quantity=event.quote_quantity, iceberg_quantity=event.iceberg_quantity,
+                expire_at=event.expire_at, stp=event.stp, status=event.status,
+                created_at=event.ts, updated_at=updated_at,
             )  # fmt: skip
         elif state is None:
             continue
-        elif kind is Trade:
-            trade: Trade = event  # type: ignore[assignment]
-            if trade.taker_order_id == order_id:
-                fee = trade.taker_fee
-            elif trade.maker_order_id == order_id:
-                fee = trade.maker_fee
-            else:
-                continue
-            state.filled_base += trade.base_amount
-            state.filled_quote += trade.quote_amount
-            state.fee += fee
-        elif kind is OrderUpdated and event.order_id == order_id:  # type: ignore[union-attr]
-            update: OrderUpdated = event  # type: ignore[assignment]
-            state.status, state.reason = update.status, update.reason
-        elif kind is OrderAmended and event.order_id == order_id:  # type: ignore[union-attr]
-            amended: OrderAmended = event  # type: ignore[assignment]
-            state.price, state.quantity = amended.price, amended.quantity
+        elif isinstance(event, Trade) and order_id in (event.taker_order_id, event.maker_order_id):
+            taker = event.taker_order_id == order_id
+            state.filled_base += event.base_amount
+            state.filled_quote += event.quote_amount
+            state.fee += event.taker_fee if taker else event.maker_fee
+        elif isinstance(event, OrderUpdated) and event.order_id == order_id:
+            state.status, state.reason = event.status, event.reason
+        elif isinstance(event, OrderAmended) and event.order_id == order_id:
+            state.price, state.quantity = event.price, event.quantity
     return state
 
 
