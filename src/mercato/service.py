@@ -26,6 +26,7 @@ from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Hub
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, migrate
+from mercato.store.client_ids import KnownClientIds
 from mercato.store.fill_totals import FillTotals
 from mercato.store.projector import Projector
 
@@ -56,6 +57,7 @@ class ExchangeService:
         self.market_data: MarketData | None = None
         self.projector: Projector | None = None
         self.fill_totals = FillTotals()  # open orders' fills, for cancel and amend answers
+        self.known_client_ids = KnownClientIds()  # every client order id ever used
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
 
@@ -80,6 +82,8 @@ class ExchangeService:
         await self.projector.start(config.engine_dir, self.sequencer.last_seq)
         await self.fill_totals.seed(self.reads)
         self.sequencer.sequencer.listeners.append(self.fill_totals.on_batch)
+        await self.known_client_ids.seed(self.reads)
+        self.sequencer.sequencer.listeners.append(self.known_client_ids.on_batch)
         # Market data follows every batch from now on (before the bootstrap submits), and
         # starts from the recent trades and candles of the SQL projection.
         self.market_data = MarketData(self.sequencer.engine, self.hub)

@@ -89,6 +89,13 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(
             assert sums.get((asset, "locked"), 0) == Decimal(locked), asset
     assert traded > 0
 
+    # A client order id used before the crash still names its order, not a new one.
+    first = acked["bob"][0]["order"]
+    again = bob.place(side="SELL", price="50000", quantity="0.001",
+                      client_order_id=first["client_order_id"])  # fmt: skip
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["order"]["order_id"] == first["order_id"]
+
     # Money is conserved: what the two hold plus the fees they paid is what was funded.
     held = {asset: Decimal(0) for asset in FUNDS}
     for trader in (ann, bob):

@@ -277,7 +277,8 @@ class ClientOrderIds:
     A placement claims its key before its first await, so a concurrent repeat waits for it
     rather than racing it. Orders placed since the start are remembered here until the
     projection holds them; older ones are found in the projection, which caught up with
-    the journal before the service became ready. A rejected placement leaves the key free.
+    the journal before the service became ready, and only asked when the Bloom filter of
+    used ids says the key may have been used. A rejected placement leaves the key free.
     """
 
     KEEP = 50_000  # remembered keys before those already projected are dropped
@@ -323,6 +324,8 @@ class ClientOrderIds:
     async def _projected(
         self, service: ExchangeService, key: tuple[int, str]
     ) -> tuple[int, int] | None:
+        if not service.known_client_ids.may_contain(*key):
+            return None  # never used: the common case needs no database read
         async with _reads(service) as connection:
             record = await queries.get_order(connection, key[0], client_order_id=key[1])
         return None if record is None else (record.order_id, record.created_seq)
