@@ -134,8 +134,7 @@ class Eligibility:
         now = time.monotonic()
         if self._verified.get(user_id, 0.0) > now:
             return
-        assert service.database is not None
-        async with service.database.connect() as connection:
+        async with _reads(service) as connection:
             row = (
                 await connection.execute(
                     select(users.c.email_verified_at, users.c.status).where(users.c.id == user_id)

@@ -9,6 +9,7 @@ still live, so logout and logout-everywhere take effect at once, not at expiry.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import secrets
@@ -314,21 +315,46 @@ def _verified(key: bytes, access_token: str) -> Principal:
 
 
 async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
-    """The principal of a bearer token whose session is still live."""
+    """The principal of a bearer token whose session is still live. ``db`` is only read
+    (on SQLite, pass an engine that begins DEFERRED so the check never queues for the
+    write lock)."""
     principal = _verified(key, access_token)
     if LIVE_SESSIONS.is_live(principal.session):
         return principal
+    # One lookup per session at a time: when a busy session's trust runs out, its
+    # in-flight requests share one query instead of each sending its own. Keyed by the
+    # revocation generation too, so a request that follows a logout never joins a lookup
+    # that began before it.
+    lookup = (principal.session, LIVE_SESSIONS.generation)
+    check = _SESSION_CHECKS.get(lookup)
+    if check is None or check.get_loop() is not asyncio.get_running_loop():
+        check = asyncio.ensure_future(_session_is_live(db, principal.session))
+        _SESSION_CHECKS[lookup] = check
+        check.add_done_callback(lambda done: _forget_check(lookup, done))
+    if not await asyncio.shield(check):
+        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
+    return principal
+
+
+_SESSION_CHECKS: dict[tuple[str, int], asyncio.Future[bool]] = {}
+
+
+def _forget_check(key: tuple[str, int], done: asyncio.Future[bool]) -> None:
+    if _SESSION_CHECKS.get(key) is done:
+        del _SESSION_CHECKS[key]
+
+
+async def _session_is_live(db: AsyncEngine, session: str) -> bool:
     generation = LIVE_SESSIONS.generation
     async with db.connect() as connection:
         live = (
             await connection.execute(
                 select(refresh_tokens.c.id).where(
-                    refresh_tokens.c.family_id == principal.session,
+                    refresh_tokens.c.family_id == session,
                     refresh_tokens.c.revoked_at.is_(None),
                 ).limit(1)
             )
         ).first()  # fmt: skip
-    if live is None:
-        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
-    LIVE_SESSIONS.remember(principal.session, generation)
-    return principal
+    if live is not None:
+        LIVE_SESSIONS.remember(session, generation)
+    return live is not None
