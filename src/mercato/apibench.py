@@ -79,6 +79,7 @@ class RawHttp:
 class Tally:
     placed: int = 0
     cancelled: int = 0
+    already_filled: int = 0  # cancels answered 409 because a taker had filled the order
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds, every request
 
@@ -90,19 +91,29 @@ class Tally:
         self.errors[code] = self.errors.get(code, 0) + 1
 
 
-def _orders(rng: random.Random) -> Iterator[bytes]:
-    """Limit orders that rest: buys below the mid price, sells above it."""
+def _orders(rng: random.Random, taker_every: int) -> Iterator[bytes]:
+    """Limit orders that rest (buys below the mid price, sells above it) and, every
+    ``taker_every``-th order if set, an IOC order that crosses the spread and trades."""
+    count = 0
     while True:
+        count += 1
         side = rng.choice(("BUY", "SELL"))
         offset = rng.randint(1, 2000)
-        price = MID_PRICE - offset if side == "BUY" else MID_PRICE + offset
         quantity = rng.randint(2, 50) / 10_000  # 0.0002..0.005 BTC: over the 5 USDT minimum
-        yield msgspec.json.encode({"market": MARKET, "side": side, "price": str(price),
-                                   "quantity": f"{quantity:.4f}"})  # fmt: skip
+        order = {"market": MARKET, "side": side, "quantity": f"{quantity:.4f}"}
+        if taker_every and count % taker_every == 0:
+            # Priced through the whole resting range: it takes the best orders opposite.
+            order["price"] = str(MID_PRICE + 2000 if side == "BUY" else MID_PRICE - 2000)
+            order["time_in_force"] = "IOC"
+        else:
+            order["price"] = str(MID_PRICE - offset if side == "BUY" else MID_PRICE + offset)
+        yield msgspec.json.encode(order)
 
 
-async def _drive(client: RawHttp, deadline: float, tally: Tally, seed: int) -> None:
-    orders = _orders(random.Random(seed))
+async def _drive(
+    client: RawHttp, deadline: float, tally: Tally, seed: int, taker_every: int = 0
+) -> None:
+    orders = _orders(random.Random(seed), taker_every)
     open_ids: list[int] = []
     clock = time.perf_counter
     await client.open()
@@ -113,12 +124,17 @@ async def _drive(client: RawHttp, deadline: float, tally: Tally, seed: int) -> N
                 status, body = await client.request("DELETE", f"/api/v1/orders/{open_ids.pop(0)}")
                 ok = status == 200
                 tally.cancelled += ok
+                if status == 409:  # a taker filled it first: answered, and nothing to do
+                    tally.already_filled += 1
+                    ok = True
             else:
                 status, body = await client.request("POST", "/api/v1/orders", next(orders))
                 ok = status == 201
                 if ok:
                     tally.placed += 1
-                    open_ids.append(msgspec.json.decode(body)["order"]["order_id"])
+                    order = msgspec.json.decode(body)["order"]
+                    if order["status"] in ("NEW", "PARTIALLY_FILLED"):
+                        open_ids.append(order["order_id"])
             tally.latencies.append(clock() - started)
             if not ok:
                 tally.error(status, body)
@@ -134,22 +150,27 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def run_http_load(
-    url: str, tokens: list[str], seconds: float, connections: int
+    url: str, tokens: list[str], seconds: float, connections: int, taker_every: int = 0
 ) -> dict[str, Any]:
     host, port = url.removeprefix("http://").split(":")
     tally = Tally()
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
     clients = [RawHttp(host, int(port), tokens[i % len(tokens)]) for i in range(connections)]
-    await asyncio.gather(*(_drive(c, deadline, tally, i) for i, c in enumerate(clients)))
+    await asyncio.gather(
+        *(_drive(c, deadline, tally, i, taker_every) for i, c in enumerate(clients))
+    )
     elapsed = time.perf_counter() - started
     return {
         "http_connections": connections,
         "http_seconds": round(elapsed, 2),
         "http_orders_placed": tally.placed,
         "http_orders_cancelled": tally.cancelled,
+        "http_cancels_already_filled": tally.already_filled,
         "http_orders_per_sec": round(tally.placed / elapsed),
-        "http_requests_per_sec": round((tally.placed + tally.cancelled) / elapsed),
+        "http_requests_per_sec": round(
+            (tally.placed + tally.cancelled + tally.already_filled) / elapsed
+        ),
         "http_p50_ms": round(percentile(tally.latencies, 0.50) * 1000, 2),
         "http_p99_ms": round(percentile(tally.latencies, 0.99) * 1000, 2),
         "http_errors": tally.errors,
@@ -234,16 +255,22 @@ class BenchServer:
                 self.process.kill()
 
 
+# The WebSocket phase's market: every third order a taker, so it trades as a busy
+# market does (the HTTP phase's flow only rests and cancels).
+WS_PHASE_TAKER_EVERY = 3
+
+
 def _drive_in_process(url: str, tokens: list[str], seconds: float, connections: int,
                      out: Any) -> None:  # fmt: skip
-    out.put(asyncio.run(run_http_load(url, tokens, seconds, connections)))
+    load = run_http_load(url, tokens, seconds, connections, WS_PHASE_TAKER_EVERY)
+    out.put(asyncio.run(load))
 
 
 async def run_ws_phase(
     url: str, tokens: list[str], seconds: float, subscribers: int, connections: int
 ) -> dict[str, Any]:
     """``subscribers`` WebSocket clients on the market while ``connections`` HTTP
-    connections, from a process of their own, keep it busy with orders."""
+    connections, from a process of their own, keep it busy with orders and trades."""
     from mercato.marketdata.wsbench import run_ws_bench
 
     context = multiprocessing.get_context("spawn")
@@ -266,6 +293,7 @@ async def run_ws_phase(
         "ws_p99_ms": summary["p99_latency_ms"],
         "ws_closed_early": summary["closed_early"],
         "ws_driving_orders_per_sec": driven.get("http_orders_per_sec", 0),
+        "ws_driving_errors": driven.get("http_errors", {}),
     }
 
 
