@@ -1,0 +1,39 @@
+"""`mercato bench api` end to end at a tiny scale: it starts a real server, trades over
+HTTP and fans out over WebSocket, and reports every figure the issue names."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from mercato.cli import app
+
+REQUIRED = ("http_orders_per_sec", "http_p50_ms", "http_p99_ms", "ws_subscribers",
+            "ws_messages_per_sec", "ws_p99_ms")  # fmt: skip
+
+
+def test_bench_api_reports_its_figures_as_the_last_json_line() -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "api",
+            "--seconds",
+            "1",
+            "--connections",
+            "4",
+            "--users",
+            "2",
+            "--subscribers",
+            "10",
+            "--json",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output.strip().splitlines()[-1])
+    assert all(key in figures for key in REQUIRED), figures
+    assert figures["http_orders_placed"] > 0 and figures["http_errors"] == {}
+    assert figures["ws_subscribers"] == 10 and figures["ws_closed_early"] == 0
+    assert figures["ws_messages_per_sec"] > 0  # the market moved and the subscribers saw it
+    assert figures["ws_driving_errors"] == {}  # takers' fills answered, not failed
