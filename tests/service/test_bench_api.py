@@ -14,22 +14,8 @@ REQUIRED = ("http_orders_per_sec", "http_p50_ms", "http_p99_ms", "ws_subscribers
 
 
 def test_bench_api_reports_its_figures_as_the_last_json_line() -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "bench",
-            "api",
-            "--seconds",
-            "1",
-            "--connections",
-            "4",
-            "--users",
-            "2",
-            "--subscribers",
-            "10",
-            "--json",
-        ],  # fmt: skip
-    )
+    arguments = "bench api --seconds 1 --connections 4 --users 2 --subscribers 10 --json"
+    result = CliRunner().invoke(app, arguments.split())
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert all(key in figures for key in REQUIRED), figures
