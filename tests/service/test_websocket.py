@@ -22,12 +22,15 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from sqlalchemy import update
 
 from marketdata.live import Live, WsClient, live_exchange
+from mercato.api.ws import end_revoked
 from mercato.auth import api_keys
 from mercato.core.commands import AmendOrder, CancelOrder, PlaceOrder
 from mercato.marketdata.hub import CLOSE_IDLE, CLOSE_SLOW_CONSUMER, Hub
 from mercato.service import ExchangeService
+from mercato.store.tables import refresh_tokens
 
 FUNDS = {"BTC": 10**12, "USDT": 10**16, "ETH": 10**12}
 MID = 5_000_000  # 50,000.00 USDT in ticks of BTC-USDT
@@ -383,6 +386,86 @@ def test_an_api_key_signature_authenticates_the_socket(tmp_path: Path, env: dict
                 assert (signed["type"], signed["user_id"]) == ("authenticated", ann)
                 ok = await ws.request({"op": "subscribe", "id": 3, "channels": ["balances"]})
                 assert ok["type"] == "subscribed"
+
+    run(scenario())
+
+
+def _private(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if m.get("channel") in ("orders", "fills", "balances")]
+
+
+def test_logout_and_key_deletion_end_the_private_channels_of_open_sockets(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    async def scenario() -> None:
+        async with live_exchange(tmp_path / "data", env) as live:
+            ann, ann_token = await live.user("ann@example.com", FUNDS)
+            bob, bob_token = await live.user("bob@example.com", FUNDS)
+            db, secrets = live.service.database, live.service.secrets
+            assert db is not None and secrets is not None
+            key, secret = await api_keys.create_key(
+                db, secrets.master_key, bob, "ws", ["read"], [], totp_code=None
+            )
+            async with (
+                WsClient.connect(live.ws_url) as ann_ws,
+                WsClient.connect(live.ws_url) as bob_ws,
+                WsClient.connect(live.ws_url) as bob_key_ws,
+            ):
+                for ws, token in ((ann_ws, ann_token), (bob_ws, bob_token)):
+                    assert (await ws.request({"op": "auth", "id": 1, "token": token}))[
+                        "type"
+                    ] == "authenticated"
+                timestamp = int(time.time() * 1000)
+                payload = f"apiKey={key.key_id}&timestamp={timestamp}".encode()
+                signature = hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+                signed = await bob_key_ws.request({"op": "auth", "id": 1, "api_key": key.key_id,
+                                                   "timestamp": timestamp,
+                                                   "signature": signature})  # fmt: skip
+                assert signed["type"] == "authenticated"
+                for ws in (ann_ws, bob_ws, bob_key_ws):
+                    await ws.request({"op": "subscribe", "id": 2, "channels": ["orders"]})
+
+                auth = {"authorization": f"Bearer {ann_token}"}
+                async with httpx.AsyncClient(base_url=live.url) as http:
+                    out = await http.post("/api/v1/auth/logout", headers=auth)
+                    assert out.status_code == 204
+                ended = await ann_ws.until(lambda m: m.get("code") == "SESSION_REVOKED")
+                assert "orders" in ended["message"]
+                await live.submit(PlaceOrder(ann, "BTC-USDT", "SELL", "LIMIT", 500, MID + 10))
+                await live.submit(PlaceOrder(bob, "BTC-USDT", "BUY", "LIMIT", 100, MID - 10))
+                assert _private(await ann_ws.drain(0.6)) == []  # nothing more of ann's
+                again = await ann_ws.request({"op": "subscribe", "id": 3, "channels": ["orders"]})
+                assert again["code"] == "UNAUTHORIZED"
+                # bob's own sign-ins are untouched, until his key is deleted
+                assert _private(await bob_ws.drain(0.3)) != []
+                assert _private(await bob_key_ws.drain(0.3)) != []
+                await api_keys.delete_key(db, bob, key.key_id)
+                await bob_key_ws.until(lambda m: m.get("code") == "SESSION_REVOKED")
+                await live.submit(PlaceOrder(bob, "BTC-USDT", "BUY", "LIMIT", 100, MID - 20))
+                assert _private(await bob_key_ws.drain(0.6)) == []
+                assert _private(await bob_ws.drain(0.6)) != []
+
+    run(scenario())
+
+
+def test_a_revocation_made_by_another_process_is_found_by_the_periodic_check(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    async def scenario() -> None:
+        async with live_exchange(tmp_path / "data", env) as live:
+            ann, ann_token = await live.user("ann@example.com", FUNDS)
+            async with WsClient.connect(live.ws_url) as ws:
+                await ws.request({"op": "auth", "id": 1, "token": ann_token})
+                await ws.request({"op": "subscribe", "id": 2, "channels": ["balances"]})
+                assert live.service.database is not None
+                async with live.service.database.begin() as connection:  # as another process
+                    await connection.execute(
+                        update(refresh_tokens).where(refresh_tokens.c.user_id == ann)
+                        .values(revoked_at=1)
+                    )  # fmt: skip
+                assert live.service.market_data is not None
+                await end_revoked(live.service, live.service.market_data.hub)  # one round
+                await ws.until(lambda m: m.get("code") == "SESSION_REVOKED")
 
     run(scenario())
 

@@ -25,6 +25,7 @@ from mercato.api.trading_routes import (
 )
 from mercato.api.trading_routes import router as trading_router
 from mercato.api.ws import router as ws_router
+from mercato.api.ws import watch_credentials
 from mercato.service import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,13 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Boot in the background so that /health/live answers during a long recovery.
         boot = asyncio.create_task(_boot(service, on_boot_failure), name="mercato-boot")
+        watch = asyncio.create_task(watch_credentials(service), name="mercato-ws-revocations")
         try:
             yield
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             if not boot.done():
                 boot.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -144,7 +144,7 @@ async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
     return _pair(tokens)
 
 
-def _lookups(service: ExchangeService) -> AsyncEngine:
+def credential_lookups(service: ExchangeService) -> AsyncEngine:
     """The engine for per-request credential lookups: only reads, so on SQLite one that
     begins DEFERRED and never queues behind the projector's writes for the write lock."""
     db = service.reads or service.database
@@ -158,15 +158,16 @@ async def _bearer(request: Request, service: ExchangeService) -> Principal:
         raise ApiError(
             401, "UNAUTHORIZED", "send Authorization: Bearer <access token>, or a signed request"
         )
-    return await authenticate(_lookups(service), _keys(service), token.strip())
+    return await authenticate(credential_lookups(service), _keys(service), token.strip())
 
 
 async def _signed(request: Request, service: ExchangeService, key_id: str) -> Principal:
     assert service.secrets is not None
     content_type = request.headers.get("content-type", "")
     return await authenticate_signed(
-        _lookups(service), service.secrets.master_key, key_id, request.scope["query_string"],
-        await request.body(), request.client.host if request.client else "",
+        credential_lookups(service), service.secrets.master_key, key_id,
+        request.scope["query_string"], await request.body(),
+        request.client.host if request.client else "",
         content_type.startswith("application/x-www-form-urlencoded"),
     )  # fmt: skip
 

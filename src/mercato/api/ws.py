@@ -24,12 +24,13 @@ import msgspec
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
+from mercato.api.auth_routes import credential_lookups
 from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.errors import AuthError
-from mercato.auth.sessions import Principal, authenticate
+from mercato.auth.sessions import LIVE_SESSIONS, Principal, authenticate, live_credentials
 from mercato.marketdata.feed import PRIVATE_CHANNELS, MarketData, encode
-from mercato.marketdata.hub import Client
+from mercato.marketdata.hub import Client, Hub
 from mercato.service import ExchangeService
 
 log = logging.getLogger(__name__)
@@ -243,15 +244,17 @@ class Session:
 
     async def by_token(self, token: str) -> tuple[Principal, int]:
         """The principal of an access token and when the token expires (ms)."""
-        assert self.service.database is not None and self.service.secrets is not None
-        principal = await authenticate(self.service.database, self.service.secrets.jwt_key, token)
+        assert self.service.secrets is not None
+        principal = await authenticate(
+            credential_lookups(self.service), self.service.secrets.jwt_key, token
+        )
         claims = jwt.decode(token, options={"verify_signature": False})
         return principal, int(claims["exp"]) * 1000
 
     async def by_signature(self, request: dict[str, Any]) -> Principal:
         """An API key signing ``apiKey=<key>&timestamp=<ms>[&recvWindow=<ms>]`` as it
         would sign a REST query string (HMAC-SHA256 with its secret, hex)."""
-        assert self.service.database is not None and self.service.secrets is not None
+        assert self.service.secrets is not None
         key, timestamp = request.get("api_key"), request.get("timestamp")
         window, signature = request.get("recv_window"), request.get("signature")
         if not isinstance(key, str) or not key or len(key) > 128:
@@ -267,8 +270,8 @@ class Session:
             query += f"&recvWindow={window}"
         query += f"&signature={signature}"
         principal = await authenticate_signed(
-            self.service.database, self.service.secrets.master_key, key, query.encode(), b"",
-            self.ip, False,
+            credential_lookups(self.service), self.service.secrets.master_key, key,
+            query.encode(), b"", self.ip, False,
         )  # fmt: skip
         if "read" not in principal.permissions:
             raise AuthError(403, "MISSING_PERMISSION", "this API key lacks the read permission")
@@ -279,6 +282,7 @@ class Session:
         if client.user and client.user != principal.user_id:
             return False
         client.user = principal.user_id
+        client.session = principal.session
         client.auth_expires_at = expires_at
         return True
 
@@ -307,3 +311,41 @@ class Session:
             return
         self.reply({"type": "authenticated", "id": request_id, "user_id": principal.user_id,
                     "expires_at": expires or None})  # fmt: skip
+
+
+REVOCATION_CHECK_SECONDS = 10.0
+
+
+async def watch_credentials(service: ExchangeService) -> None:
+    """End the private channels of connections whose login session was logged out or
+    revoked, or whose API key was deleted: at once after a revocation in this process,
+    and every ``REVOCATION_CHECK_SECONDS`` for those made by other processes. Each check
+    asks the database once for all signed-in connections (twice with API keys)."""
+    wake = asyncio.Event()
+    LIVE_SESSIONS.on_revoked.append(wake.set)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), REVOCATION_CHECK_SECONDS)
+            wake.clear()
+            if service.ready and isinstance(service.market_data, MarketData):
+                try:
+                    await end_revoked(service, service.market_data.hub)
+                except Exception:  # the database away for a moment: next round
+                    log.exception("checking the WebSocket sessions failed")
+    finally:
+        LIVE_SESSIONS.on_revoked.remove(wake.set)
+
+
+async def end_revoked(service: ExchangeService, hub: Hub) -> None:
+    signed_in = [(c, c.session) for c in hub.clients
+                 if c.session and c.auth_expires_at >= 0 and not c.closing]  # fmt: skip
+    if not signed_in:
+        return
+    live = await live_credentials(credential_lookups(service), {s for _, s in signed_in})
+    for client, session in signed_in:
+        # Skip a client that signed in again (or was ended) while the query ran.
+        if session not in live and client.session == session and client.auth_expires_at >= 0:
+            hub.end_private(
+                client, "SESSION_REVOKED", "this session was logged out or its key deleted"
+            )

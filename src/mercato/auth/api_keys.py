@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.crypto import seal, unseal
 from mercato.auth.errors import AuthError
-from mercato.auth.sessions import Principal
+from mercato.auth.sessions import LIVE_SESSIONS, Principal
 from mercato.auth.totp import check_second_factor
 from mercato.auth.users import UserError
 from mercato.store.tables import api_keys, users
@@ -121,6 +121,7 @@ async def delete_key(db: AsyncEngine, user_id: int, key_id: str) -> None:
         )  # fmt: skip
         if done.rowcount == 0:
             raise UserError("UNKNOWN_API_KEY", "no such API key")
+    LIVE_SESSIONS.revoked()  # ends the key's open WebSocket private channels
 
 
 def _signature_and_payload(query: bytes, body: bytes) -> tuple[str, bytes]:

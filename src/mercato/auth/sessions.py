@@ -14,6 +14,7 @@ import functools
 import hashlib
 import secrets
 import time
+from collections.abc import Callable, Collection
 from typing import Final
 
 import jwt
@@ -26,7 +27,7 @@ from mercato.auth.errors import AuthError as AuthError  # re-exported: it used t
 from mercato.auth.passwords import hash_password, verify_password
 from mercato.auth.totp import second_factor
 from mercato.auth.users import UserError, normalize_email
-from mercato.store.tables import login_history, refresh_tokens, users
+from mercato.store.tables import api_keys, login_history, refresh_tokens, users
 
 ACCESS_TTL_SECONDS = 15 * 60
 REFRESH_TTL_MS = 30 * 24 * 3600 * 1000
@@ -240,6 +241,9 @@ class LiveSessions:
         self.capacity = capacity
         self.generation = 0
         self._seen: dict[str, tuple[float, int]] = {}
+        # Called after each revocation (for the WebSocket's private channels): they must
+        # only schedule work, never block.
+        self.on_revoked: list[Callable[[], None]] = []
 
     def is_live(self, session: str) -> bool:
         entry = self._seen.get(session)
@@ -254,6 +258,8 @@ class LiveSessions:
         """Call after a revocation commits."""
         self.generation += 1
         self._seen.clear()
+        for listener in self.on_revoked:
+            listener()
 
 
 LIVE_SESSIONS: Final = LiveSessions()
@@ -337,6 +343,33 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
 
 
 _SESSION_CHECKS: dict[tuple[str, int], asyncio.Future[bool]] = {}
+_CHUNK = 500  # ids per IN (...) list
+
+
+async def live_credentials(db: AsyncEngine, sessions: Collection[str]) -> set[str]:
+    """Which of ``sessions`` (login sessions, or ``apikey:<id>`` for API keys) are still
+    live: not logged out, not revoked, the key not deleted."""
+    families = sorted(s for s in sessions if not s.startswith("apikey:"))
+    keys = sorted(s.removeprefix("apikey:") for s in sessions if s.startswith("apikey:"))
+    live: set[str] = set()
+    async with db.connect() as connection:
+        for start in range(0, len(families), _CHUNK):
+            chunk = families[start : start + _CHUNK]
+            rows = await connection.execute(
+                select(refresh_tokens.c.family_id).distinct().where(
+                    refresh_tokens.c.family_id.in_(chunk), refresh_tokens.c.revoked_at.is_(None)
+                )
+            )  # fmt: skip
+            live.update(row.family_id for row in rows)
+        for start in range(0, len(keys), _CHUNK):
+            chunk = keys[start : start + _CHUNK]
+            rows = await connection.execute(
+                select(api_keys.c.key_id).where(
+                    api_keys.c.key_id.in_(chunk), api_keys.c.deleted_at.is_(None)
+                )
+            )
+            live.update(f"apikey:{row.key_id}" for row in rows)
+    return live
 
 
 def _forget_check(key: tuple[str, int], done: asyncio.Future[bool]) -> None:

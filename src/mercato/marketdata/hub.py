@@ -58,6 +58,7 @@ class Client:
         "queue",
         "sent_frames",
         "sent_messages",
+        "session",
         "user",
         "wake",
         "writer",
@@ -70,6 +71,7 @@ class Client:
         self.dirty = False
         self.channels: set[str] = set()
         self.user = 0  # authenticated user id, 0 = anonymous
+        self.session = ""  # the credential it signed in with (a login session or API key)
         self.auth_expires_at = 0  # ms; 0 = does not expire (API key)
         self.close_code = 0
         self.close_reason = ""
@@ -299,15 +301,19 @@ class Hub:
     def expire_session(self, client: Client) -> None:
         """The client's access token expired: its private channels end (it may sign in
         again, as the same user, and resubscribe)."""
+        self.end_private(client, "TOKEN_EXPIRED", "the access token expired")
+
+    def end_private(self, client: Client, code: str, why: str) -> None:
+        """End the client's private channels and its sign-in, telling it ``code``; it may
+        sign in again, as the same user, and resubscribe."""
         ended = sorted(c for c in client.channels if ":" in c)
         for channel in ended:
             self.unsubscribe(client, channel)
         client.auth_expires_at = -1
         names = ", ".join(c.partition(":")[0] for c in ended) or "none"
         self.send(client, json.dumps({
-            "type": "error", "id": None, "code": "TOKEN_EXPIRED",
-            "message": f"the access token expired; authenticate again and resubscribe "
-                       f"(ended: {names})"}))  # fmt: skip
+            "type": "error", "id": None, "code": code,
+            "message": f"{why}; authenticate again and resubscribe (ended: {names})"}))  # fmt: skip
 
     async def close_all(self) -> None:
         """Close every client (going away) and stop the heartbeat."""
