@@ -93,7 +93,10 @@ def test_decrement_smaller_taker_expires_and_the_maker_shrinks(funded: Exchange)
     taker = result.order_id
     assert of_type(result, ev.Trade) == []
     updates = of_type(result, ev.OrderUpdated)
-    assert [(u.order_id, u.status, u.filled) for u in updates] == [(taker, "EXPIRED_IN_MATCH", 0)]
+    assert [(u.order_id, u.status, u.filled, u.quantity, u.reason) for u in updates] == [
+        (maker, "NEW", 0, 300, "SELF_TRADE_DECREMENTED"),  # the maker stays, smaller
+        (taker, "EXPIRED_IN_MATCH", 0, 0, "SELF_TRADE_PREVENTED"),
+    ]
     order = ex.engine.orders[maker]
     assert (order.quantity, order.filled, order.status) == (300, 0, "NEW")
     releases = [

@@ -67,13 +67,21 @@ class Clock:
 def feature_steps() -> list[list[Command]]:
     """Every order feature on a market of its own (an empty book, so the outcome is
     known): iceberg, stops of both kinds, amends (kept priority and re-queued), a market
-    buy by quote amount, FOK, self-trade prevention, GTD expiry carried by a rejected
-    command, withdrawals, a duplicate deposit, freeze with cancel, cancel-all."""
+    buy by quote amount, FOK, self-trade prevention (expiry and DECREMENT), GTD expiry
+    carried by a rejected command, withdrawals, a duplicate deposit, freeze with cancel,
+    cancel-all."""
     sol = "SOL-USDT"
     return [
         [UpsertAsset("SOL", 8), UpsertMarket(SOL_MARKET)]
         + [CreditDeposit(u, "SOL", 10**12, f"sol:{u}") for u in (1, 2, 3, 4)]
         + [CreditDeposit(1, "SOL", 10**12, "sol:1")],  # DUPLICATE: no events
+        # DECREMENT self-trade prevention on an empty book: the maker stays, smaller.
+        [PlaceOrder(3, sol, "SELL", "LIMIT", 50, 1200, client_order_id="dec")],
+        [
+            PlaceOrder(
+                3, sol, "BUY", "LIMIT", 20, 1200, "IOC", stp="DECREMENT", client_order_id="dectaker"
+            )
+        ],
         [
             PlaceOrder(
                 1, sol, "SELL", "LIMIT", 100, 1000, client_order_id="ice", iceberg_quantity=10
@@ -469,6 +477,8 @@ def test_projection_matches_the_engine_and_the_events(migrated: str, tmp_path: P
     assert status["self"] == ("CANCELED", "USER_CANCELED") and by_client["self"].filled == 4
     assert status["tp"][0] == "CANCELED" and by_client["tp"].triggered_at
     assert by_client["ice"].quantity == 60
+    assert (status["dec"], by_client["dec"].quantity) == (("NEW", "SELF_TRADE_DECREMENTED"), 30)
+    assert status["dectaker"] == ("EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED")
     # The GTD expiry came with a rejected command and was projected with it.
     gtd = by_client["gtd"]
     assert status["gtd"] == ("EXPIRED", "GTD_EXPIRED")

@@ -287,7 +287,9 @@ def fold_order(events: list[Event], order_id: int, updated_at: int) -> OrderStat
             state.filled_quote += event.quote_amount
             state.fee += event.taker_fee if taker else event.maker_fee
         elif isinstance(event, OrderUpdated) and event.order_id == order_id:
+            # quantity too: self-trade prevention (DECREMENT) can shrink an order
             state.status, state.reason = event.status, event.reason
+            state.quantity = event.quantity
         elif isinstance(event, OrderAmended) and event.order_id == order_id:
             state.price, state.quantity = event.price, event.quantity
     return state

@@ -792,7 +792,21 @@ class Engine:
                 self._finish_removed(
                     market, maker, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events
                 )
-            elif maker.display == 0:
+                return expired
+            # The maker stays, smaller: an event says so, or everything that follows the
+            # events (the projection, private streams) would keep its old quantity.
+            events.append(
+                OrderUpdated(
+                    maker.order_id,
+                    maker.user,
+                    maker.market,
+                    maker.status,
+                    maker.filled,
+                    maker.quantity,
+                    "SELF_TRADE_DECREMENTED",
+                )
+            )
+            if maker.display == 0:
                 level.orders.popleft()
                 maker.display = min(maker.iceberg_quantity, maker.quantity - maker.filled)
                 level.qty += maker.display

@@ -93,7 +93,9 @@ class OrderTriggered(_Event):
 
 
 class OrderUpdated(_Event):
-    """An order's status changed (fills themselves are in :class:`Trade`)."""
+    """An order's status changed (fills themselves are in :class:`Trade`), or self-trade
+    prevention (``DECREMENT``) shrank a resting order: ``quantity`` is then the new one,
+    the status unchanged and the reason ``SELF_TRADE_DECREMENTED``."""
 
     order_id: int
     user: int
