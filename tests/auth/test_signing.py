@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Any
 
+import pytest
+from sqlalchemy import event, update
+
+from mercato.auth import api_keys
 from mercato.auth.api_keys import _signature_and_payload, _window
 from mercato.auth.sessions import AuthError
+from mercato.auth.users import create_user
+from mercato.store import create_engine, migrate, tables
+
+MASTER_KEY = bytes(range(32))
 
 
 @pytest.mark.parametrize(
@@ -57,3 +69,72 @@ def test_timestamp_window(params: dict[str, str], code: str) -> None:
 )
 def test_timestamps_inside_the_window_pass(params: dict[str, str]) -> None:
     _window(params, now=100_000)
+
+
+def _signed_query(secret: str) -> bytes:
+    query = f"symbol=BTCUSDT&timestamp={int(time.time() * 1000)}"
+    signature = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+    return f"{query}&signature={signature}".encode()
+
+
+def test_a_keys_signed_requests_read_it_once_and_a_deletion_stops_them_at_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        await migrate(database_url)
+        db = create_engine(database_url)
+        try:
+            user = await create_user(db, "bot@example.com", "correct-horse-9", verified=True)
+            key, secret = await api_keys.create_key(
+                db, MASTER_KEY, user.id, "bot", ["read", "trade"], [], totp_code=None
+            )
+            reads: list[str] = []
+
+            def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                if "FROM api_keys" in statement:
+                    reads.append(statement)
+
+            event.listen(db.sync_engine, "before_cursor_execute", record)
+
+            async def call() -> Any:
+                return await api_keys.authenticate_signed(
+                    db, MASTER_KEY, key.key_id, _signed_query(secret), b"", "127.0.0.1", False
+                )
+
+            first, second = await call(), await call()
+            assert (first.user_id, first.permissions) == (user.id, ("read", "trade"))
+            assert second == first and len(reads) == 1  # the second skipped the database
+            with pytest.raises(AuthError) as forged:  # the cache never skips the signature
+                await api_keys.authenticate_signed(
+                    db, MASTER_KEY, key.key_id, b"timestamp=1&signature=00", b"", "", False
+                )
+            assert forged.value.code == "INVALID_SIGNATURE"
+
+            await api_keys.delete_key(db, user.id, key.key_id)  # in this process: at once
+            with pytest.raises(AuthError) as deleted:
+                await call()
+            assert deleted.value.code == "UNKNOWN_API_KEY"
+
+            # Deleted by another process: trusted at most KEY_TRUST_SECONDS more.
+            other, other_secret = await api_keys.create_key(
+                db, MASTER_KEY, user.id, "bot2", ["read"], [], totp_code=None
+            )
+            monkeypatch.setattr(api_keys, "KEY_TRUST_SECONDS", 0.2)
+            signed = _signed_query(other_secret)
+            await api_keys.authenticate_signed(db, MASTER_KEY, other.key_id, signed, b"", "", False)
+            async with db.begin() as connection:
+                await connection.execute(
+                    update(tables.api_keys).where(tables.api_keys.c.key_id == other.key_id)
+                    .values(deleted_at=1)
+                )  # fmt: skip
+            await asyncio.sleep(0.25)
+            with pytest.raises(AuthError) as gone:
+                signed = _signed_query(other_secret)
+                await api_keys.authenticate_signed(
+                    db, MASTER_KEY, other.key_id, signed, b"", "", False
+                )
+            assert gone.value.code == "UNKNOWN_API_KEY"
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())

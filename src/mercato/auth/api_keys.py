@@ -151,12 +151,32 @@ def _window(params: dict[str, str], now: int) -> None:
         raise AuthError(400, "TIMESTAMP_OUTSIDE_WINDOW", message)
 
 
-async def authenticate_signed(
-    db: AsyncEngine, master_key: bytes, key_id: str, query: bytes, body: bytes, client_ip: str,
-    form_body: bool,
-) -> Principal:  # fmt: skip
-    """The principal of a signed request, or AuthError with a distinct code."""
-    signature, payload = _signature_and_payload(query, body)
+class _SigningKey(msgspec.Struct, frozen=True):
+    """What checking a signature needs of a key, its secret unsealed."""
+
+    user_id: int
+    role: str
+    user_status: str
+    secret: bytes
+    ip_allowlist: list[str]
+    permissions: tuple[str, ...]
+
+
+# Keys recently read -> (key, trusted until (monotonic), revocation generation): a bot's
+# signed requests skip the database read and the unsealing, like sessions' liveness. Any
+# revocation in this process (a key deleted, a session ended) voids every entry; other
+# processes see a deletion within KEY_TRUST_SECONDS.
+_SIGNING_KEYS: dict[str, tuple[_SigningKey, float, int]] = {}
+_SIGNING_KEYS_CAPACITY = 10_000
+KEY_TRUST_SECONDS = 2.0
+
+
+async def _signing_key(db: AsyncEngine, master_key: bytes, key_id: str) -> _SigningKey | None:
+    cached = _SIGNING_KEYS.get(key_id)
+    if (cached is not None and cached[2] == LIVE_SESSIONS.generation
+            and cached[1] > time.monotonic()):  # fmt: skip
+        return cached[0]
+    generation = LIVE_SESSIONS.generation
     async with db.connect() as connection:
         row = (
             await connection.execute(
@@ -166,23 +186,42 @@ async def authenticate_signed(
             )
         ).first()
     if row is None:
+        return None
+    key = _SigningKey(
+        row.user_id, row.role, row.status, unseal(master_key, row.secret_enc, _context(key_id)),
+        _split(row.ip_allowlist), tuple(_split(row.permissions)),
+    )  # fmt: skip
+    if len(_SIGNING_KEYS) >= _SIGNING_KEYS_CAPACITY:
+        _SIGNING_KEYS.clear()
+    # A revocation that committed during the read voids this entry (generation moved on).
+    _SIGNING_KEYS[key_id] = (key, time.monotonic() + KEY_TRUST_SECONDS, generation)
+    return key
+
+
+async def authenticate_signed(
+    db: AsyncEngine, master_key: bytes, key_id: str, query: bytes, body: bytes, client_ip: str,
+    form_body: bool,
+) -> Principal:  # fmt: skip
+    """The principal of a signed request, or AuthError with a distinct code. ``db`` is
+    only read (on SQLite, pass an engine that begins DEFERRED)."""
+    signature, payload = _signature_and_payload(query, body)
+    key = await _signing_key(db, master_key, key_id)
+    if key is None:
         raise AuthError(401, "UNKNOWN_API_KEY", "no such API key (X-MBX-APIKEY)")
-    secret = unseal(master_key, row.secret_enc, _context(key_id))
-    expected = hmac.new(secret, payload, hashlib.sha256).hexdigest()
+    expected = hmac.new(key.secret, payload, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthError(401, "INVALID_SIGNATURE", "signature does not match query string + body")
     params = dict(parse_qsl(query.decode("latin-1")))
     if form_body:
         params.update(parse_qsl(body.decode("latin-1")))
     _window(params, _now_ms())
-    allowlist = _split(row.ip_allowlist)
-    if allowlist and not any(
+    if key.ip_allowlist and not any(
         ipaddress.ip_address(client_ip) in ipaddress.ip_network(net, strict=False)
-        for net in allowlist
+        for net in key.ip_allowlist
     ):
         raise AuthError(
             403, "IP_NOT_ALLOWED", f"this key does not accept requests from {client_ip}"
         )
-    if row.status == "frozen":
+    if key.user_status == "frozen":
         raise AuthError(403, "USER_FROZEN", "the account is frozen")
-    return Principal(row.user_id, row.role, f"apikey:{key_id}", tuple(_split(row.permissions)))
+    return Principal(key.user_id, key.role, f"apikey:{key_id}", key.permissions)
