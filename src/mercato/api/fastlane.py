@@ -63,7 +63,7 @@ class OrderEntryApp(FastAPI):
                 message = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
                 await send_error(send, 413, "PAYLOAD_TOO_LARGE", message)
                 return
-            request._body = body
+            request._body = body  # Starlette's own cache: request.body() answers it
             response = await handler(request)
         except ClientDisconnect:
             return  # nobody to answer; nothing was submitted
