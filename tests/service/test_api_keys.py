@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from mercato.auth.api_keys import KEY_TRUST_SECONDS
 from service.conftest import Backend, Server
 from service.test_sessions import PASSWORD, bearer, create_user
 
@@ -91,10 +92,17 @@ def test_api_keys_sign_requests_like_binance(backend: Backend, servers: list[Ser
     bad = new_key(ann, permissions=["admin"])
     assert (bad.status_code, bad.json()["code"]) == (400, "INVALID_API_KEY")
 
-    # Frozen users are refused with their own code; deleted keys are unknown.
+    # Frozen users are refused with their own code; deleted keys are unknown. The freeze
+    # is written by another process (this one), so the server may trust the key it read
+    # for up to KEY_TRUST_SECONDS more (docs/accounts.md), and no longer.
     backend.execute("update users set status = 'frozen' where email = 'ann@example.com'")
+    frozen_at = time.monotonic()
     frozen = signed_get(f"{account}/me", key)
+    while frozen.status_code == 200 and time.monotonic() - frozen_at < 5:
+        time.sleep(0.1)
+        frozen = signed_get(f"{account}/me", key)
     assert (frozen.status_code, frozen.json()["code"]) == (403, "USER_FROZEN")
+    assert time.monotonic() - frozen_at <= KEY_TRUST_SECONDS + 1
     backend.execute("update users set status = 'active' where email = 'ann@example.com'")
     assert httpx.delete(f"{account}/api-keys/{key['key_id']}", headers=ann).status_code == 204
     gone = signed_get(f"{account}/me", key)
