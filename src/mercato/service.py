@@ -61,6 +61,12 @@ class ExchangeService:
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
 
+    def reader(self) -> AsyncEngine:
+        """The engine for reads of the projection and per-request credential lookups: on
+        SQLite it begins DEFERRED, so a read never queues for the write lock."""
+        assert self.reads is not None, "the service is not started"
+        return self.reads
+
     async def start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ from typing import Annotated
 import msgspec
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.api.errors import ApiError
 from mercato.api.ratelimit import RateLimiter
@@ -144,28 +143,20 @@ async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
     return _pair(tokens)
 
 
-def credential_lookups(service: ExchangeService) -> AsyncEngine:
-    """The engine for per-request credential lookups: only reads, so on SQLite one that
-    begins DEFERRED and never queues behind the projector's writes for the write lock."""
-    db = service.reads or service.database
-    assert db is not None
-    return db
-
-
 async def _bearer(request: Request, service: ExchangeService) -> Principal:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(
             401, "UNAUTHORIZED", "send Authorization: Bearer <access token>, or a signed request"
         )
-    return await authenticate(credential_lookups(service), _keys(service), token.strip())
+    return await authenticate(service.reader(), _keys(service), token.strip())
 
 
 async def _signed(request: Request, service: ExchangeService, key_id: str) -> Principal:
     assert service.secrets is not None
     content_type = request.headers.get("content-type", "")
     return await authenticate_signed(
-        credential_lookups(service), service.secrets.master_key, key_id,
+        service.reader(), service.secrets.master_key, key_id,
         request.scope["query_string"], await request.body(),
         request.client.host if request.client else "",
         content_type.startswith("application/x-www-form-urlencoded"),

@@ -24,7 +24,6 @@ import msgspec
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
-from mercato.api.auth_routes import credential_lookups
 from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.errors import AuthError
@@ -245,9 +244,7 @@ class Session:
     async def by_token(self, token: str) -> tuple[Principal, int]:
         """The principal of an access token and when the token expires (ms)."""
         assert self.service.secrets is not None
-        principal = await authenticate(
-            credential_lookups(self.service), self.service.secrets.jwt_key, token
-        )
+        principal = await authenticate(self.service.reader(), self.service.secrets.jwt_key, token)
         claims = jwt.decode(token, options={"verify_signature": False})
         return principal, int(claims["exp"]) * 1000
 
@@ -270,7 +267,7 @@ class Session:
             query += f"&recvWindow={window}"
         query += f"&signature={signature}"
         principal = await authenticate_signed(
-            credential_lookups(self.service), self.service.secrets.master_key, key,
+            self.service.reader(), self.service.secrets.master_key, key,
             query.encode(), b"", self.ip, False,
         )  # fmt: skip
         if "read" not in principal.permissions:
@@ -342,7 +339,7 @@ async def end_revoked(service: ExchangeService, hub: Hub) -> None:
                  if c.session and c.auth_expires_at >= 0 and not c.closing]  # fmt: skip
     if not signed_in:
         return
-    live = await live_credentials(credential_lookups(service), {s for _, s in signed_in})
+    live = await live_credentials(service.reader(), {s for _, s in signed_in})
     for client, session in signed_in:
         # Skip a client that signed in again (or was ended) while the query ran.
         if session not in live and client.session == session and client.auth_expires_at >= 0:

@@ -379,15 +379,7 @@ def _forget_check(key: tuple[str, int], done: asyncio.Future[bool]) -> None:
 
 async def _session_is_live(db: AsyncEngine, session: str) -> bool:
     generation = LIVE_SESSIONS.generation
-    async with db.connect() as connection:
-        live = (
-            await connection.execute(
-                select(refresh_tokens.c.id).where(
-                    refresh_tokens.c.family_id == session,
-                    refresh_tokens.c.revoked_at.is_(None),
-                ).limit(1)
-            )
-        ).first()  # fmt: skip
-    if live is not None:
+    live = session in await live_credentials(db, [session])
+    if live:
         LIVE_SESSIONS.remember(session, generation)
-    return live is not None
+    return live
