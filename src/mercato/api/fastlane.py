@@ -19,7 +19,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from mercato.api.limits import MAX_BODY_BYTES, send_error
+from mercato.api.limits import (
+    MAX_BODY_BYTES,
+    declared_too_large,
+    refuse_too_large,
+    take_ip_budget,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 ORDERS = "/api/v1/orders"
@@ -56,12 +61,10 @@ class OrderEntryApp(FastAPI):
         scope["app"] = self
         request = Request(scope, receive)
         try:
-            client = scope.get("client")
-            await self.state.limiter.check("ip", client[0] if client else "unknown", "from this IP")
+            await take_ip_budget(self.state.limiter, scope)
             body = await _body(scope, receive)
             if body is None:
-                message = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
-                await send_error(send, 413, "PAYLOAD_TOO_LARGE", message)
+                await refuse_too_large(send)
                 return
             request._body = body  # Starlette's own cache: request.body() answers it
             response = await handler(request)
@@ -88,9 +91,8 @@ class OrderEntryApp(FastAPI):
 
 async def _body(scope: Scope, receive: Receive) -> bytes | None:
     """The whole request body, or None once it passes the size limit."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-            return None
+    if declared_too_large(scope):
+        return None
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -30,9 +30,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
+        if declared_too_large(scope, self.limit):
+            await refuse_too_large(send, self.limit)
             return
         seen = 0
         started = refused = False
@@ -47,7 +46,7 @@ class BodyLimit:
                     # own 400, which tracking_send then drops.
                     refused = True
                     if not started:
-                        await self._refuse(send)
+                        await refuse_too_large(send, self.limit)
                     raise BodyTooLarge
             return message
 
@@ -61,9 +60,23 @@ class BodyLimit:
         with contextlib.suppress(BodyTooLarge):
             await self.app(scope, counting_receive, tracking_send)
 
-    async def _refuse(self, send: Send) -> None:
-        message = f"request bodies are limited to {self.limit} bytes"
-        await send_error(send, 413, "PAYLOAD_TOO_LARGE", message)
+
+def declared_too_large(scope: Scope, limit: int = MAX_BODY_BYTES) -> bool:
+    """The request's Content-Length is past ``limit`` (or not a number)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return not value.isdigit() or int(value) > limit
+    return False
+
+
+async def refuse_too_large(send: Send, limit: int = MAX_BODY_BYTES) -> None:
+    await send_error(send, 413, "PAYLOAD_TOO_LARGE", f"request bodies are limited to {limit} bytes")
+
+
+async def take_ip_budget(limiter: RateLimiter, scope: Scope) -> None:
+    """Take a token from the request's per-IP budget; RateLimited if it is spent."""
+    client = scope.get("client")
+    await limiter.check("ip", client[0] if client else "unknown", "from this IP")
 
 
 async def send_error(
@@ -101,11 +114,11 @@ class RateLimit:
         if scope["type"] != "http" or path.startswith(UNLIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        ip = client[0] if client else "unknown"
         try:
-            await self.limiter.check("ip", ip, "from this IP")
+            await take_ip_budget(self.limiter, scope)
             if (scope["method"], path) in CREDENTIAL_ENDPOINTS:
+                client = scope.get("client")
+                ip = client[0] if client else "unknown"
                 await self.limiter.check("auth", ip, "to the sign-in endpoints from this IP")
         except RateLimited as limited:
             retry = (b"retry-after", str(limited.retry_after).encode())

@@ -430,8 +430,7 @@ async def caught_up(service: ExchangeService, seq: int | None = None) -> None:
 
 
 def _reads(service: ExchangeService) -> Any:
-    assert service.reads is not None
-    return service.reads.connect()
+    return service.reader().connect()
 
 
 def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -> list[OrderView]:
@@ -446,13 +445,14 @@ def _market_filter(service: ExchangeService, market: str | None) -> str | None:
 
 
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)]
+MarketFilter = Annotated[str | None, Query(max_length=32, description="one market only")]
 Before = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="cursor: next_before")]
 Millis = Annotated[int | None, Query(ge=0, le=2**62)]
 
 
 @router.get("/orders", responses=_response(OrderView, 200, "Open orders, oldest first"))
 async def list_open_orders(
-    caller: Caller, request: Request, market: Annotated[str | None, Query(max_length=32)] = None
+    caller: Caller, request: Request, market: MarketFilter = None
 ) -> Response:
     """The caller's open orders (resting, partially filled, untriggered stops)."""
     service = service_of(request)
@@ -473,7 +473,7 @@ OrderStatusName = Literal[
 async def order_history(
     caller: Caller,
     request: Request,
-    market: Annotated[str | None, Query(max_length=32)] = None,
+    market: MarketFilter = None,
     status: OrderStatusName | None = None,
     start_time: Millis = None,
     end_time: Millis = None,
@@ -606,9 +606,7 @@ class Cancelled(msgspec.Struct):
 
 
 @router.delete("/orders", responses=_response(Cancelled, 200, "Ids of the cancelled orders"))
-async def cancel_all(
-    caller: Trader, request: Request, market: Annotated[str | None, Query(max_length=32)] = None
-) -> Response:
+async def cancel_all(caller: Trader, request: Request, market: MarketFilter = None) -> Response:
     """Cancel all the caller's open orders, or those of one market."""
     service = service_of(request)
     _market_filter(service, market)
@@ -660,7 +658,7 @@ async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Re
 async def my_trades(
     caller: Caller,
     request: Request,
-    market: Annotated[str | None, Query(max_length=32)] = None,
+    market: MarketFilter = None,
     order_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     start_time: Millis = None,
     end_time: Millis = None,

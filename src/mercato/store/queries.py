@@ -170,6 +170,15 @@ def _statuses(status: str | Iterable[str]) -> list[str]:
     return [status] if isinstance(status, str) else list(status)
 
 
+def _within(query: Any, column: Any, start: int | None, end: int | None) -> Any:
+    """``query`` limited to ``start <= column <= end`` (either bound optional)."""
+    if start is not None:
+        query = query.where(column >= start)
+    if end is not None:
+        query = query.where(column <= end)
+    return query
+
+
 async def _page(
     connection: AsyncConnection,
     query: sa.Select[Any],
@@ -222,10 +231,7 @@ async def order_history(
         query = query.where(orders.c.market == market)
     if status is not None:
         query = query.where(orders.c.status.in_(_statuses(status)))
-    if start_time is not None:
-        query = query.where(orders.c.created_at >= start_time)
-    if end_time is not None:
-        query = query.where(orders.c.created_at <= end_time)
+    query = _within(query, orders.c.created_at, start_time, end_time)
     return await _page(connection, query, orders.c.order_id, OrderRecord, before, limit)
 
 
@@ -269,10 +275,7 @@ async def user_fills(
         query = query.where(fills.c.market == market)
     if order_id is not None:
         query = query.where(fills.c.order_id == order_id)
-    if start_time is not None:
-        query = query.where(fills.c.ts >= start_time)
-    if end_time is not None:
-        query = query.where(fills.c.ts <= end_time)
+    query = _within(query, fills.c.ts, start_time, end_time)
     return await _page(connection, query, fills.c.id, FillRecord, before, limit)
 
 
@@ -321,10 +324,7 @@ async def market_candles(
         raise ValueError(f"interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
     limit = _limit(limit)
     query = sa.select(candles).where(candles.c.market == market, candles.c.interval == interval)
-    if start_time is not None:
-        query = query.where(candles.c.open_time >= start_time)
-    if end_time is not None:
-        query = query.where(candles.c.open_time <= end_time)
+    query = _within(query, candles.c.open_time, start_time, end_time)
     if start_time is not None:
         query = query.order_by(candles.c.open_time).limit(limit)
     else:
