@@ -228,8 +228,10 @@ def test_portfolio_average_cost_and_pnl(traders: tuple[Trader, Trader, Server]) 
     bob.place(side="BUY", price="51000", quantity="0.1")
     ann.place(side="SELL", price="51000", quantity="0.1")  # 5100 USDT less 5.1 fee
     (after,) = ann.http.get("/portfolio").json()
-    # Realised: 5094.9 - 10000 x 0.1/0.1998; the rest valued at the new last price.
-    assert (after["position"], after["average_cost"]) == ("0.0998", "50050.05005005")
+    # The sell takes 10000 x 0.1/0.1998 = 5005.005005005 of the cost, rounded half-even to
+    # the atom (5005.00500501) and realises 5094.9 less that; the 4994.99499499 of cost
+    # left over 0.0998 BTC is the new average, and the rest is valued at the last price.
+    assert (after["position"], after["average_cost"]) == ("0.0998", "50050.05005")
     assert (after["realised_pnl"], after["unrealised_pnl"]) == ("89.89499499", "94.80500501")
     # Bob's BTC came from the faucet: no known cost, nothing realised on selling it.
     (bobs,) = bob.http.get("/portfolio").json()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from alembic import command
@@ -28,8 +28,17 @@ from mercato.store import (
     sqlite_url,
     users,
 )
+from mercato.store.positions import fold
+
 
 # The schema as specified (independent of tables.py): table -> column -> nullable.
+class Fill(NamedTuple):
+    side: str
+    base_amount: int
+    quote_amount: int
+    fee: int
+
+
 EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
     "users": {
         "id": False,
@@ -189,6 +198,14 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "balance": False,
         "updated_seq": False,
     },
+    "positions": {
+        "user_id": False,
+        "market": False,
+        "quantity": False,
+        "cost": False,
+        "realised": False,
+        "updated_seq": False,
+    },
     "candles": {
         "market": False,
         "interval": False,
@@ -240,6 +257,7 @@ EXPECTED_PK = {
     "orders": ["order_id"],
     "trades": ["trade_id"],
     "ledger_balances": ["user_id", "asset", "account"],
+    "positions": ["user_id", "market"],
     "candles": ["market", "interval", "open_time"],
     "projection_cursor": ["name"],
 }
@@ -257,6 +275,8 @@ ENGINE_INT_COLUMNS = {
 } | {
     ("ledger_entries", c) for c in ("delta", "balance_after", "ref", "seq", "ts")
 } | {("ledger_balances", "balance"), ("ledger_balances", "updated_seq")} | {
+    ("positions", "quantity"), ("positions", "updated_seq")
+} | {
     ("candles", c) for c in ("open_time", "open", "high", "low", "close", "trades",
                              "first_trade_id", "last_trade_id")
 } | {("projection_cursor", "last_seq"), ("projection_cursor", "last_ts")}  # fmt: skip
@@ -330,8 +350,10 @@ def test_migrate_creates_every_table_with_the_expected_columns(database_url: str
             assert isinstance(id_type, sa.BigInteger), name
     for table, column in MILLIS_COLUMNS | ENGINE_INT_COLUMNS:
         assert isinstance(tables[table]["columns"][column]["type"], sa.BigInteger), (table, column)
-    for column in ("volume", "quote_volume"):  # sums beyond int64: exact decimal text
-        assert isinstance(tables["candles"]["columns"][column]["type"], sa.Text), column
+    for table, column in (("candles", "volume"), ("candles", "quote_volume"),
+                          ("positions", "cost"), ("positions", "realised")):  # fmt: skip
+        # sums beyond int64: exact decimal text
+        assert isinstance(tables[table]["columns"][column]["type"], sa.Text), (table, column)
 
 
 def test_migrate_is_idempotent_and_keeps_data(database_url: str) -> None:
@@ -454,7 +476,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0003"
+    assert head == after == head_revision() == "0004"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
@@ -600,6 +622,7 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
         "fills",
         "ledger_entries",
         "ledger_balances",
+        "positions",  # 0004, dropped on the way down too
         "candles",
         "projection_cursor",
     }
@@ -625,3 +648,56 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
     if database_url.startswith("sqlite"):
         assert at_head["fills"]["autoincrement"] and at_head["ledger_entries"]["autoincrement"]
         assert not at_head["orders"]["autoincrement"]  # the engine's ids, never generated
+
+
+def test_0004_folds_the_fills_already_projected_into_positions(database_url: str) -> None:
+    """A database that had fills before positions existed gets each user's position per
+    market folded from them, in stream order, exactly as the projector would fold them."""
+    fills = [  # user, market, side, base, quote, fee, seq
+        (1, "BTC-USDT", "BUY", 300, 1000, 3, 1),
+        (2, "BTC-USDT", "SELL", 300, 1000, 2, 1),
+        (1, "BTC-USDT", "SELL", 100, 500, 5, 2),
+        (1, "ETH-USDT", "SELL", 10, 70, 0, 3),  # nothing bought there: nothing realised
+        (1, "BTC-USDT", "BUY", 50, 400, 0, 4),
+        (1, "BTC-USDT", "SELL", 100, 900, 9, 5),
+    ]
+
+    async def scenario() -> list[tuple[Any, ...]]:
+        await migrate(database_url)
+        await downgrade(database_url, "0003")
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                for trade_id, (user, market, side, base, quote, fee, seq) in enumerate(fills):
+                    await connection.execute(
+                        sa.text(
+                            "INSERT INTO fills (user_id, trade_id, order_id, market, side, role,"
+                            " price, quantity, base_amount, quote_amount, fee, fee_asset, ts,"
+                            " seq) VALUES (:u, :t, 1, :m, :s, 'TAKER', 1, 1, :b, :q, :f, 'X',"
+                            " 0, :seq)"
+                        ),
+                        {"u": user, "t": trade_id, "m": market, "s": side, "b": base,
+                         "q": quote, "f": fee, "seq": seq},
+                    )  # fmt: skip
+            await migrate(database_url)
+            async with engine.connect() as connection:
+                rows = await connection.execute(
+                    sa.text(
+                        "SELECT user_id, market, quantity, cost, realised, updated_seq"
+                        " FROM positions ORDER BY user_id, market"
+                    )
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await engine.dispose()
+
+    expected = []
+    for user, market in sorted({(f[0], f[1]) for f in fills}):
+        mine = [f for f in fills if (f[0], f[1]) == (user, market)]
+        position = fold([Fill(side, base, quote, fee) for _, _, side, base, quote, fee, _ in mine])
+        expected.append((user, market, position.quantity, str(position.cost),
+                         str(position.realised), mine[-1][6]))  # fmt: skip
+    assert asyncio.run(scenario()) == expected
+    # by hand: 297 for 1000; sell 100 takes 337 of cost for 495 (+158); buy 50 for 400;
+    # sell 100 takes round(1063 * 100 / 247) = 430 for 891 (+461)
+    assert expected[0][2:5] == (147, "633", "619")

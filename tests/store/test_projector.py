@@ -47,6 +47,7 @@ from mercato.journal import AppliedBatch, Sequencer
 from mercato.marketdata.candles import INTERVALS, Candle, fold, merge
 from mercato.store import create_engine, migrate
 from mercato.store import tables as t
+from mercato.store.positions import Position
 from mercato.store.projector import CursorConflictError, Projector
 
 DAY_MS = 86_400_000
@@ -277,6 +278,15 @@ def expected_trades(run: Run) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ..
     return trades, fills
 
 
+def expected_positions(fills: list[tuple[Any, ...]]) -> dict[tuple[int, str], tuple[int, ...]]:
+    held: dict[tuple[int, str], Position] = {}
+    seqs: dict[tuple[int, str], int] = {}
+    for user, _, _, market, side, _, _, _, base, quote, fee, _, _, seq in fills:
+        held.setdefault((user, market), Position()).add(side, base, quote, fee)
+        seqs[(user, market)] = seq
+    return {key: (p.quantity, p.cost, p.realised, seqs[key]) for key, p in held.items()}
+
+
 def expected_candles(run: Run) -> dict[tuple[str, str, int], Candle]:
     """Every trade folded into every interval, in one pass."""
     current: dict[tuple[str, str], Candle] = {}
@@ -307,6 +317,7 @@ async def table_rows(url: str) -> dict[str, list[Any]]:
                     c, sa.select(t.ledger_entries).order_by(t.ledger_entries.c.id)
                 ),
                 "balances": await fetch(c, sa.select(t.ledger_balances)),
+                "positions": await fetch(c, sa.select(t.positions)),
                 "candles": await fetch(c, sa.select(t.candles)),
                 "cursor": await fetch(c, sa.select(t.projection_cursor)),
             }
@@ -358,6 +369,12 @@ def check_projection(url: str, run: Run) -> dict[str, list[Any]]:
             fee_deltas[(entry.user_id, entry.asset)] -= entry.delta
     assert +trade_deltas == +from_fills and -trade_deltas == -from_fills
     assert +fee_deltas == +fees_from_fills
+
+    # positions: each user's fills of a market folded in stream order, once each
+    assert {
+        (p.user_id, p.market): (p.quantity, int(p.cost), int(p.realised), p.updated_seq)
+        for p in tables["positions"]
+    } == expected_positions(fills)
 
     # ledger entries: one per user-account leg, summing to the engine's balances
     legs = [
@@ -486,6 +503,7 @@ def test_projection_matches_the_engine_and_the_events(migrated: str, tmp_path: P
     assert seq_results[gtd.updated_seq].status == "REJECTED"
     assert any(r.status == "DUPLICATE" for r in seq_results.values())
     assert {e.reason for e in tables["entries"]} == set(REASON_NAMES)
+    assert any(int(p.realised) and p.quantity for p in tables["positions"])  # partly sold
 
 
 def test_restart_part_way_catches_up_from_the_journal(migrated: str, tmp_path: Path) -> None:

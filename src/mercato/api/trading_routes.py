@@ -19,7 +19,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from mercato.api import portfolio
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
 from mercato.api.ratelimit import RateLimiter
@@ -42,6 +41,7 @@ from mercato.core.results import Result
 from mercato.marketdata.formats import MarketFormat
 from mercato.service import ExchangeService
 from mercato.store import queries
+from mercato.store.positions import Position
 from mercato.store.tables import users
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
@@ -722,15 +722,16 @@ class Holding(msgspec.Struct, kw_only=True):
     unrealised_pnl: str | None
 
 
-def _quote_atoms(value: Fraction, decimals: int) -> str:
+def _quote_atoms(value: Fraction | int, decimals: int) -> str:
     return format_amount(round(value), decimals)  # round() on a Fraction is half-even
 
 
-def _holding(engine: Engine, user: int, market: str, fills: list[Any], last: int | None) -> Holding:
+def _holding(engine: Engine, user: int, held: queries.PositionRecord, last: int | None) -> Holding:
+    market = held.market
     state = engine.markets[market]
     base_decimals = engine.assets[state.base].decimals
     quote_decimals = engine.assets[state.quote].decimals
-    position = portfolio.fold(fills)
+    position = Position(held.quantity, held.cost, held.realised)
     # quote atoms per base atom, from a price in ticks
     scale = Fraction(state.rules.tick_size) * 10**quote_decimals / 10**base_decimals
     last_price = None if last is None else last * scale
@@ -758,26 +759,13 @@ async def portfolio_view(caller: Caller, request: Request) -> Response:
     service = service_of(request)
     engine = _engine(service)
     await caught_up(service)
-    by_market: dict[str, list[Any]] = {}
     async with _reads(service) as connection:
-        before = None
-        while True:
-            page = await queries.user_fills(
-                connection, caller.user_id, before=before, limit=queries.MAX_LIMIT
-            )
-            for fill in page.items:
-                by_market.setdefault(fill.market, []).append(fill)
-            before = page.next_before
-            if before is None:
-                break
+        held = await queries.user_positions(connection, caller.user_id)
         last = {}
-        for market in by_market:
-            latest = await queries.market_trades(connection, market, limit=1)
-            last[market] = latest[0].price if latest else None
-    holdings = [
-        _holding(engine, caller.user_id, market, list(reversed(fills)), last[market])
-        for market, fills in sorted(by_market.items())
-    ]
+        for position in held:
+            latest = await queries.market_trades(connection, position.market, limit=1)
+            last[position.market] = latest[0].price if latest else None
+    holdings = [_holding(engine, caller.user_id, p, last[p.market]) for p in held]
     return _json(holdings)
 
 

@@ -52,6 +52,7 @@ from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
 from mercato.journal.sequencer import AppliedBatch, replay_applied
 from mercato.marketdata.candles import INTERVALS, Candle, fold, open_time
+from mercato.store.positions import Position
 from mercato.store.tables import (
     OPEN_ORDER_STATUSES,
     candles,
@@ -59,6 +60,7 @@ from mercato.store.tables import (
     ledger_balances,
     ledger_entries,
     orders,
+    positions,
     projection_cursor,
     trades,
 )
@@ -185,6 +187,7 @@ class _Plan:
     )
     users: set[int] = dataclasses.field(default_factory=set)
     balances: list[Row] = dataclasses.field(default_factory=list)
+    positions: list[Row] = dataclasses.field(default_factory=list)
     candles: list[Row] = dataclasses.field(default_factory=list)
 
     @property
@@ -196,6 +199,7 @@ class _Plan:
             + len(self.fills)
             + len(self.entries)
             + len(self.balances)
+            + len(self.positions)
             + len(self.candles)
         )
 
@@ -281,6 +285,7 @@ class Projector:
         self._open: dict[int, Row] = {}  # open orders: their mutable columns (or full row)
         self._candles: dict[tuple[str, str], Candle] = {}  # current candle per (market, iv)
         self._balances: dict[BalanceKey, int] = {}  # accounts of loaded users
+        self._positions: dict[tuple[int, str], Position] = {}  # (user, market), loaded users
         self._loaded_users: set[int] = set()
         self._order_update: sa.Update = orders.update().where(
             orders.c.order_id == sa.bindparam(_ORDER_KEY)
@@ -456,9 +461,11 @@ class Projector:
                     )  # fmt: skip
 
     async def _load_balances(self, users: set[int]) -> None:
-        """Seed the running balances of ``users`` (0: the system accounts) from the table."""
+        """Seed the running balances of ``users`` (0: the system accounts) and their
+        positions from the tables."""
         wanted = sorted(users - self._loaded_users)
         found: dict[BalanceKey, int] = {}
+        held: dict[tuple[int, str], Position] = {}
         async with self.db.begin() as connection:
             for start in range(0, len(wanted), LOAD_CHUNK):
                 chunk = wanted[start : start + LOAD_CHUNK]
@@ -472,7 +479,19 @@ class Projector:
                 )
                 for user_id, asset, account, balance in result:
                     found[(user_id, asset, account)] = balance
+                rows = await connection.execute(
+                    sa.select(
+                        positions.c.user_id,
+                        positions.c.market,
+                        positions.c.quantity,
+                        positions.c.cost,
+                        positions.c.realised,
+                    ).where(positions.c.user_id.in_(chunk))
+                )
+                for user_id, market, quantity, cost, realised in rows:
+                    held[(user_id, market)] = Position(quantity, int(cost), int(realised))
         self._balances.update(found)
+        self._positions.update(held)
         self._loaded_users.update(wanted)
 
     # -- the drain task ----------------------------------------------------------------
@@ -788,6 +807,25 @@ class Projector:
             for (u, a, k), (b, s) in touched.items()
         ]
         plan.changes = []
+        plan.positions = self._fold_positions(plan.fills)
+
+    def _fold_positions(self, fill_rows: list[tuple[Any, ...]]) -> list[Row]:
+        """Fold the plan's fills (their users are loaded) into the users' positions."""
+        held = self._positions
+        touched: dict[tuple[int, str], int] = {}
+        for user, _, _, market, side, _, _, _, base, quote, fee, _, _, seq in fill_rows:
+            key = (user, market)
+            position = held.get(key)
+            if position is None:
+                position = held[key] = Position()
+            position.add(side, base, quote, fee)
+            touched[key] = seq
+        return [
+            {"user_id": user, "market": market, "quantity": held[(user, market)].quantity,
+             "cost": str(held[(user, market)].cost),
+             "realised": str(held[(user, market)].realised), "updated_seq": seq}
+            for (user, market), seq in touched.items()
+        ]  # fmt: skip
 
     # -- rows into the database --------------------------------------------------------
 
@@ -846,6 +884,18 @@ class Projector:
                     },
                 ),
                 plan.balances,
+            )
+        if plan.positions:
+            statement = insert(positions)
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["user_id", "market"],
+                    set_={
+                        name: statement.excluded[name]
+                        for name in ("quantity", "cost", "realised", "updated_seq")
+                    },
+                ),
+                plan.positions,
             )
         if plan.candles:
             statement = insert(candles)

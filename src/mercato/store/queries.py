@@ -30,6 +30,7 @@ from mercato.store.tables import (
     fills,
     ledger_entries,
     orders,
+    positions,
     projection_cursor,
     trades,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "LedgerEntryRecord",
     "OrderRecord",
     "Page",
+    "PositionRecord",
     "TradeRecord",
     "get_order",
     "ledger_history",
@@ -50,6 +52,7 @@ __all__ = [
     "order_history",
     "projected_seq",
     "user_fills",
+    "user_positions",
 ]
 
 DEFAULT_LIMIT: Final = 100
@@ -94,6 +97,17 @@ class OrderRecord:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_ORDER_STATUSES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PositionRecord:
+    """A row of ``positions`` (mercato.store.positions): base atoms held at ``cost`` quote
+    atoms, and the quote atoms realised, as of ``updated_seq``."""
+
+    market: str
+    quantity: int
+    cost: int
+    realised: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -293,6 +307,19 @@ async def ledger_history(
     if asset is not None:
         query = query.where(ledger_entries.c.asset == asset)
     return await _page(connection, query, ledger_entries.c.id, LedgerEntryRecord, before, limit)
+
+
+async def user_positions(connection: AsyncConnection, user: int) -> list[PositionRecord]:
+    """The user's position in every market they have traded, by market name."""
+    query = (
+        sa.select(positions.c.market, positions.c.quantity, positions.c.cost, positions.c.realised)
+        .where(positions.c.user_id == user)
+        .order_by(positions.c.market)
+    )
+    return [
+        PositionRecord(market, quantity, int(cost), int(realised))
+        for market, quantity, cost, realised in await connection.execute(query)
+    ]
 
 
 async def market_trades(

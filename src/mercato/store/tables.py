@@ -332,6 +332,20 @@ ledger_balances: Final = Table(
     Column("updated_seq", ENGINE_INT, nullable=False),
 )
 
+#: Each user's position per market traded, folded from their fills by
+#: mercato.store.positions (weighted average cost, whole atoms) as the fills are projected.
+positions: Final = Table(
+    "positions",
+    metadata,
+    Column("user_id", ID_TYPE, primary_key=True, autoincrement=False),
+    Column("market", Text, primary_key=True),
+    Column("quantity", ENGINE_INT, nullable=False),  # base atoms bought here and still held
+    # Quote atoms that may outgrow 64 bits over a long history: decimal integer strings.
+    Column("cost", Text, nullable=False),
+    Column("realised", Text, nullable=False),  # signed
+    Column("updated_seq", ENGINE_INT, nullable=False),
+)
+
 #: OHLCV candles of every interval of mercato.marketdata.candles, folded from the trades.
 candles: Final = Table(
     "candles",
