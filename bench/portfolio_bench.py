@@ -53,13 +53,13 @@ async def trade(url: str, maker: str, taker: str, fills: int) -> int:
              "quantity": PIECE, "time_in_force": "IOC"}
         )  # fmt: skip
 
-        async def taker_loop(client: RawHttp, share: int) -> None:
+        async def taker_loop(client: RawHttp, share: int, take: bytes) -> None:
             for _ in range(share):
                 status, body = await client.request("POST", "/api/v1/orders", take)
                 assert status == 201, body
 
         shares = [pieces // CONNECTIONS + (i < pieces % CONNECTIONS) for i in range(CONNECTIONS)]
-        await asyncio.gather(*(taker_loop(c, n) for c, n in zip(takers, shares, strict=True)))
+        await asyncio.gather(*(taker_loop(c, n, take) for c, n in zip(takers, shares, strict=True)))
         done += pieces
     for client in (made, *takers):
         await client.close()

@@ -60,6 +60,9 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(
     restarted = Server(backend.data, backend.env, "--dev")
     servers.append(restarted)
     restarted.wait_ready()
+    health = httpx.get(f"{restarted.url}/health/ready").json()
+    # Ready only once the projection caught up with the journal, and it says so.
+    assert health["projected_seq"] == health["last_seq"] > 0 and health["projection_lag"] == 0
     ann, bob = Trader(restarted.url, "ann@example.com"), Trader(restarted.url, "bob@example.com")
 
     traded = Decimal(0)

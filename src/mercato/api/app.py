@@ -81,10 +81,16 @@ def create_app(
 
     @app.get("/health/ready", tags=["health"], responses={503: {"description": "Not ready"}})
     async def ready() -> JSONResponse:
-        """Ready once migrations ran, the engine recovered and the markets exist."""
-        if not service.ready or service.sequencer is None:
+        """Ready once migrations ran, the engine recovered and the markets exist. Also
+        says how far the SQL projection (history reads) is behind the engine."""
+        if not service.ready or service.sequencer is None or service.projector is None:
             return error_response(503, "NOT_READY", "recovering; try again shortly")
-        return JSONResponse({"status": "ready", "last_seq": service.sequencer.last_seq})
+        last_seq = service.sequencer.last_seq
+        return JSONResponse({
+            "status": "ready", "last_seq": last_seq,
+            "projected_seq": service.projector.cursor,
+            "projection_lag": service.projector.lag(last_seq),
+        })  # fmt: skip
 
     return app
 
