@@ -230,7 +230,7 @@ def _create_users(data_dir: str) -> None:
 
 
 def main() -> None:
-    from mercato.apibench import free_port, run_fast, run_http_load
+    from mercato.apibench import free_port, projection_lag, run_fast, run_http_load
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gateways", type=int, default=2)
@@ -267,6 +267,7 @@ def main() -> None:
             run_http_load(f"http://127.0.0.1:{port}", tokens, args.seconds, args.connections)
         )
         used = [_cpu_seconds(p.pid) - b for p, b in zip(processes, before, strict=True) if p.pid]
+        figures["http_projection_lag"] = projection_lag(setup_url)
         seconds = figures["http_seconds"]
         figures["gateways"] = args.gateways
         figures["core_cpu_percent"] = round(100 * used[0] / seconds)

@@ -309,6 +309,11 @@ async def run_ws_phase(
     }
 
 
+def projection_lag(url: str) -> int:
+    """Commands the engine applied that the SQL projection has not written yet."""
+    return int(httpx.get(f"{url}/health/ready", timeout=10).json()["projection_lag"])
+
+
 def run_api_bench(seconds: float, connections: int, users: int, subscribers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mercato-bench-api-") as tmp:
         server = BenchServer(Path(tmp) / "data", users)
@@ -316,6 +321,8 @@ def run_api_bench(seconds: float, connections: int, users: int, subscribers: int
             server.start()
             tokens = server.funded_tokens()
             figures = run_fast(run_http_load(server.url, tokens, seconds, connections))
+            # A projection that fell behind would flatter the figures: say where it stands.
+            figures["http_projection_lag"] = projection_lag(server.url)
             if subscribers:
                 ws = run_ws_phase(
                     server.url, tokens, seconds, subscribers, max(1, connections // 4)

@@ -205,14 +205,9 @@ def bench_api(
         f"HTTP: {figures['http_orders_per_sec']:,} orders/s placed "
         f"({figures['http_requests_per_sec']:,} order requests/s with cancels), "
         f"p50 {figures['http_p50_ms']} ms, p99 {figures['http_p99_ms']} ms, "
-        f"{connections} connections, errors {figures['http_errors'] or 'none'}"
+        f"{connections} connections, errors {figures['http_errors'] or 'none'}, "
+        f"projection {figures['http_projection_lag']:,} commands behind at the end"
     )
-    if subscribers:
-        console.print(
-            f"WebSocket: {subscribers} subscribers received {figures['ws_messages_per_sec']:,} "
-            f"messages/s, event-to-client p99 {figures['ws_p99_ms']} ms, "
-            f"{figures['ws_closed_early']} closed early"
-        )
     if subscribers:
         console.print(
             f"WebSocket: {subscribers} subscribers received {figures['ws_messages_per_sec']:,} "

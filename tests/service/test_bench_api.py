@@ -20,6 +20,9 @@ def test_bench_api_reports_its_figures_as_the_last_json_line() -> None:
     figures = json.loads(result.output.strip().splitlines()[-1])
     assert all(key in figures for key in REQUIRED), figures
     assert figures["http_orders_placed"] > 0 and figures["http_errors"] == {}
+    commands = figures["http_orders_placed"] + figures["http_orders_cancelled"]
+    assert 0 <= figures["http_projection_lag"] <= commands + 100  # read from /health/ready
+    assert result.output.count("WebSocket:") == 1
     assert figures["ws_subscribers"] == 10 and figures["ws_closed_early"] == 0
     assert figures["ws_messages_per_sec"] > 0  # the market moved and the subscribers saw it
     assert figures["ws_driving_errors"] == {}  # takers' fills answered, not failed
