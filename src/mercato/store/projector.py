@@ -116,9 +116,6 @@ ENTRY_COLUMNS: Final = tuple(c.name for c in ledger_entries.c if c.name != "id")
 _order_tuple: Final = operator.itemgetter(*ORDER_COLUMNS)
 #: An order update's parameters: the mutable columns, then the order id (the WHERE).
 _order_update_tuple: Final = operator.itemgetter(*ORDER_MUTABLE_COLUMNS)
-BALANCE_COLUMNS: Final = tuple(c.name for c in ledger_balances.c)
-POSITION_COLUMNS: Final = tuple(c.name for c in positions.c)
-CANDLE_COLUMNS: Final = tuple(c.name for c in candles.c)
 
 #: Rows the database refuses (a duplicate key, a value out of range): retrying cannot help,
 #: it is a bug or a second writer. The projector stops (fatal), the cursor stays put.
@@ -217,7 +214,7 @@ def _take(iterator: Iterator[_T], count: int) -> list[_T]:
 
 
 def _candle_row(candle: Candle) -> tuple[Any, ...]:
-    """A candle in :data:`CANDLE_COLUMNS` order."""
+    """A candle in the order of the ``candles`` columns."""
     return (
         candle.market,
         candle.interval,
@@ -920,13 +917,12 @@ class _Statement:
 
     sqlite: str
     postgresql: str
-    columns: tuple[str, ...]
 
     @classmethod
     def of(cls, sql: str, columns: tuple[str, ...]) -> _Statement:
         """``sql`` with ``{}`` where parameter i goes, i counted from 1."""
         numbered = sql.format(*(f"${i}" for i in range(1, len(columns) + 1)))
-        return cls(sql.format(*("?" * len(columns))), numbered, columns)
+        return cls(sql.format(*("?" * len(columns))), numbered)
 
 
 def _update_statement(table: sa.Table, key: str, columns: tuple[str, ...]) -> _Statement:
@@ -969,7 +965,7 @@ _CANDLE_UPSERT: Final = _upsert_statement(candles, ("market", "interval", "open_
 async def _bulk_write(
     connection: AsyncConnection, statement: _Statement, rows: list[tuple[Any, ...]]
 ) -> None:
-    """Run ``statement`` once per row (tuples in its ``columns`` order) inside the
+    """Run ``statement`` once per row (tuples in its parameters' order) inside the
     connection's transaction, through the driver as :func:`_bulk_insert` does."""
     if not rows:
         return
