@@ -8,7 +8,7 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mercato.store.positions import divide_half_even, fold
+from mercato.store.positions import Position, divide_half_even
 
 
 @dataclass
@@ -17,6 +17,14 @@ class F:
     base_amount: int
     quote_amount: int
     fee: int = 0
+
+
+def fold(fills: list[F]) -> Position:
+    """The position after ``fills`` (oldest first), as the projector folds them."""
+    position = Position()
+    for fill in fills:
+        position.add(fill.side, fill.base_amount, fill.quote_amount, fill.fee)
+    return position
 
 
 def test_average_cost_and_realised_pnl() -> None:

@@ -23,18 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
-
-
-class Fill(Protocol):
-    @property
-    def side(self) -> str: ...
-    @property
-    def base_amount(self) -> int: ...
-    @property
-    def quote_amount(self) -> int: ...
-    @property
-    def fee(self) -> int: ...
 
 
 def divide_half_even(numerator: int, denominator: int) -> int:
@@ -84,11 +72,3 @@ class Position:
         self.realised += proceeds - cost_out
         self.cost -= cost_out
         self.quantity -= covered
-
-
-def fold(fills: list[Fill]) -> Position:
-    """The position after ``fills`` (oldest first)."""
-    position = Position()
-    for fill in fills:
-        position.add(fill.side, fill.base_amount, fill.quote_amount, fill.fee)
-    return position
