@@ -726,12 +726,11 @@ def _quote_atoms(value: Fraction | int, decimals: int) -> str:
     return format_amount(round(value), decimals)  # round() on a Fraction is half-even
 
 
-def _holding(engine: Engine, user: int, held: queries.PositionRecord, last: int | None) -> Holding:
-    market = held.market
+def _holding(engine: Engine, user: int, market: str, position: Position) -> Holding:
     state = engine.markets[market]
     base_decimals = engine.assets[state.base].decimals
     quote_decimals = engine.assets[state.quote].decimals
-    position = Position(held.quantity, held.cost, held.realised)
+    last = state.last_price or None  # ticks; 0 before the market's first trade
     # quote atoms per base atom, from a price in ticks
     scale = Fraction(state.rules.tick_size) * 10**quote_decimals / 10**base_decimals
     last_price = None if last is None else last * scale
@@ -761,12 +760,7 @@ async def portfolio_view(caller: Caller, request: Request) -> Response:
     await caught_up(service)
     async with _reads(service) as connection:
         held = await queries.user_positions(connection, caller.user_id)
-        last = {}
-        for position in held:
-            latest = await queries.market_trades(connection, position.market, limit=1)
-            last[position.market] = latest[0].price if latest else None
-    holdings = [_holding(engine, caller.user_id, p, last[p.market]) for p in held]
-    return _json(holdings)
+    return _json([_holding(engine, caller.user_id, m, p) for m, p in held.items()])
 
 
 async def place_order_direct(request: Request) -> Response:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mercato.marketdata.candles import INTERVALS, Candle
+from mercato.store.positions import Position
 from mercato.store.tables import (
     OPEN_ORDER_STATUSES,
     candles,
@@ -42,7 +43,6 @@ __all__ = [
     "LedgerEntryRecord",
     "OrderRecord",
     "Page",
-    "PositionRecord",
     "TradeRecord",
     "get_order",
     "ledger_history",
@@ -97,17 +97,6 @@ class OrderRecord:
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_ORDER_STATUSES
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PositionRecord:
-    """A row of ``positions`` (mercato.store.positions): base atoms held at ``cost`` quote
-    atoms, and the quote atoms realised, as of ``updated_seq``."""
-
-    market: str
-    quantity: int
-    cost: int
-    realised: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -309,17 +298,17 @@ async def ledger_history(
     return await _page(connection, query, ledger_entries.c.id, LedgerEntryRecord, before, limit)
 
 
-async def user_positions(connection: AsyncConnection, user: int) -> list[PositionRecord]:
+async def user_positions(connection: AsyncConnection, user: int) -> dict[str, Position]:
     """The user's position in every market they have traded, by market name."""
     query = (
         sa.select(positions.c.market, positions.c.quantity, positions.c.cost, positions.c.realised)
         .where(positions.c.user_id == user)
         .order_by(positions.c.market)
     )
-    return [
-        PositionRecord(market, quantity, int(cost), int(realised))
+    return {
+        market: Position(quantity, int(cost), int(realised))
         for market, quantity, cost, realised in await connection.execute(query)
-    ]
+    }
 
 
 async def market_trades(
