@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -28,17 +28,9 @@ from mercato.store import (
     sqlite_url,
     users,
 )
-from mercato.store.positions import fold
-
+from mercato.store.positions import Position
 
 # The schema as specified (independent of tables.py): table -> column -> nullable.
-class Fill(NamedTuple):
-    side: str
-    base_amount: int
-    quote_amount: int
-    fee: int
-
-
 EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
     "users": {
         "id": False,
@@ -694,7 +686,9 @@ def test_0004_folds_the_fills_already_projected_into_positions(database_url: str
     expected = []
     for user, market in sorted({(f[0], f[1]) for f in fills}):
         mine = [f for f in fills if (f[0], f[1]) == (user, market)]
-        position = fold([Fill(side, base, quote, fee) for _, _, side, base, quote, fee, _ in mine])
+        position = Position()
+        for _, _, side, base, quote, fee, _ in mine:
+            position.add(side, base, quote, fee)
         expected.append((user, market, position.quantity, str(position.cost),
                          str(position.realised), mine[-1][6]))  # fmt: skip
     assert asyncio.run(scenario()) == expected
