@@ -28,7 +28,7 @@ from mercato.runtime import tune_gc
 from mercato.store import create_engine, migrate
 from mercato.store.client_ids import KnownClientIds
 from mercato.store.fill_totals import FillTotals
-from mercato.store.projector import Projector
+from mercato.store.projector_process import ProjectorProcess
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ExchangeService:
         self._tick_task: asyncio.Task[None] | None = None
         self._mail_task: asyncio.Task[None] | None = None
         self.market_data: MarketData | None = None
-        self.projector: Projector | None = None
+        self.projector: ProjectorProcess | None = None
         self.fill_totals = FillTotals()  # open orders' fills, for cancel and amend answers
         self.known_client_ids = KnownClientIds()  # every client order id ever used
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
@@ -83,7 +83,7 @@ class ExchangeService:
         # The SQL projection follows every batch from now on and first catches up with
         # what the journal holds beyond its cursor (exactly once: docs/store.md).
         self.reads = create_engine(config.database_url, sqlite_begin="DEFERRED")
-        self.projector = Projector(self.database)
+        self.projector = ProjectorProcess(config.database_url)
         self.sequencer.sequencer.listeners.append(self.projector.on_batch)
         await self.projector.start(config.engine_dir, self.sequencer.last_seq)
         await self.fill_totals.seed(self.reads)

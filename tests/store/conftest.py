@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from mercato.store import sqlite_url
+from mercato.store import migrate, sqlite_url
 from services import require_service
 
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -80,3 +80,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def sqlite_database_url(tmp_path: Path) -> str:
     """URL of an empty SQLite database, for the SQLite-only tests."""
     return sqlite_url(tmp_path / "store.db")
+
+
+@pytest.fixture
+def migrated(database_url: str) -> str:
+    """``database_url`` with every migration applied."""
+    asyncio.run(migrate(database_url))
+    return database_url

@@ -45,7 +45,7 @@ from mercato.core.results import Result
 from mercato.flow import generate_flow
 from mercato.journal import AppliedBatch, Sequencer
 from mercato.marketdata.candles import INTERVALS, Candle, fold, merge
-from mercato.store import create_engine, migrate
+from mercato.store import create_engine
 from mercato.store import tables as t
 from mercato.store.positions import Position
 from mercato.store.projector import CursorConflictError, Projector
@@ -182,12 +182,6 @@ class Driver:
 
     def close(self) -> None:
         self.sequencer.close()
-
-
-@pytest.fixture
-def migrated(database_url: str) -> str:
-    asyncio.run(migrate(database_url))
-    return database_url
 
 
 # -- what the tables must hold ---------------------------------------------------------

@@ -75,6 +75,7 @@ __all__ = [
     "ProjectionError",
     "Projector",
     "ProjectorStats",
+    "SeqWaiters",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,42 @@ class ProjectionError(RuntimeError):
 class CursorConflictError(ProjectionError):
     """The cursor in the database is not where this projector left it: another projector
     with the same name is writing. Fatal."""
+
+
+class SeqWaiters:
+    """Callers waiting for the projection to reach a seq (read-your-writes)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._ids = itertools.count()
+
+    async def wait(self, seq: int, timeout: float | None, cursor: Callable[[], int]) -> bool:
+        """True once :meth:`reached` passes ``seq``; after ``timeout`` seconds, whether
+        ``cursor()`` has reached it."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if len(self._heap) > 10_000:  # timed-out waits pile up while nothing commits
+            self._heap = [w for w in self._heap if not w[2].done()]
+            heapq.heapify(self._heap)
+        heapq.heappush(self._heap, (seq, next(self._ids), future))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            return cursor() >= seq
+
+    def reached(self, cursor: int) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= cursor:
+            future = heapq.heappop(heap)[2]
+            if not future.done():
+                future.set_result(True)
+
+    def close(self, cursor: int) -> None:
+        """Answer every waiter now: the projection will not move any further."""
+        for seq, _, future in self._heap:
+            if not future.done():
+                future.set_result(cursor >= seq)
+        self._heap.clear()
 
 
 @dataclasses.dataclass(slots=True)
@@ -253,6 +290,7 @@ class Projector:
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
+        on_commit: Callable[[int, int], None] | None = None,
     ) -> None:
         if max_commands < 1 or max_backlog < 1:
             raise ValueError("max_commands and max_backlog must be at least 1")
@@ -262,6 +300,8 @@ class Projector:
         self.max_backlog = max_backlog
         self.retry_initial = retry_initial
         self.retry_max = retry_max
+        self.on_commit = on_commit
+        """Called with (cursor, last_ts) after each committed transaction."""
         self.stats = ProjectorStats()
         self.error: BaseException | None = None
         """Why the projector stopped on its own (a :class:`ProjectionError`), else None."""
@@ -281,8 +321,7 @@ class Projector:
         self._started = False
         self._stopping = False
         self._closed = False
-        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
-        self._waiter_ids = itertools.count()
+        self._waiters = SeqWaiters()
         # In-memory state, seeded from the tables on start (see docs/store.md):
         self._open: dict[int, Row] = {}  # open orders: their mutable columns (or full row)
         self._candles: dict[tuple[str, str], Candle] = {}  # current candle per (market, iv)
@@ -322,16 +361,7 @@ class Projector:
             return True
         if self._closed or self.error is not None:
             return False
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if len(self._waiters) > 10_000:  # timed-out waits pile up while nothing commits
-            self._waiters = [w for w in self._waiters if not w[2].done()]
-            heapq.heapify(self._waiters)
-        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), future))
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            return self._cursor >= seq
+        return await self._waiters.wait(seq, timeout, lambda: self._cursor)
 
     # -- the sequencer listener ----------------------------------------------------------
 
@@ -358,6 +388,14 @@ class Projector:
         except Exception:  # never fail the sequencer (a closed loop at shutdown, ...)
             log.exception("projector %s: cannot queue the batch at seq %d", self.name, batch.seq0)
 
+    def journal_holds(self, last_seq: int) -> None:
+        """Commands up to ``last_seq`` are durable in the journal but will not reach
+        :meth:`on_batch`: read them from the journal. Call on the projector's loop."""
+        if last_seq > self._dropped_until:
+            self._dropped_until = last_seq
+            if self._wakeup is not None:
+                self._wakeup.set()
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self, journal_data_dir: str | os.PathLike[str], live_last_seq: int) -> None:
@@ -383,6 +421,12 @@ class Projector:
         if live_last_seq > self._cursor:
             await self._catch_up(live_last_seq)
         self._task = self._loop.create_task(self._run(), name=f"mercato-projector-{self.name}")
+
+    async def finished(self) -> None:
+        """Return once the projector has stopped: after :meth:`stop`, or on its own (a
+        fatal :attr:`error`)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Project everything queued (batches still arriving meanwhile included), then
@@ -412,10 +456,7 @@ class Projector:
         self._closed = True
         self._queue.clear()
         self._dequeued = self._enqueued
-        for seq, _, future in self._waiters:
-            if not future.done():
-                future.set_result(self._cursor >= seq)
-        self._waiters.clear()
+        self._waiters.close(self._cursor)
 
     # -- state -------------------------------------------------------------------------
 
@@ -597,11 +638,9 @@ class Projector:
         stats.rows += plan.rows
         if not live:
             stats.caught_up += plan.commands
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= plan.last_seq:
-            future = heapq.heappop(waiters)[2]
-            if not future.done():
-                future.set_result(True)
+        self._waiters.reached(plan.last_seq)
+        if self.on_commit is not None:
+            self.on_commit(plan.last_seq, plan.last_ts)
 
     async def _retrying(
         self, what: str, step: Callable[[_T], Awaitable[None]], argument: _T

@@ -1,0 +1,144 @@
+"""The projector in its own process: fed over a pipe by the sequencer's listener, the
+child's tables match the engine and the events exactly (the same checks as the in-process
+projector's), also after the child is killed mid-stream, after its pipe was full, and at
+stop. On SQLite and PostgreSQL (``database_url``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mercato.store.projector import ProjectionError
+from mercato.store.projector_process import ProjectorProcess
+from store.test_projector import Driver, check_projection, committed_seq, scenario
+
+
+async def started(url: str, driver: Driver, **options: int) -> ProjectorProcess:
+    projector = ProjectorProcess(url, **options)
+    driver.sequencer.listeners.append(projector.on_batch)
+    await projector.start(driver.sequencer.data_dir, driver.sequencer.last_seq)
+    return projector
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+def test_the_child_projects_what_the_sequencer_applies(migrated: str, tmp_path: Path) -> None:
+    async def scenario_() -> tuple[Driver, ProjectorProcess]:
+        driver = Driver(tmp_path)
+        projector = await started(migrated, driver)
+        try:
+            await driver.steps(scenario(3, 900))
+            last = driver.sequencer.last_seq
+            assert await projector.wait_for(last, timeout=60)
+            assert projector.cursor == last and projector.lag(last) == 0
+            assert not await projector.wait_for(last + 1, timeout=0.2)  # never applied
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return driver, projector
+
+    driver, projector = asyncio.run(scenario_())
+    assert projector.restarts == 0 and projector.left_to_journal == 0
+    check_projection(migrated, driver.run)
+
+
+def test_a_killed_child_is_replaced_and_nothing_is_projected_twice(
+    migrated: str, tmp_path: Path
+) -> None:
+    """SIGKILL the child mid-stream; batches applied while none runs are left to the
+    journal; its successor catches up from the cursor it finds, exactly once."""
+    steps = scenario(4, 1500, chunk=20)
+
+    async def scenario_() -> tuple[Driver, ProjectorProcess]:
+        driver = Driver(tmp_path, snapshot_every=200)
+        projector = await started(migrated, driver)
+        try:
+            await driver.steps(steps[:40])
+            first = projector.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            await driver.steps(steps[40:60])  # the child is gone or going meanwhile
+            await until(lambda: projector.restarts == 1 and projector.pid != first)
+            await driver.steps(steps[60:])
+            assert await projector.wait_for(driver.sequencer.last_seq, timeout=60)
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return driver, projector
+
+    driver, projector = asyncio.run(scenario_())
+    assert projector.cursor == driver.run.last_seq
+    check_projection(migrated, driver.run)
+
+
+def test_a_full_pipe_leaves_batches_to_the_journal(migrated: str, tmp_path: Path) -> None:
+    """The child stopped (SIGSTOP) fills its pipe; later batches are not sent but left to
+    the journal, and once it runs again it reads them from there, though no batch follows
+    them."""
+
+    async def scenario_() -> tuple[Driver, ProjectorProcess]:
+        driver = Driver(tmp_path)
+        projector = await started(migrated, driver, max_backlog_bytes=50_000)
+        try:
+            child = projector.pid
+            assert child is not None
+            os.kill(child, signal.SIGSTOP)
+            try:
+                await driver.steps(scenario(5, 2500))
+            finally:
+                os.kill(child, signal.SIGCONT)
+            last = driver.sequencer.last_seq
+            assert projector.left_to_journal == last  # the last batches were not sent
+            assert await projector.wait_for(last, timeout=60)
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return driver, projector
+
+    driver, projector = asyncio.run(scenario_())
+    assert projector.restarts == 0
+    check_projection(migrated, driver.run)
+
+
+def test_stop_projects_what_was_sent_then_the_child_exits(migrated: str, tmp_path: Path) -> None:
+    async def scenario_() -> tuple[Driver, ProjectorProcess, int]:
+        driver = Driver(tmp_path)
+        projector = await started(migrated, driver)
+        try:
+            for commands in scenario(6, 600):
+                driver.step(commands)  # no await: all of it is still to project at stop
+            assert projector.cursor < driver.sequencer.last_seq
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return driver, projector, await committed_seq(migrated)
+
+    driver, projector, committed = asyncio.run(scenario_())
+    assert projector.cursor == committed == driver.run.last_seq
+    assert projector.pid is not None and projector.restarts == 0
+    check_projection(migrated, driver.run)
+
+
+def test_start_fails_with_the_reason_when_the_child_cannot_project(tmp_path: Path) -> None:
+    """A database without the projection's tables: the child exits before it has caught
+    up, and start says so instead of waiting."""
+
+    async def scenario_() -> None:
+        driver = Driver(tmp_path)
+        try:
+            empty = f"sqlite+aiosqlite:///{tmp_path / 'empty.sqlite'}"
+            with pytest.raises(ProjectionError, match="exited with status 1 before catching up"):
+                await started(empty, driver)
+        finally:
+            driver.close()
+
+    asyncio.run(scenario_())
