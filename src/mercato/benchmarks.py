@@ -189,7 +189,7 @@ def bench_engine(
 @bench_app.command("api")
 def bench_api(
     seconds: float = typer.Option(10.0, "--seconds", help="Length of the HTTP order load."),
-    connections: int = typer.Option(32, "--connections", help="Keep-alive HTTP connections."),
+    connections: int = typer.Option(64, "--connections", help="Keep-alive HTTP connections."),
     users: int = typer.Option(8, "--users", help="Trading users sharing the connections."),
     subscribers: int = typer.Option(500, "--subscribers", help="WebSocket subscribers (0: skip)."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line of figures."),

@@ -326,8 +326,11 @@ def main() -> None:
     # stdin, after the child has written what it was sent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(2, 1)  # a stray print must not reach the service's terminal as output
+    # The service's log format; the pid tells the child's lines from the service's.
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     _hold_lock(engine_dir)
     runner = asyncio.run
