@@ -6,6 +6,7 @@ stop. On SQLite and PostgreSQL (``database_url``)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mercato.store.projector import ProjectionError
-from mercato.store.projector_process import ProjectorProcess
+from mercato.store.projector_process import LOCK_FILE, ProjectorProcess
 from store.test_projector import Driver, check_projection, committed_seq, scenario
 
 
@@ -140,5 +141,50 @@ def test_start_fails_with_the_reason_when_the_child_cannot_project(tmp_path: Pat
                 await started(empty, driver)
         finally:
             driver.close()
+
+    asyncio.run(scenario_())
+
+
+def hold_projector_lock(data_dir: Path) -> int:
+    """Take the lock a running child holds, as a predecessor still writing would."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_a_child_starts_only_once_its_predecessor_has_exited(migrated: str, tmp_path: Path) -> None:
+    async def scenario_() -> Driver:
+        driver = Driver(tmp_path)
+        predecessor = hold_projector_lock(tmp_path)
+        projector = ProjectorProcess(migrated)
+        driver.sequencer.listeners.append(projector.on_batch)
+        try:
+            starting = asyncio.create_task(projector.start(tmp_path, 0))
+            await driver.steps(scenario(7, 300))
+            await asyncio.sleep(0.5)
+            assert not starting.done() and projector.cursor == 0
+            os.close(predecessor)
+            await asyncio.wait_for(starting, 30)
+            assert await projector.wait_for(driver.sequencer.last_seq, timeout=60)
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return driver
+
+    check_projection(migrated, asyncio.run(scenario_()).run)
+
+
+def test_stop_during_the_start_up_ends_the_start(migrated: str, tmp_path: Path) -> None:
+    async def scenario_() -> None:
+        predecessor = hold_projector_lock(tmp_path)
+        projector = ProjectorProcess(migrated)
+        try:
+            starting = asyncio.create_task(projector.start(tmp_path, 0))
+            await asyncio.sleep(0.5)
+            await projector.stop(timeout=1)  # the child waits at the lock: killed
+            with pytest.raises(ProjectionError, match="stopped before catching up"):
+                await asyncio.wait_for(starting, 10)
+        finally:
+            os.close(predecessor)
 
     asyncio.run(scenario_())

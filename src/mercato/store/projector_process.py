@@ -205,6 +205,8 @@ class ProjectorProcess:
             except Exception as error:  # it could not be started
                 outcome = f"could not be started: {error!r}"
             if self._stopping:
+                if not ready.done():  # stopped during the start-up catch-up
+                    ready.set_exception(ProjectionError("stopped before catching up"))
                 return
             self.error = f"the projector process {outcome}"
             if not ready.done():
@@ -224,6 +226,9 @@ class ProjectorProcess:
                 stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
                 env={**os.environ, DATABASE_URL_ENV: self.database_url},
             )  # fmt: skip
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         self._child = child
