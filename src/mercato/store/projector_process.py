@@ -43,7 +43,7 @@ from mercato.store.projector import ProjectionError, SeqWaiters
 
 __all__ = ["DATABASE_URL_ENV", "DEFAULT_MAX_BACKLOG_BYTES", "ProjectorProcess"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mercato.store.projector_process")  # also when run as __main__
 
 #: The child reads the database URL (which may hold a password) from here, not argv.
 DATABASE_URL_ENV: Final = "MERCATO_PROJECTOR_DATABASE_URL"
@@ -312,6 +312,13 @@ async def _child(engine_dir: str, live_last_seq: int, progress_fd: int) -> None:
         if stopped in done:
             raise ProjectionError(f"the projector stopped: {projector.error!r}")
         await projector.stop(timeout=30)  # the service has stopped sending: write the rest
+        stats = projector.stats
+        log.info(
+            "projector stopped at seq %d: %d commands in %d transactions (%d from the "
+            "journal), %d rows, %d retries",
+            projector.cursor, stats.commands, stats.transactions, stats.caught_up, stats.rows,
+            stats.retries,
+        )  # fmt: skip
     finally:
         receiving.cancel()
         await db.dispose()
