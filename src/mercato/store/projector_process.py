@@ -147,7 +147,7 @@ class ProjectorProcess:
 
     async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
         """Wait until the command ``seq`` is projected: True once it is, False after
-        ``timeout`` seconds, or at once once stopped short of it."""
+        ``timeout`` seconds, or at once when stopped short of it."""
         if self._cursor >= seq:
             return True
         if self._stopping:
