@@ -188,3 +188,35 @@ def test_stop_during_the_start_up_ends_the_start(migrated: str, tmp_path: Path) 
             os.close(predecessor)
 
     asyncio.run(scenario_())
+
+
+def test_a_stop_signal_to_the_process_group_leaves_the_stopping_to_the_service(
+    migrated: str, tmp_path: Path
+) -> None:
+    """SIGTERM and SIGINT sent to the whole group (systemd, Ctrl-C) do not end the child:
+    the service stops it once the engine is flushed. A stop that comes while a dead child
+    waits to be replaced starts no new one."""
+
+    async def scenario_() -> tuple[Driver, ProjectorProcess, float]:
+        driver = Driver(tmp_path)
+        projector = await started(migrated, driver)
+        child = projector.pid
+        assert child is not None
+        try:
+            os.kill(child, signal.SIGTERM)
+            os.kill(child, signal.SIGINT)
+            await driver.steps(scenario(8, 300))
+            assert await projector.wait_for(driver.sequencer.last_seq, timeout=60)
+            assert projector.pid == child and projector.restarts == 0
+            os.kill(child, signal.SIGKILL)
+            await until(lambda: projector.error is not None)  # waiting to replace it
+        finally:
+            began = asyncio.get_running_loop().time()
+            await projector.stop(timeout=30)
+            took = asyncio.get_running_loop().time() - began
+            driver.close()
+        return driver, projector, took
+
+    driver, projector, took = asyncio.run(scenario_())
+    assert projector.restarts == 0 and took < 5  # no successor started, none waited for
+    check_projection(migrated, driver.run)

@@ -214,8 +214,10 @@ class ProjectorProcess:
                 ready.set_exception(ProjectionError(message))
                 return
             log.error("%s at seq %d; starting another", self.error, self._cursor)
-            self.restarts += 1
             await asyncio.sleep(RESTART_DELAY)
+            if self._stopping:
+                return
+            self.restarts += 1
 
     async def _run_child(self, ready: asyncio.Future[None]) -> int:
         read_fd, write_fd = os.pipe()  # progress: child -> service
@@ -234,6 +236,8 @@ class ProjectorProcess:
         self._child = child
         assert child.stdin is not None
         self._pipe = child.stdin.transport
+        if self._stopping:  # stop() came while the child was being spawned
+            self._pipe.close()
         progress = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.connect_read_pipe(
@@ -334,9 +338,11 @@ def _hold_lock(engine_dir: str) -> int:
 def main() -> None:
     """``python -m mercato.store.projector_process ENGINE_DIR LIVE_LAST_SEQ PROGRESS_FD``"""
     engine_dir, live_last_seq, progress_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    # Ctrl-C reaches the whole process group; the service stops the child by closing its
-    # stdin, after the child has written what it was sent.
+    # Ctrl-C, or a stop signal sent to the whole process group (systemd, a container's
+    # init), reaches the child too: it is the service's to stop, by closing the child's
+    # stdin once the engine is flushed. If the service dies instead, stdin ends as well.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.dup2(2, 1)  # a stray print must not reach the service's terminal as output
     # The service's log format; the pid tells the child's lines from the service's.
     logging.basicConfig(
