@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from mercato.store import create_engine, projector_process
 from mercato.store.projector import ProjectionError
 from mercato.store.projector_process import LOCK_FILE, ProjectorProcess
 from store.test_projector import Driver, check_projection, committed_seq, scenario
@@ -220,3 +223,33 @@ def test_a_stop_signal_to_the_process_group_leaves_the_stopping_to_the_service(
     driver, projector, took = asyncio.run(scenario_())
     assert projector.restarts == 0 and took < 5  # no successor started, none waited for
     check_projection(migrated, driver.run)
+
+
+def test_successors_that_cannot_catch_up_are_restarted_ever_more_slowly(
+    migrated: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database stops accepting the projection (here: its cursor table is gone): each
+    successor dies before catching up, and the delay before the next one doubles."""
+    monkeypatch.setattr(projector_process, "RESTART_DELAY", 0.1)
+
+    async def scenario_() -> ProjectorProcess:
+        driver = Driver(tmp_path)
+        projector = await started(migrated, driver)
+        try:
+            db = create_engine(migrated)
+            async with db.begin() as connection:
+                await connection.execute(sa.text("DROP TABLE projection_cursor"))
+            await db.dispose()
+            assert projector.pid is not None
+            os.kill(projector.pid, signal.SIGKILL)
+            await until(lambda: projector.restarts == 3)
+        finally:
+            await projector.stop(timeout=30)
+            driver.close()
+        return projector
+
+    with caplog.at_level(logging.ERROR, logger="mercato.store.projector_process"):
+        projector = asyncio.run(scenario_())
+    delays = [r.getMessage().rsplit("another in ", 1)[1] for r in caplog.records]
+    assert delays[:3] == ["0.1 s", "0.2 s", "0.4 s"]
+    assert projector.error is not None and "exited with status 1" in projector.error

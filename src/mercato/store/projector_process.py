@@ -49,8 +49,10 @@ log = logging.getLogger("mercato.store.projector_process")  # also when run as _
 DATABASE_URL_ENV: Final = "MERCATO_PROJECTOR_DATABASE_URL"
 #: Bytes of batches waiting for the child at most; beyond, batches are left to the journal.
 DEFAULT_MAX_BACKLOG_BYTES: Final = 64 * 1024 * 1024
-#: Seconds between a child's death and its successor.
+#: Seconds between a child's death and its successor, doubling while successors die
+#: before they have caught up (a database that refuses the rows), up to the maximum.
 RESTART_DELAY: Final = 1.0
+MAX_RESTART_DELAY: Final = 60.0
 #: In the engine directory: held by the running child, so that a successor (a service
 #: restarted at once after a crash) waits for its predecessor to finish writing.
 LOCK_FILE: Final = "PROJECTOR.LOCK"
@@ -99,7 +101,8 @@ class ProjectorProcess:
 
     Answers what the service asks of a projector: :attr:`cursor`, :meth:`lag`,
     :meth:`wait_for`; :meth:`start` returns once the child has caught up with the journal.
-    A child that exits on its own is replaced after :data:`RESTART_DELAY` seconds.
+    A child that exits on its own is replaced after :data:`RESTART_DELAY` seconds (longer
+    while successors keep dying before they catch up).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class ProjectorProcess:
         self.database_url = database_url
         self.max_backlog_bytes = max_backlog_bytes
         self.restarts = 0
+        self._failures = 0  # children that died since one last caught up
         self.error: str | None = None
         """Why the last child stopped on its own (its exit status), else None."""
         self._cursor = 0
@@ -213,8 +217,10 @@ class ProjectorProcess:
                 message = f"{self.error} before catching up (its log says why)"
                 ready.set_exception(ProjectionError(message))
                 return
-            log.error("%s at seq %d; starting another", self.error, self._cursor)
-            await asyncio.sleep(RESTART_DELAY)
+            self._failures += 1
+            delay = min(RESTART_DELAY * 2 ** (self._failures - 1), MAX_RESTART_DELAY)
+            log.error("%s at seq %d; another in %.1f s", self.error, self._cursor, delay)
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
             self.restarts += 1
@@ -258,6 +264,7 @@ class ProjectorProcess:
         self._waiters.reached(report.cursor)
         if report.ready:
             self.error = None
+            self._failures = 0
             if not ready.done():
                 ready.set_result(None)
         self._tell_journal()
