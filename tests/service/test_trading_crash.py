@@ -4,10 +4,13 @@ exactly once, and candles and ticker agree with the trades."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 
@@ -124,3 +127,54 @@ def all_pages(trader: Trader, path: str) -> list[dict]:
         before = page["next_before"]
         if before is None:
             return items
+
+
+def test_the_projector_process_killed_under_load_is_replaced_and_catches_up(
+    backend: Backend, servers: list[Server]
+) -> None:
+    """SIGKILL only the server's projector child while orders flow: the server keeps
+    taking orders, says on /health/ready why the projection stalled, starts a new child,
+    and the tables end holding every order once."""
+    ann, bob, server = ann_and_bob(backend, servers)
+    for trader in (ann, bob):
+        for asset, amount in FUNDS.items():
+            trader.fund(asset, str(amount / 2))
+    children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+    (child,) = map(int, children.read_text().split())
+
+    stop = threading.Event()
+    acked: dict[str, list[dict]] = {"ann": [], "bob": []}
+    threads = [
+        threading.Thread(target=trade_until, args=(trader, side, stop, acked[name]))
+        for name, trader, side in (("ann", ann, "BUY"), ("bob", bob, "SELL"))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        os.kill(child, signal.SIGKILL)
+        health = wait_health(server, lambda h: h["projection_error"] is not None)
+        assert "exited with status -9" in health["projection_error"]
+        time.sleep(1.5)  # orders go on while the successor starts and catches up
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    health = wait_health(server, lambda h: not h["projection_error"] and not h["projection_lag"])
+    assert health["projected_seq"] == health["last_seq"]
+    assert children.read_text().split() not in ([], [str(child)])  # a new child runs
+    for name, trader in (("ann", ann), ("bob", bob)):
+        history = [o["order_id"] for o in all_pages(trader, "/orders/history")]
+        assert len(history) == len(set(history))  # each order once
+        assert {a["order"]["order_id"] for a in acked[name]} <= set(history)
+        assert len(acked[name]) > 20
+
+
+def wait_health(server: Server, condition: Callable[[dict], bool], seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        health: dict = httpx.get(f"{server.url}/health/ready", timeout=10).json()
+        if condition(health) or time.monotonic() > deadline:
+            assert condition(health), health
+            return health
+        time.sleep(0.05)

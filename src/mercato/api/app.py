@@ -82,7 +82,8 @@ def create_app(
     @app.get("/health/ready", tags=["health"], responses={503: {"description": "Not ready"}})
     async def ready() -> JSONResponse:
         """Ready once migrations ran, the engine recovered and the markets exist. Also
-        says how far the SQL projection (history reads) is behind the engine."""
+        says how far the SQL projection (history reads) is behind the engine, and why its
+        process last stopped, while it is being replaced (``projection_error``)."""
         if not service.ready or service.sequencer is None or service.projector is None:
             return error_response(503, "NOT_READY", "recovering; try again shortly")
         last_seq = service.sequencer.last_seq
@@ -90,6 +91,7 @@ def create_app(
             "status": "ready", "last_seq": last_seq,
             "projected_seq": service.projector.cursor,
             "projection_lag": service.projector.lag(last_seq),
+            "projection_error": service.projector.error,
         })  # fmt: skip
 
     return app
