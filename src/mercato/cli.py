@@ -150,7 +150,8 @@ def serve(
         bool, typer.Option("--dev", help="Development mode: enables the test-funds faucet.")
     ] = False,
 ) -> None:
-    """Run the whole exchange in one process: engine, journal, SQL store, HTTP server.
+    """Run the whole exchange: engine, journal, SQL store and HTTP server in this process,
+    the SQL projection in a child process it starts and stops.
 
     SIGTERM or SIGINT stops intake, commits and applies what is queued, writes a final
     snapshot and exits 0.
