@@ -135,3 +135,22 @@ def test_restore_refuses_another_state_version() -> None:
     state["version"] = 999
     with pytest.raises(ValueError, match="version"):
         Engine.restore(msgspec.msgpack.encode(state))
+
+
+def test_an_emptied_account_and_no_account_answer_alike_after_a_restore() -> None:
+    """A snapshot keeps no zero balances, so a restored engine has no account where the
+    original holds an emptied one: an order against it must be rejected the same way
+    (found by the hypothesis state machine, which compares results across a restore)."""
+    ex = make_exchange()
+    user = 9  # never deposited anything
+    # A rejected withdrawal leaves user 9 an empty ETH account in this engine only.
+    assert ex.apply(c.HoldWithdrawal(user, "ETH", 5, "w9")).status == "REJECTED"
+    assert ex.engine.balances[user]["ETH"] == [0, 0]
+    restored = Exchange(Engine.restore(ex.engine.snapshot()), ts=ex.ts)
+    assert "ETH" not in restored.engine.balances.get(user, {})
+    for market in ("BTC-USDT", "ETH-USDT"):
+        for side in ("BUY", "SELL"):
+            order = c.PlaceOrder(user, market, side, "MARKET", ex.lots("0.01", market))
+            a, b = ex.apply(order), restored.apply(order)
+            assert msgspec.msgpack.encode(a) == msgspec.msgpack.encode(b), order
+            assert (a.code, a.message.endswith(" 0 available")) == ("INSUFFICIENT_BALANCE", True)
