@@ -230,7 +230,8 @@ def _create_users(data_dir: str) -> None:
 
 
 def main() -> None:
-    from mercato.apibench import free_port, projection_lag, run_fast, run_http_load
+    from mercato.apibench import free_port, projection_lag, run_http_load
+    from mercato.runtime import run_fast
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gateways", type=int, default=2)

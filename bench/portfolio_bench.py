@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import msgspec
 
-from mercato.apibench import MARKET, BenchServer, RawHttp, run_fast
+from mercato.apibench import MARKET, BenchServer, RawHttp
+from mercato.runtime import run_fast
 
 PIECE = "0.002"  # BTC per taker order: one fill each for both traders
 PIECES_PER_ROUND = 200

@@ -20,30 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import msgspec
 
+from mercato.runtime import run_fast
+
 PASSWORD = "bench-password-9"
 MARKET = "BTC-USDT"
-T = TypeVar("T")
 MID_PRICE = 50_000  # USDT; resting orders are placed around it, never crossing
 OPEN_PER_CONNECTION = 20  # a connection cancels its oldest order beyond this many
-
-
-def run_fast(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed (with uvicorn[standard], not on Windows): the
-    load generator and the subscribers share the machine with the server, so every
-    cycle they spend is one the server does not get."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 def free_port() -> int:

@@ -1,8 +1,14 @@
-"""Process-level settings for a process that hosts the engine."""
+"""Process-level settings: the garbage collector of a process that hosts the engine, and
+the event loop a process runs on."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 GEN0_THRESHOLD = 100_000
 
@@ -22,3 +28,14 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
+
+
+def run_fast(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is installed (with uvicorn[standard], not on Windows): for a
+    process that shares the machine with the server (load generators, the projector's
+    child), every cycle it saves is one the server gets."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)

@@ -73,9 +73,9 @@ __all__ = [
     "RETRYABLE_ERRORS",
     "CursorConflictError",
     "ProjectionError",
+    "ProjectionProgress",
     "Projector",
     "ProjectorStats",
-    "SeqWaiters",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,40 +157,62 @@ class CursorConflictError(ProjectionError):
     with the same name is writing. Fatal."""
 
 
-class SeqWaiters:
-    """Callers waiting for the projection to reach a seq (read-your-writes)."""
+class ProjectionProgress:
+    """How far a projection has committed (:attr:`cursor`), and the callers waiting for a
+    command to be projected (read-your-writes). Shared by :class:`Projector` and the
+    service's :class:`~mercato.store.projector_process.ProjectorProcess`."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, asyncio.Future[bool]]] = []
-        self._ids = itertools.count()
+        self._cursor = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._waiter_ids = itertools.count()
 
-    async def wait(self, seq: int, timeout: float | None, cursor: Callable[[], int]) -> bool:
-        """True once :meth:`reached` passes ``seq``; after ``timeout`` seconds, whether
-        ``cursor()`` has reached it."""
+    @property
+    def cursor(self) -> int:
+        """Seq of the last command whose effects are committed to the tables."""
+        return self._cursor
+
+    def lag(self, live_last_seq: int) -> int:
+        """Commands the engine applied (up to ``live_last_seq``) that are not projected."""
+        return max(0, live_last_seq - self._cursor)
+
+    def _stopped(self) -> bool:
+        """Whether the projection will move no further."""
+        return False
+
+    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until the command ``seq`` is projected: True once it is, False after
+        ``timeout`` seconds or, at once, if the projection stopped short of it."""
+        if self._cursor >= seq:
+            return True
+        if self._stopped():
+            return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        if len(self._heap) > 10_000:  # timed-out waits pile up while nothing commits
-            self._heap = [w for w in self._heap if not w[2].done()]
-            heapq.heapify(self._heap)
-        heapq.heappush(self._heap, (seq, next(self._ids), future))
+        if len(self._waiters) > 10_000:  # timed-out waits pile up while nothing commits
+            self._waiters = [w for w in self._waiters if not w[2].done()]
+            heapq.heapify(self._waiters)
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), future))
         try:
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
-            return cursor() >= seq
+            return self._cursor >= seq
 
-    def reached(self, cursor: int) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= cursor:
-            future = heapq.heappop(heap)[2]
+    def _advance(self, cursor: int) -> None:
+        """The tables now hold every command up to ``cursor``."""
+        self._cursor = cursor
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= cursor:
+            future = heapq.heappop(waiters)[2]
             if not future.done():
                 future.set_result(True)
 
-    def close(self, cursor: int) -> None:
-        """Answer every waiter now: the projection will not move any further."""
-        for seq, _, future in self._heap:
+    def _answer_waiters(self) -> None:
+        """Answer every waiter now: the projection will move no further."""
+        for seq, _, future in self._waiters:
             if not future.done():
-                future.set_result(cursor >= seq)
-        self._heap.clear()
+                future.set_result(self._cursor >= seq)
+        self._waiters.clear()
 
 
 @dataclasses.dataclass(slots=True)
@@ -268,7 +290,7 @@ def _candle_row(candle: Candle) -> tuple[Any, ...]:
     )
 
 
-class Projector:
+class Projector(ProjectionProgress):
     """Projects applied batches into the SQL tables; see the module docstring.
 
     ``on_batch`` is the sequencer listener: it only queues the batch (thread-safe, never
@@ -290,7 +312,7 @@ class Projector:
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         retry_initial: float = 0.05,
         retry_max: float = 5.0,
-        on_commit: Callable[[int, int], None] | None = None,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         if max_commands < 1 or max_backlog < 1:
             raise ValueError("max_commands and max_backlog must be at least 1")
@@ -301,11 +323,11 @@ class Projector:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.on_commit = on_commit
-        """Called with (cursor, last_ts) after each committed transaction."""
+        """Called with the new cursor after each committed transaction."""
         self.stats = ProjectorStats()
         self.error: BaseException | None = None
         """Why the projector stopped on its own (a :class:`ProjectionError`), else None."""
-        self._cursor = 0
+        super().__init__()
         self._last_ts = 0
         self._data_dir: Path | None = None
         self._queue: collections.deque[AppliedBatch] = collections.deque()
@@ -321,7 +343,6 @@ class Projector:
         self._started = False
         self._stopping = False
         self._closed = False
-        self._waiters = SeqWaiters()
         # In-memory state, seeded from the tables on start (see docs/store.md):
         self._open: dict[int, Row] = {}  # open orders: their mutable columns (or full row)
         self._candles: dict[tuple[str, str], Candle] = {}  # current candle per (market, iv)
@@ -330,11 +351,6 @@ class Projector:
         self._loaded_users: set[int] = set()
 
     # -- what the service reads --------------------------------------------------------
-
-    @property
-    def cursor(self) -> int:
-        """Seq of the last command whose effects are committed to the tables."""
-        return self._cursor
 
     @property
     def last_ts(self) -> int:
@@ -350,18 +366,8 @@ class Projector:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def lag(self, live_last_seq: int) -> int:
-        """Commands the engine applied (up to ``live_last_seq``) that are not projected."""
-        return max(0, live_last_seq - self._cursor)
-
-    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
-        """Wait until the command ``seq`` is projected (read-your-writes): True once it is,
-        False after ``timeout`` seconds or if the projector stopped short of it."""
-        if self._cursor >= seq:
-            return True
-        if self._closed or self.error is not None:
-            return False
-        return await self._waiters.wait(seq, timeout, lambda: self._cursor)
+    def _stopped(self) -> bool:
+        return self._closed or self.error is not None
 
     # -- the sequencer listener ----------------------------------------------------------
 
@@ -456,7 +462,7 @@ class Projector:
         self._closed = True
         self._queue.clear()
         self._dequeued = self._enqueued
-        self._waiters.close(self._cursor)
+        self._answer_waiters()
 
     # -- state -------------------------------------------------------------------------
 
@@ -631,16 +637,16 @@ class Projector:
         else:
             self._finish(plan)
         await self._retrying("writing", self._write, plan)
-        self._cursor, self._last_ts = plan.last_seq, plan.last_ts
+        self._last_ts = plan.last_ts
         stats = self.stats
         stats.transactions += 1
         stats.commands += plan.commands
         stats.rows += plan.rows
         if not live:
             stats.caught_up += plan.commands
-        self._waiters.reached(plan.last_seq)
+        self._advance(plan.last_seq)
         if self.on_commit is not None:
-            self.on_commit(plan.last_seq, plan.last_ts)
+            self.on_commit(plan.last_seq)
 
     async def _retrying(
         self, what: str, step: Callable[[_T], Awaitable[None]], argument: _T

@@ -13,7 +13,7 @@ mercato.store.projector_process``) and feeds it over a pipe:
   child was running): the child reads those from the journal, as the in-process projector
   does for a gap.
 - **from the child (its fd 1; its own stdout and stderr go to the service's stderr):**
-  ``Progress(cursor, last_ts, ready)`` after the start-up catch-up and after every
+  ``Progress(cursor, ready)`` after the start-up catch-up and after every
   committed transaction, which answers :meth:`ProjectorProcess.wait_for` (read-your-writes)
   and the health endpoint's lag.
 
@@ -39,7 +39,9 @@ import msgspec
 from mercato.core.commands import Command
 from mercato.core.results import Result
 from mercato.journal.sequencer import AppliedBatch
-from mercato.store.projector import ProjectionError, SeqWaiters
+from mercato.runtime import run_fast, tune_gc
+from mercato.store.database import create_engine
+from mercato.store.projector import ProjectionError, ProjectionProgress, Projector
 
 __all__ = ["DATABASE_URL_ENV", "DEFAULT_MAX_BACKLOG_BYTES", "ProjectorProcess"]
 
@@ -72,7 +74,6 @@ class JournalHolds(msgspec.Struct, tag="journal", array_like=True, gc=False):
 
 class Progress(msgspec.Struct, tag="progress", array_like=True, gc=False):
     cursor: int
-    last_ts: int
     ready: bool
 
 
@@ -95,7 +96,7 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
         return None
 
 
-class ProjectorProcess:
+class ProjectorProcess(ProjectionProgress):
     """The service's projection: a :class:`~mercato.store.projector.Projector` in a child
     process, fed by :meth:`on_batch` (the sequencer listener; call it on the event loop).
 
@@ -108,14 +109,13 @@ class ProjectorProcess:
     def __init__(
         self, database_url: str, *, max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES
     ) -> None:
+        super().__init__()
         self.database_url = database_url
         self.max_backlog_bytes = max_backlog_bytes
         self.restarts = 0
         self._failures = 0  # children that died since one last caught up
         self.error: str | None = None
         """Why the last child stopped on its own (its exit status), else None."""
-        self._cursor = 0
-        self._last_ts = 0
         self._seen = 0  # the last seq handed to on_batch
         self._left_to_journal = 0  # the last seq not sent (backlog full, or no child)
         self._told_journal = 0  # the last JournalHolds sent
@@ -124,16 +124,6 @@ class ProjectorProcess:
         self._pipe: asyncio.WriteTransport | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._waiters = SeqWaiters()
-
-    @property
-    def cursor(self) -> int:
-        """Seq of the last command whose effects are committed to the tables."""
-        return self._cursor
-
-    @property
-    def last_ts(self) -> int:
-        return self._last_ts
 
     @property
     def left_to_journal(self) -> int:
@@ -145,18 +135,8 @@ class ProjectorProcess:
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
-    def lag(self, live_last_seq: int) -> int:
-        """Commands the engine applied (up to ``live_last_seq``) that are not projected."""
-        return max(0, live_last_seq - self._cursor)
-
-    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
-        """Wait until the command ``seq`` is projected: True once it is, False after
-        ``timeout`` seconds, or at once when stopped short of it."""
-        if self._cursor >= seq:
-            return True
-        if self._stopping:
-            return False
-        return await self._waiters.wait(seq, timeout, lambda: self._cursor)
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def on_batch(self, batch: AppliedBatch) -> None:
         """Send an applied batch to the child, or leave it to the journal when the child
@@ -199,7 +179,7 @@ class ProjectorProcess:
                 if self._child is not None and self._child.returncode is None:
                     self._child.kill()
                 await asyncio.gather(task, return_exceptions=True)
-        self._waiters.close(self._cursor)
+        self._answer_waiters()
 
     async def _supervise(self, ready: asyncio.Future[None]) -> None:
         """Run a child; when one exits on its own, start another."""
@@ -260,8 +240,7 @@ class ProjectorProcess:
         return await child.wait()
 
     def _progress(self, report: Progress, ready: asyncio.Future[None]) -> None:
-        self._cursor, self._last_ts = report.cursor, report.last_ts
-        self._waiters.reached(report.cursor)
+        self._advance(report.cursor)
         if report.ready:
             self.error = None
             self._failures = 0
@@ -284,18 +263,14 @@ class ProjectorProcess:
 
 
 async def _child(engine_dir: str, live_last_seq: int, progress_fd: int) -> None:
-    from mercato.runtime import tune_gc
-    from mercato.store.database import create_engine
-    from mercato.store.projector import Projector
-
     loop = asyncio.get_running_loop()
     progress = os.fdopen(progress_fd, "wb", buffering=0)
 
-    def report(cursor: int, last_ts: int, ready: bool = False) -> None:
+    def report(cursor: int, ready: bool = False) -> None:
         # A few bytes to a pipe the service keeps reading: a blocking write is fine. The
         # service gone (EPIPE), the rows are committed all the same: nobody to tell.
         with contextlib.suppress(BrokenPipeError):
-            progress.write(_frame(Progress(cursor, last_ts, ready)))
+            progress.write(_frame(Progress(cursor, ready)))
 
     db = create_engine(os.environ[DATABASE_URL_ENV])
     projector = Projector(db, on_commit=report)
@@ -317,7 +292,7 @@ async def _child(engine_dir: str, live_last_seq: int, progress_fd: int) -> None:
     try:
         await projector.start(engine_dir, live_last_seq)
         tune_gc()
-        report(projector.cursor, projector.last_ts, ready=True)
+        report(projector.cursor, ready=True)
         stopped = asyncio.create_task(projector.finished())
         done, _ = await asyncio.wait({receiving, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if stopped in done:
@@ -335,11 +310,11 @@ async def _child(engine_dir: str, live_last_seq: int, progress_fd: int) -> None:
         await db.dispose()
 
 
-def _hold_lock(engine_dir: str) -> int:
-    """Wait for any predecessor to exit, then hold the lock until this process exits."""
+def _hold_lock(engine_dir: str) -> None:
+    """Wait for any predecessor to exit, then hold the lock until this process exits (the
+    descriptor stays open)."""
     fd = os.open(os.path.join(engine_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
 
 
 def main() -> None:
@@ -358,13 +333,8 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
     _hold_lock(engine_dir)
-    runner = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        runner = uvloop.run
     try:
-        runner(_child(engine_dir, live_last_seq, progress_fd))
+        run_fast(_child(engine_dir, live_last_seq, progress_fd))
     except ProjectionError as error:
         log.error("%s", error)
         sys.exit(1)
