@@ -36,28 +36,39 @@ def trade_until(trader: Trader, side: str, stop: threading.Event, acked: list[di
             acked.append(answer.json())
 
 
+class TradingLoad:
+    """Ann (buying) and Bob (selling), funded, trade from two threads until finished;
+    ``acked`` keeps each one's acknowledged answers."""
+
+    def __init__(self, ann: Trader, bob: Trader) -> None:
+        for trader in (ann, bob):
+            for asset, amount in FUNDS.items():
+                trader.fund(asset, str(amount / 2))
+        self.stop = threading.Event()
+        self.acked: dict[str, list[dict]] = {"ann": [], "bob": []}
+        self.threads = [
+            threading.Thread(target=trade_until, args=(trader, side, self.stop, self.acked[name]))
+            for name, trader, side in (("ann", ann, "BUY"), ("bob", bob, "SELL"))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def finish(self) -> dict[str, list[dict]]:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+        return self.acked
+
+
 def test_sigkill_mid_load_loses_nothing_acknowledged(
     backend: Backend, servers: list[Server]
 ) -> None:
     ann, bob, server = ann_and_bob(backend, servers)
-    for trader in (ann, bob):
-        for asset, amount in FUNDS.items():
-            trader.fund(asset, str(amount / 2))
-
-    stop = threading.Event()
-    acked: dict[str, list[dict]] = {"ann": [], "bob": []}
-    threads = [
-        threading.Thread(target=trade_until, args=(trader, side, stop, acked[name]))
-        for name, trader, side in (("ann", ann, "BUY"), ("bob", bob, "SELL"))
-    ]
-    for thread in threads:
-        thread.start()
+    load = TradingLoad(ann, bob)
     time.sleep(LOAD_SECONDS)
     server.process.send_signal(signal.SIGKILL)  # mid-load: requests are in flight
     server.process.wait(timeout=10)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=30)
+    acked = load.finish()
     assert len(acked["ann"]) > 20 and len(acked["bob"]) > 20
 
     restarted = Server(backend.data, backend.env, "--dev")
@@ -122,7 +133,12 @@ def all_pages(trader: Trader, path: str) -> list[dict]:
     before = None
     while True:
         params = {"limit": 1000, **({"before": before} if before else {})}
-        page = trader.http.get(path, params=params).json()
+        answer = trader.http.get(path, params=params)
+        if answer.status_code == 429:  # the load spent the IP's budget: wait, as told
+            time.sleep(float(answer.headers["retry-after"]))
+            continue
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
         items += page["items"]
         before = page["next_before"]
         if before is None:
@@ -136,20 +152,9 @@ def test_the_projector_process_killed_under_load_is_replaced_and_catches_up(
     taking orders, says on /health/ready why the projection stalled, starts a new child,
     and the tables end holding every order once."""
     ann, bob, server = ann_and_bob(backend, servers)
-    for trader in (ann, bob):
-        for asset, amount in FUNDS.items():
-            trader.fund(asset, str(amount / 2))
     children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
     (child,) = map(int, children.read_text().split())
-
-    stop = threading.Event()
-    acked: dict[str, list[dict]] = {"ann": [], "bob": []}
-    threads = [
-        threading.Thread(target=trade_until, args=(trader, side, stop, acked[name]))
-        for name, trader, side in (("ann", ann, "BUY"), ("bob", bob, "SELL"))
-    ]
-    for thread in threads:
-        thread.start()
+    load = TradingLoad(ann, bob)
     try:
         time.sleep(1.0)
         os.kill(child, signal.SIGKILL)
@@ -157,9 +162,7 @@ def test_the_projector_process_killed_under_load_is_replaced_and_catches_up(
         assert "exited with status -9" in health["projection_error"]
         time.sleep(1.5)  # orders go on while the successor starts and catches up
     finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
+        acked = load.finish()
     health = wait_health(server, lambda h: not h["projection_error"] and not h["projection_lag"])
     assert health["projected_seq"] == health["last_seq"]
     assert children.read_text().split() not in ([], [str(child)])  # a new child runs
