@@ -18,6 +18,7 @@ replay of the whole command log into a fresh engine must too.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -70,6 +71,7 @@ SPECS = (
     ),
 )  # fmt: skip
 MIDS = {"AAA-QQQ": 100, "BBB-QQQ": 40}
+UNIT_WORDS = re.compile(r"\b(atoms?|ticks?|lots?)\b")
 MARKETS = tuple(spec.symbol for spec in SPECS)
 STP = st.sampled_from(
     [None, None, "NONE", "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH", "DECREMENT"]
@@ -165,6 +167,8 @@ class ExchangeMachine(RuleBasedStateMachine):
                 ), event
             if not result.events:
                 assert state_without_clock(engine) == before, (command, result.code)
+            # Messages speak the API's units, never the engine's integers.
+            assert not UNIT_WORDS.search(result.message), result.message
         engine.check_invariants()
 
         expired = any(

@@ -202,6 +202,36 @@ def test_bad_orders_answer_4xx_and_change_nothing(traders: tuple[Trader, Trader,
     assert anonymous.status_code == 401
 
 
+REFUSALS_IN_UNITS = [
+    # Engine rejections, in the market's units: USDT has 8 ledger decimals here, so the
+    # min notional below was "500000000" and the balance "10000000000000 atoms".
+    ({"side": "BUY", "price": "100", "quantity": "0.01"}, "NOTIONAL_TOO_SMALL",
+     "order value 1 USDT is below min notional 5 USDT"),
+    ({"side": "BUY", "price": "50000", "quantity": "100"}, "INSUFFICIENT_BALANCE",
+     "order needs 5000000 USDT, 100000 USDT available"),
+    ({"side": "BUY", "price": "50000", "quantity": "9000.00001"}, "INVALID_QUANTITY",
+     "quantity must be within 0.00001..9000 BTC, got 9000.00001 BTC"),
+    # Refused at the edge: the message names the field that is off its step.
+    ({"side": "SELL", "price": "50000", "quantity": "0.1", "iceberg_quantity": "0.000001"},
+     "INVALID_ICEBERG_QUANTITY",
+     "iceberg_quantity 0.000001 is not a multiple of 0.00001; round it yourself"),
+]  # fmt: skip
+
+
+def test_refusals_speak_the_markets_units(traders: tuple[Trader, Trader, Server]) -> None:
+    ann, _, _ = traders
+    before = ann.balances()
+    for order, code, message in REFUSALS_IN_UNITS:
+        answer = ann.place(**order)
+        assert (answer.status_code, answer.json()) == (400, {"code": code, "message": message})
+    faucet = ann.http.post("/dev/faucet", json={"asset": "BTC", "amount": "1000001"})
+    assert faucet.json() == {
+        "code": "INVALID_AMOUNT", "message": "the faucet gives at most 1000000 BTC"
+    }  # fmt: skip
+    assert ann.balances() == before
+    assert ann.http.get("/orders/history").json()["items"] == []
+
+
 def test_the_faucet_needs_dev_mode(
     tmp_path: Path, env: dict[str, str], servers: list[Server]
 ) -> None:

@@ -171,10 +171,11 @@ def engine_rejection(result: Result) -> ApiError:
 
 
 def _amount(text: str | None, parse: Any, what: str, largest: int = MAX_SUPPLY) -> int:
+    """``parse(text, what)``: the field's name goes into the message of a refusal."""
     if text is None:
         return 0
     try:
-        value: int = parse(text)
+        value: int = parse(text, what)
     except MoneyError as error:
         raise ApiError(400, f"INVALID_{what.upper()}", error.message) from None
     if value > largest:
@@ -201,7 +202,9 @@ def to_command(service: ExchangeService, user: int, body: OrderRequest) -> Place
         _amount(body.price, rules.parse_price, "price", MAX_PRICE_TICKS),
         body.time_in_force,
         body.client_order_id,
-        _amount(body.quote_quantity, lambda t: parse_amount(t, quote_decimals), "quote_quantity"),
+        _amount(
+            body.quote_quantity, lambda t, w: parse_amount(t, quote_decimals, w), "quote_quantity"
+        ),
         _amount(body.stop_price, rules.parse_price, "stop_price", MAX_PRICE_TICKS),
         body.expire_at,
         _amount(body.iceberg_quantity, rules.parse_quantity, "iceberg_quantity"),
@@ -377,9 +380,11 @@ async def faucet(request: Request, caller: Trader) -> Response:
     if known is None:
         raise ApiError(404, "UNKNOWN_ASSET", f"no asset {body.asset!r}; see GET /api/v1/assets")
     decimals = known.decimals
-    atoms = _amount(body.amount, lambda t: parse_amount(t, decimals), "amount")
+    atoms = _amount(body.amount, lambda t, w: parse_amount(t, decimals, w), "amount")
     if atoms > FAUCET_MAX_UNITS * 10**decimals:
-        raise ApiError(400, "INVALID_AMOUNT", f"the faucet gives at most {FAUCET_MAX_UNITS} units")
+        raise ApiError(
+            400, "INVALID_AMOUNT", f"the faucet gives at most {FAUCET_MAX_UNITS} {body.asset}"
+        )
     external_id = f"faucet:{secrets.token_hex(12)}"
     result = await service.sequencer.submit(
         CreditDeposit(caller.user_id, body.asset, atoms, external_id)

@@ -45,7 +45,13 @@ from mercato.core.model import (
     StpMode,
     TimeInForce,
 )
-from mercato.core.money import FEE_RATE_DENOMINATOR, MoneyError, parse_fee_rate
+from mercato.core.money import (
+    FEE_RATE_DENOMINATOR,
+    MoneyError,
+    format_amount,
+    format_units,
+    parse_fee_rate,
+)
 from mercato.core.results import Rejection, Result
 
 STATE_VERSION = 1
@@ -65,6 +71,29 @@ _FIRES_ON_RISE = {
 _QUOTE_BUY_SENTINEL = 1 << 62  # "as many lots as the quote amount buys"
 
 Handler = Callable[[int, int, Any, list[e.Event]], Result]
+
+
+# Rejection messages speak the API's units: prices in quote, quantities in base, amounts
+# of an asset with its symbol (exact decimal strings, never atoms, ticks or lots).
+
+
+def _price_text(market: MarketState, ticks: int) -> str:
+    return f"{format_units(ticks, market.rules.tick_size)} {market.quote}"
+
+
+def _price_range(market: MarketState) -> str:
+    tick = market.rules.tick_size
+    return f"{format_units(1, tick)}..{format_units(MAX_PRICE_TICKS, tick)} {market.quote}"
+
+
+def _quantity_text(market: MarketState, lots: int) -> str:
+    return f"{format_units(lots, market.rules.step_size)} {market.base}"
+
+
+def _quantity_range(market: MarketState) -> str:
+    step = market.rules.step_size
+    low, high = format_units(market.min_lots, step), format_units(market.max_lots, step)
+    return f"{low}..{high} {market.base}"
 
 
 class Engine:
@@ -154,6 +183,16 @@ class Engine:
             return self.balances[user][asset]
         except KeyError:
             return self.balances.setdefault(user, {}).setdefault(asset, [0, 0])
+
+    def _amount_text(self, atoms: int, asset: str) -> str:
+        return f"{format_amount(atoms, self.assets[asset].decimals)} {asset}"
+
+    def _notional_too_small(self, market: MarketState, what: str, atoms: int) -> Rejection:
+        return Rejection(
+            "NOTIONAL_TOO_SMALL",
+            f"{what} {self._amount_text(atoms, market.quote)} is below min notional "
+            f"{self._amount_text(market.min_notional, market.quote)}",
+        )
 
     def _market(self, symbol: str) -> MarketState:
         market = self.markets.get(symbol)
@@ -289,9 +328,11 @@ class Engine:
         account = accounts.get(asset) if accounts is not None else None
         available = account[0] if account is not None else 0
         if account is None or reserve > available or (available == 0 and order.type == "MARKET"):
+            # A market buy into an empty book reserves nothing, but it needs some funds.
+            needs = self._amount_text(reserve, asset) if reserve else f"some {asset}"
             raise Rejection(
                 "INSUFFICIENT_BALANCE",
-                f"order needs {reserve} {asset} atoms, {available} available",
+                f"order needs {needs}, {self._amount_text(available, asset)} available",
             )
         # Validated: from here on the command applies in full.
         order_id = order.order_id = self.next_order_id
@@ -370,19 +411,18 @@ class Engine:
         ):
             # The common case, a plain GTC limit order, needs only its price checked here.
             if not 0 < price <= MAX_PRICE_TICKS:
-                raise Rejection(
-                    "INVALID_PRICE", f"LIMIT needs a price of 1..{MAX_PRICE_TICKS} ticks"
-                )
+                raise Rejection("INVALID_PRICE", f"LIMIT needs a price of {_price_range(market)}")
         else:
             self._validate_order_features(market, ts, cmd)
         if not quote_qty and not market.min_lots <= qty <= market.max_lots:
             raise Rejection(
                 "INVALID_QUANTITY",
-                f"quantity must be within {market.min_lots}..{market.max_lots} lots, got {qty}",
+                f"quantity must be within {_quantity_range(market)}, "
+                f"got {_quantity_text(market, qty)}",
             )
         if price and price * qty * market.notional_unit < market.min_notional:
-            raise Rejection(
-                "NOTIONAL_TOO_SMALL", f"order value is below min notional {market.min_notional}"
+            raise self._notional_too_small(
+                market, "order value", price * qty * market.notional_unit
             )
         if stp is None:
             stp = market.default_stp
@@ -406,21 +446,22 @@ class Engine:
         is_market = otype in MARKET_TYPES
         if otype in LIMIT_PRICED_TYPES:
             if not 0 < price <= MAX_PRICE_TICKS:
-                raise Rejection(
-                    "INVALID_PRICE", f"{otype} needs a price of 1..{MAX_PRICE_TICKS} ticks"
-                )
+                raise Rejection("INVALID_PRICE", f"{otype} needs a price of {_price_range(market)}")
         elif not is_market:
             raise Rejection("INVALID_ORDER", f"unknown order type {otype!r}")
         elif price:
             raise Rejection("INVALID_ORDER", f"{otype} orders take no price")
         if otype in STOP_TYPES:
             if not 0 < cmd.stop_price <= MAX_PRICE_TICKS:
-                raise Rejection("INVALID_PRICE", f"{otype} needs a stop_price")
+                raise Rejection(
+                    "INVALID_PRICE", f"{otype} needs a stop_price of {_price_range(market)}"
+                )
             last = market.last_price
             if last and self._stop_holds(cmd.side, otype, cmd.stop_price, last):
                 raise Rejection(
                     "ORDER_WOULD_TRIGGER_IMMEDIATELY",
-                    f"last price {last} already meets stop_price {cmd.stop_price}",
+                    f"last price {_price_text(market, last)} already meets stop_price "
+                    f"{_price_text(market, cmd.stop_price)}",
                 )
         elif cmd.stop_price:
             raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
@@ -430,10 +471,7 @@ class Engine:
                     "INVALID_ORDER", "quote_quantity is only for market buys, instead of quantity"
                 )
             if cmd.quote_quantity < market.min_notional:
-                raise Rejection(
-                    "NOTIONAL_TOO_SMALL",
-                    f"quote_quantity is below min notional {market.min_notional}",
-                )
+                raise self._notional_too_small(market, "quote_quantity", cmd.quote_quantity)
             if tif == "FOK":
                 raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
         if is_market and tif == "GTD":
@@ -452,7 +490,10 @@ class Engine:
                 )
             if not 0 < cmd.iceberg_quantity < cmd.quantity:
                 raise Rejection(
-                    "INVALID_QUANTITY", "iceberg_quantity must be above 0 and below quantity"
+                    "INVALID_QUANTITY",
+                    f"iceberg_quantity must be above 0 and below the quantity "
+                    f"{_quantity_text(market, cmd.quantity)}, "
+                    f"got {_quantity_text(market, cmd.iceberg_quantity)}",
                 )
         if otype == "LIMIT_MAKER":
             if tif != "GTC":
@@ -934,16 +975,16 @@ class Engine:
         if price == order.price and quantity == order.quantity:
             raise Rejection("INVALID_AMEND", "the amendment changes nothing")
         if not 0 < price <= MAX_PRICE_TICKS:
-            raise Rejection("INVALID_PRICE", f"price must be 1..{MAX_PRICE_TICKS} ticks")
+            raise Rejection("INVALID_PRICE", f"price must be within {_price_range(market)}")
         if quantity <= order.filled or not market.min_lots <= quantity <= market.max_lots:
             raise Rejection(
                 "INVALID_QUANTITY",
-                f"quantity must exceed the filled {order.filled} lots and lie within "
-                f"{market.min_lots}..{market.max_lots}",
+                f"quantity must exceed the {_quantity_text(market, order.filled)} filled and "
+                f"lie within {_quantity_range(market)}, got {_quantity_text(market, quantity)}",
             )
         if price * quantity * market.notional_unit < market.min_notional:
-            raise Rejection(
-                "NOTIONAL_TOO_SMALL", f"order value is below min notional {market.min_notional}"
+            raise self._notional_too_small(
+                market, "order value", price * quantity * market.notional_unit
             )
         remaining = quantity - order.filled
         side = self._side(market, order.side)
@@ -976,7 +1017,10 @@ class Engine:
         account = self._account(order.user, asset)
         if needed - order.reserved > account[0]:
             raise Rejection(
-                "INSUFFICIENT_BALANCE", f"amended order needs {needed} {asset} atoms locked"
+                "INSUFFICIENT_BALANCE",
+                f"amended order needs {self._amount_text(needed, asset)} locked, "
+                f"{self._amount_text(needed - order.reserved, asset)} more than now; "
+                f"{self._amount_text(account[0], asset)} available",
             )
         # Re-queue: the order leaves the book and comes back as if newly placed.
         side.remove(order)
@@ -1021,9 +1065,8 @@ class Engine:
         if cmd.external_id in self.deposit_ids:
             return Result(seq, "DUPLICATE", events, "DUPLICATE_DEPOSIT", "already credited")
         if cmd.amount - self.external_deposits.get(cmd.asset, 0) > MAX_SUPPLY:
-            raise Rejection(
-                "SUPPLY_LIMIT", f"total {cmd.asset} deposits would exceed {MAX_SUPPLY} atoms"
-            )
+            most = self._amount_text(MAX_SUPPLY, cmd.asset)
+            raise Rejection("SUPPLY_LIMIT", f"total {cmd.asset} deposits would exceed {most}")
         self.deposit_ids.add(cmd.external_id)
         self._account(cmd.user, cmd.asset)[0] += cmd.amount
         self.external_deposits[cmd.asset] = self.external_deposits.get(cmd.asset, 0) - cmd.amount
@@ -1048,7 +1091,11 @@ class Engine:
             raise Rejection("USER_FROZEN", f"user {cmd.user} is frozen")
         account = self._account(cmd.user, cmd.asset)
         if cmd.amount > account[0]:
-            raise Rejection("INSUFFICIENT_BALANCE", f"{account[0]} {cmd.asset} atoms available")
+            raise Rejection(
+                "INSUFFICIENT_BALANCE",
+                f"withdrawal needs {self._amount_text(cmd.amount, cmd.asset)}, "
+                f"{self._amount_text(account[0], cmd.asset)} available",
+            )
         account[0] -= cmd.amount
         account[1] += cmd.amount
         self.withdrawals[wid] = (cmd.user, cmd.asset, cmd.amount, cmd.fee)

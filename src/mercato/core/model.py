@@ -157,10 +157,10 @@ class MarketRules(msgspec.Struct, frozen=True, gc=False):
             step_size=step,
         )
 
-    def parse_price(self, text: str) -> int:
+    def parse_price(self, text: str, what: str = "price") -> int:
         """A limit or stop price string as ticks; off-tick prices are rejected."""
-        return to_units(text, self.tick_size, "price")
+        return to_units(text, self.tick_size, what)
 
-    def parse_quantity(self, text: str) -> int:
+    def parse_quantity(self, text: str, what: str = "quantity") -> int:
         """A base quantity string as lots; off-step quantities are rejected."""
-        return to_units(text, self.step_size, "quantity")
+        return to_units(text, self.step_size, what)
