@@ -6,11 +6,23 @@ atoms, ticks x lots x 10 = USDT atoms. Taker fee 0.2 %, maker fee 0.1 %, band 5 
 
 from __future__ import annotations
 
-from conftest import BTC, PPM, USDT, Exchange, ceil_div, kinds, of_type
+import msgspec
+import pytest
+from conftest import BTC, ETH_USDT, PPM, USDT, Exchange, ceil_div, kinds, of_type
 
 from mercato.core import commands as c
 from mercato.core import events as ev
 from mercato.core.model import AVAILABLE, LOCKED, RELEASE, RESERVE
+
+
+@pytest.fixture
+def traded_eth(funded: Exchange) -> Exchange:
+    """ETH-USDT last traded at 2000, empty book."""
+    funded.place(4, "SELL", "0.01", "2000", "ETH-USDT")
+    funded.place(2, "BUY", "0.01", "2000", "ETH-USDT")
+    assert funded.engine.markets["ETH-USDT"].last_price == funded.px("2000", "ETH-USDT")
+    return funded
+
 
 # ---------------------------------------------------------------------------- LIMIT
 
@@ -406,6 +418,73 @@ def test_iceberg_validation(funded: Exchange) -> None:
         "INVALID_ORDER",
     )
     ex.reject(ex.order(1, "SELL", "0.2", iceberg_quantity="0.1", type="MARKET"), "INVALID_ORDER")
+
+
+def whole_eth_market(ex: Exchange) -> None:
+    """ETH-USDT with min_qty 1 ETH on a step of 0.01 ETH (Binance's LOT_SIZE shape)."""
+    ex.ok(c.UpsertMarket(msgspec.structs.replace(ETH_USDT, min_qty="1")))
+
+
+def test_an_iceberg_slice_below_min_qty_is_refused(funded: Exchange) -> None:
+    """The visible slice is an order quantity of its own: at least min_qty (iceberg
+    quantities are lots, so always on the step; off-step decimals are refused at the API)."""
+    ex = funded
+    whole_eth_market(ex)
+    small = ex.order(1, "SELL", "5", "2000", "ETH-USDT", iceberg_quantity="0.5")
+    assert ex.reject(small, "INVALID_QUANTITY").message == (
+        "iceberg_quantity 0.5 ETH is below min_qty 1 ETH"
+    )
+    just_enough = ex.place(1, "SELL", "5", "2000", "ETH-USDT", iceberg_quantity="1")
+    assert ex.depth("ETH-USDT") == ([], [(200_000, 100)])
+    assert ex.engine.orders[just_enough.order_id].iceberg_quantity == 100
+
+
+def test_the_last_iceberg_slice_may_be_below_min_qty(funded: Exchange) -> None:
+    """As on Binance, the quantity need not be a multiple of the slice: the last slice is
+    the remainder, 0.5 ETH here, below the market's min_qty of 1 ETH."""
+    ex = funded
+    whole_eth_market(ex)
+    iceberg = ex.place(1, "SELL", "2.5", "2000", "ETH-USDT", iceberg_quantity="1").order_id
+    result = ex.place(2, "BUY", "2", "2000", "ETH-USDT")
+    assert [(t.maker_order_id, t.quantity) for t in of_type(result, ev.Trade)] == [
+        (iceberg, 100),
+        (iceberg, 100),
+    ]
+    assert ex.depth("ETH-USDT") == ([], [(200_000, 50)])
+    result = ex.place(3, "BUY", "1", "2000", "ETH-USDT")
+    assert [(t.maker_order_id, t.quantity) for t in of_type(result, ev.Trade)] == [(iceberg, 50)]
+    assert ex.status(iceberg) == "FILLED"
+
+
+def test_an_iceberg_has_at_most_100_parts(funded: Exchange) -> None:
+    """Binance's ICEBERG_PARTS: ceil(quantity / iceberg_quantity) <= 100, also after an
+    amend that raises the quantity. It bounds the fills one order yields per sweep."""
+    ex = funded
+    too_many = ex.order(1, "SELL", "10", "2000", "ETH-USDT", iceberg_quantity="0.09")  # 112
+    assert ex.reject(too_many, "INVALID_QUANTITY").message == (
+        "an iceberg has at most 100 parts: iceberg_quantity must be at least 0.1 ETH for a "
+        "quantity of 10 ETH"
+    )
+    ex.reject(ex.order(1, "SELL", "10.01", "2000", "ETH-USDT", iceberg_quantity="0.1"),
+              "INVALID_QUANTITY")  # fmt: skip
+    oid = ex.place(1, "SELL", "10", "2000", "ETH-USDT", iceberg_quantity="0.1").order_id
+    ex.reject(c.AmendOrder(1, order_id=oid, quantity=ex.lots("10.01", "ETH-USDT")),
+              "INVALID_QUANTITY")  # fmt: skip
+    ex.ok(c.AmendOrder(1, order_id=oid, quantity=ex.lots("9", "ETH-USDT")))
+    assert ex.depth("ETH-USDT") == ([], [(200_000, 10)])
+
+
+def test_every_resting_limit_type_can_be_an_iceberg(traded_eth: Exchange) -> None:
+    """LIMIT and LIMIT_MAKER (GTC), GTD, and the stop-limit types, as on Binance (which
+    takes icebergQty on LIMIT, LIMIT_MAKER, STOP_LOSS_LIMIT and TAKE_PROFIT_LIMIT)."""
+    ex = traded_eth
+    ex.place(1, "SELL", "1", "2100", "ETH-USDT", iceberg_quantity="0.1", type="LIMIT_MAKER")
+    ex.place(1, "SELL", "1", "2200", "ETH-USDT", iceberg_quantity="0.1", time_in_force="GTD",
+             expire_at=ex.ts + 1_000)  # fmt: skip
+    for otype, stop in (("STOP_LOSS_LIMIT", "1900"), ("TAKE_PROFIT_LIMIT", "2050")):
+        ex.place(1, "SELL", "1", "1800", "ETH-USDT", iceberg_quantity="0.1", type=otype,
+                 stop_price=stop)  # fmt: skip
+    assert ex.depth("ETH-USDT")[1] == [(210_000, 10), (220_000, 10)]
 
 
 def test_iceberg_taker_matches_its_full_quantity(funded: Exchange) -> None:

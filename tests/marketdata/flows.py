@@ -9,7 +9,7 @@ import random
 from collections.abc import Iterator
 
 from mercato.core import commands as c
-from mercato.core.engine import Engine
+from mercato.core.engine import MAX_ICEBERG_PARTS, Engine
 from mercato.flow import generate_flow
 
 
@@ -41,8 +41,9 @@ def _extra(rng: random.Random, engine: Engine, ts: int, users: int) -> c.Command
     offset = rng.randint(-20, 40)
     price = max(1, mid - offset if side == "BUY" else mid + offset)
     if roll < 0.40:
+        fewest = -(-qty // MAX_ICEBERG_PARTS)  # a smaller slice would make too many parts
         return c.PlaceOrder(
-            user, symbol, side, "LIMIT", qty, price, iceberg_quantity=rng.randint(1, qty - 1)
+            user, symbol, side, "LIMIT", qty, price, iceberg_quantity=rng.randint(fewest, qty - 1)
         )
     if roll < 0.50:
         kind = rng.choice(("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"))

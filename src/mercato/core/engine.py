@@ -61,6 +61,10 @@ MAX_PRICE_TICKS = 10**15
 MAX_SUPPLY = 2**63 - 1
 MAX_ASSET_DECIMALS = 30
 MARKET_TYPES = frozenset({"MARKET", "STOP_LOSS", "TAKE_PROFIT"})
+# Binance's ICEBERG_PARTS filter, fixed for every market: an iceberg shows at least
+# 1/MAX_ICEBERG_PARTS of its quantity, which bounds the slices (and the fills) one
+# order can produce in a single sweep.
+MAX_ICEBERG_PARTS = 100
 # Stops that fire when the last price rises to the stop price; the others fire on a fall.
 _FIRES_ON_RISE = {
     ("BUY", "STOP_LOSS"),
@@ -484,22 +488,47 @@ class Engine:
         elif cmd.expire_at:
             raise Rejection("INVALID_EXPIRY", "expire_at is only for GTD orders")
         if cmd.iceberg_quantity:
-            if otype not in LIMIT_PRICED_TYPES or tif not in ("GTC", "GTD"):
-                raise Rejection(
-                    "INVALID_ORDER", "iceberg orders must be resting limit orders (GTC or GTD)"
-                )
-            if not 0 < cmd.iceberg_quantity < cmd.quantity:
-                raise Rejection(
-                    "INVALID_QUANTITY",
-                    f"iceberg_quantity must be above 0 and below the quantity "
-                    f"{_quantity_text(market, cmd.quantity)}, "
-                    f"got {_quantity_text(market, cmd.iceberg_quantity)}",
-                )
+            self._validate_iceberg(market, cmd)
         if otype == "LIMIT_MAKER":
             if tif != "GTC":
                 raise Rejection("INVALID_ORDER", "LIMIT_MAKER orders are always GTC")
             if self._crosses(market, cmd.side, price):
                 raise Rejection("ORDER_WOULD_TAKE", "a LIMIT_MAKER order would trade immediately")
+
+    def _validate_iceberg(self, market: MarketState, cmd: c.PlaceOrder) -> None:
+        """Binance's iceberg rules: a resting limit type; a visible slice that is a valid
+        quantity by itself (LOT_SIZE: at least min_qty; being in lots, it is on the step),
+        below the total, in at most MAX_ICEBERG_PARTS parts. The last slice is what
+        remains and may be below min_qty, as on Binance."""
+        if cmd.type not in LIMIT_PRICED_TYPES or cmd.time_in_force not in ("GTC", "GTD"):
+            raise Rejection(
+                "INVALID_ORDER", "iceberg orders must be resting limit orders (GTC or GTD)"
+            )
+        visible, total = cmd.iceberg_quantity, cmd.quantity
+        if not 0 < visible < total:
+            raise Rejection(
+                "INVALID_QUANTITY",
+                f"iceberg_quantity must be above 0 and below the quantity "
+                f"{_quantity_text(market, total)}, got {_quantity_text(market, visible)}",
+            )
+        if visible < market.min_lots:
+            raise Rejection(
+                "INVALID_QUANTITY",
+                f"iceberg_quantity {_quantity_text(market, visible)} is below min_qty "
+                f"{_quantity_text(market, market.min_lots)}",
+            )
+        self._check_iceberg_parts(market, visible, total)
+
+    @staticmethod
+    def _check_iceberg_parts(market: MarketState, visible: int, total: int) -> None:
+        if -(-total // visible) > MAX_ICEBERG_PARTS:
+            smallest = -(-total // MAX_ICEBERG_PARTS)
+            raise Rejection(
+                "INVALID_QUANTITY",
+                f"an iceberg has at most {MAX_ICEBERG_PARTS} parts: iceberg_quantity must be "
+                f"at least {_quantity_text(market, smallest)} for a quantity of "
+                f"{_quantity_text(market, total)}",
+            )
 
     @staticmethod
     def _stop_holds(side: str, otype: str, stop_price: int, last: int) -> bool:
@@ -982,6 +1011,8 @@ class Engine:
                 f"quantity must exceed the {_quantity_text(market, order.filled)} filled and "
                 f"lie within {_quantity_range(market)}, got {_quantity_text(market, quantity)}",
             )
+        if order.iceberg_quantity and quantity > order.quantity:
+            self._check_iceberg_parts(market, order.iceberg_quantity, quantity)
         if price * quantity * market.notional_unit < market.min_notional:
             raise self._notional_too_small(
                 market, "order value", price * quantity * market.notional_unit
