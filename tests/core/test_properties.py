@@ -458,6 +458,7 @@ class ExchangeMachine(RuleBasedStateMachine):
         tif=st.sampled_from(["GTC", "GTC", "GTD", "IOC", "FOK"]),
         life=st.integers(1, 400),
         stp=STP,
+        quote=st.sampled_from([0, 0, 0, 20_000]),
     )
     def stop(
         self,
@@ -471,24 +472,31 @@ class ExchangeMachine(RuleBasedStateMachine):
         tif: str,
         life: int,
         stp: str | None,
+        quote: int,
     ) -> None:
+        """A stop of any type; now and then a stop-market buy by quote amount, which the
+        engine refuses (quote amounts are for MARKET orders only)."""
         limit_type = otype.endswith("LIMIT")
         if tif == "GTD" and not limit_type:
             tif = "GTC"
-        self.run(
+        by_quote = quote and side == "BUY" and not limit_type
+        result = self.run(
             c.PlaceOrder(
                 user,
                 market,
                 side,
                 otype,
-                qty,
+                0 if by_quote else qty,
                 self.price(market, price_offset) if limit_type else 0,
                 tif,
+                quote_quantity=quote if by_quote else 0,
                 stop_price=self.price(market, stop_offset),
                 expire_at=self.ts + life if tif == "GTD" else 0,
                 stp=stp,
             )
         )
+        if by_quote:
+            assert result.status == "REJECTED"
 
     @rule(pick=st.integers(0, 10**6), by_cid=st.booleans(), foreign=st.integers(0, 5))
     def cancel(self, pick: int, by_cid: bool, foreign: int) -> None:

@@ -259,6 +259,21 @@ def test_stop_fields_are_validated(traded: Exchange) -> None:
     ex.reject(ex.order(1, "SELL", "0.1", type="MARKET", stop_price="29500"), "INVALID_ORDER")
 
 
+@pytest.mark.parametrize("otype", ["STOP_LOSS", "TAKE_PROFIT"])
+def test_a_stop_by_quote_amount_is_refused(traded: Exchange, otype: str) -> None:
+    """As on Binance, where quoteOrderQty is for MARKET orders only: a waiting stop by
+    quote amount would have no quantity (which broke the invariants, and `mercato audit`
+    with them) and no defined reservation."""
+    ex = traded
+    stop = "31000" if otype == "STOP_LOSS" else "29000"
+    order = ex.order(1, "BUY", type=otype, stop_price=stop, quote_quantity=1_000 * USDT)
+    assert ex.reject(order, "INVALID_ORDER").message == (
+        f"quote_quantity is only for MARKET buys; a {otype} BUY takes a quantity"
+    )
+    ex.place(1, "BUY", "0.01", type=otype, stop_price=stop)  # by quantity it waits
+    ex.engine.check_invariants()
+
+
 def test_untriggered_stop_cannot_be_amended(traded: Exchange) -> None:
     ex = traded
     stop = ex.place(1, "SELL", "0.2", "29000", type="STOP_LOSS_LIMIT", stop_price="29500")

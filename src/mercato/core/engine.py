@@ -470,10 +470,16 @@ class Engine:
         elif cmd.stop_price:
             raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
         if cmd.quote_quantity:
-            if not (is_market and cmd.side == "BUY") or cmd.quantity:
+            # As on Binance (quoteOrderQty), only a MARKET order spends a quote amount: a
+            # stop by quote amount would wait with no quantity and no reservation rule.
+            if otype != "MARKET" or cmd.side != "BUY":
                 raise Rejection(
-                    "INVALID_ORDER", "quote_quantity is only for market buys, instead of quantity"
+                    "INVALID_ORDER",
+                    f"quote_quantity is only for MARKET buys; a {otype} {cmd.side} takes a "
+                    "quantity",
                 )
+            if cmd.quantity:
+                raise Rejection("INVALID_ORDER", "give quote_quantity or quantity, not both")
             if cmd.quote_quantity < market.min_notional:
                 raise self._notional_too_small(market, "quote_quantity", cmd.quote_quantity)
             if tif == "FOK":
