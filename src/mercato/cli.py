@@ -16,7 +16,8 @@ from rich.table import Table
 
 from mercato.admin_cli import admin_app
 from mercato.benchmarks import bench_app
-from mercato.journal import JournalError, recover_engine
+from mercato.config import ENGINE_SUBDIR, ConfigError, load_config
+from mercato.journal import JournalError, journal_dir, list_segments, recover_engine
 
 app = typer.Typer(
     name="mercato",
@@ -28,13 +29,12 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(admin_app, name="admin")
 
 DataDir = typer.Argument(
-    ...,
-    exists=True,
-    file_okay=False,
-    dir_okay=True,
-    readable=True,
-    help="Data directory of a sequencer (holds journal/ and snapshots/).",
+    None,
+    show_default=False,
+    help="The data directory `mercato serve` uses (default: the configured one, as for "
+    "serve), or its engine/ directory, or the journal directory itself.",
 )
+ConfigFile = typer.Option(None, "--config", help="TOML configuration file (for the default DIR).")
 
 BALANCE_COLUMNS = {
     "users_available": "users available",
@@ -47,22 +47,50 @@ BALANCE_COLUMNS = {
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, unwrapped
     return typer.Exit(code)
+
+
+def _engine_dir(given: Path | None, config: Path | None) -> Path:
+    """The sequencer directory (journal/ + snapshots/) of what the operator named: a data
+    directory of `mercato serve` (``DIR/engine/journal``), a sequencer directory
+    (``DIR/journal``) or a journal directory (``DIR`` itself). Without ``given``, the
+    configured data directory. Raises JournalError if none of them holds a journal, so that
+    an empty or mistyped directory never audits as an empty, healthy exchange."""
+    if given is None:
+        try:
+            given = load_config(config).data_dir
+        except ConfigError as error:
+            raise JournalError(str(error)) from None
+    if not given.is_dir():
+        problem = "is not a directory" if given.exists() else "does not exist"
+        raise JournalError(f"{given} {problem}")
+    candidates = [given / ENGINE_SUBDIR, given]
+    if given.resolve().name == journal_dir("").name:
+        candidates.append(given.resolve().parent)
+    for engine_dir in candidates:
+        if list_segments(journal_dir(engine_dir)):
+            return engine_dir
+    raise JournalError(
+        f"{given} holds no journal: give the data directory of `mercato serve` (it holds "
+        f"{ENGINE_SUBDIR}/journal/*.seg), or set --config / MERCATO_DATA_DIR to find it"
+    )
 
 
 @app.command()
 def replay(
-    data_dir: Path = DataDir,
+    data_dir: Path | None = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Rebuild from the journal alone (no snapshot); print the last seq and state hash.
 
-    Read-only: a torn journal tail is ignored, not truncated.
+    Read-only: a torn journal tail is ignored, not truncated. A directory without a
+    journal is refused (exit 2).
     """
     err = Console(stderr=True)
     try:
-        engine, _, _ = recover_engine(data_dir, use_snapshots=False)
+        engine, _, _ = recover_engine(_engine_dir(data_dir, config), use_snapshots=False)
     except JournalError as exc:
         raise _fail(err, str(exc)) from None
     state_hash = engine.state_hash()
@@ -75,19 +103,22 @@ def replay(
 
 @app.command()
 def audit(
-    data_dir: Path = DataDir,
+    data_dir: Path | None = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Recover (snapshot + journal tail), check invariants, print per-asset totals.
 
-    Exits 1 if an invariant fails or an asset's accounts do not sum to 0.
+    Exits 1 if an invariant fails or an asset's accounts do not sum to 0, 2 if the
+    directory holds no journal.
 
     Read-only: a torn journal tail is ignored, not truncated.
     """
     console = Console(width=None if Console().is_terminal else 160)
     err = Console(stderr=True)
     try:
-        engine, snapshot_seq, replayed = recover_engine(data_dir, use_snapshots=True)
+        engine_dir = _engine_dir(data_dir, config)
+        engine, snapshot_seq, replayed = recover_engine(engine_dir, use_snapshots=True)
     except JournalError as exc:
         raise _fail(err, str(exc)) from None
     problems: list[str] = []
@@ -162,7 +193,6 @@ def serve(
     import uvicorn
 
     from mercato.api.app import create_app
-    from mercato.config import ConfigError, load_config
     from mercato.service import ExchangeService
 
     logging.basicConfig(

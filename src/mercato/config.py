@@ -26,6 +26,8 @@ from mercato.core.model import MarketSpec, StpMode
 from mercato.store import sqlite_url
 
 SECRET_BYTES = 32
+#: Where the sequencer (journal/, snapshots/, LOCK) lives inside the data directory.
+ENGINE_SUBDIR = "engine"
 
 
 class ConfigError(ValueError):
@@ -140,7 +142,7 @@ class Config(_Section):
     @property
     def engine_dir(self) -> Path:
         """Journal and snapshots of the sequencer."""
-        return self.data_dir / "engine"
+        return self.data_dir / ENGINE_SUBDIR
 
     @property
     def database_url(self) -> str:
