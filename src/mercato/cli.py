@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mercato.admin_cli import admin_app
@@ -47,7 +48,7 @@ BALANCE_COLUMNS = {
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, unwrapped
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line
     return typer.Exit(code)
 
 
@@ -184,20 +185,26 @@ def serve(
     """Run the whole exchange: engine, journal, SQL store and HTTP server in this process,
     the SQL projection in a child process it starts and stops.
 
+    Before anything is written it checks the configuration (exit 2), the port, the data
+    directory's lock and the store (exit 1: docs/operations.md).
+
     SIGTERM or SIGINT stops intake, commits and applies what is queued, writes a final
     snapshot and exits 0.
     """
+    import asyncio
     import logging
     import signal
 
     import uvicorn
 
     from mercato.api.app import create_app
-    from mercato.service import ExchangeService
+    from mercato.runtime import listen
+    from mercato.service import BootError, ExchangeService
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    err = Console(stderr=True)
     try:
         settings = load_config(
             config,
@@ -207,8 +214,18 @@ def serve(
             dev=True if dev else None,
         )
     except ConfigError as error:
-        raise _fail(Console(stderr=True), str(error)) from None
+        raise _fail(err, str(error)) from None
     service = ExchangeService(settings)
+    address = f"{settings.server.host}:{settings.server.port}"
+    try:
+        listeners = listen(settings.server.host, settings.server.port)
+    except OSError as error:
+        raise _fail(err, f"cannot listen on {address}: {error.strerror or error}", 1) from None
+    try:
+        asyncio.run(service.preflight())
+    except BootError as error:
+        raise _fail(err, f"cannot start: {error}", 1) from None
+    logging.getLogger("mercato.cli").info("listening on http://%s", address)
 
     def stop_server() -> None:
         server.should_exit = True
@@ -227,7 +244,7 @@ def serve(
     # graceful shutdown; with these no-op handlers in place, a graceful stop exits 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: None)
-    server.run()
+    server.run(sockets=listeners)  # bound above, before the checks that write
     if service.failure is not None:
         raise typer.Exit(1)
 
