@@ -12,11 +12,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mercato.admin_cli import admin_app
 from mercato.benchmarks import bench_app
-from mercato.journal import JournalError, recover_engine
+from mercato.config import ENGINE_SUBDIR, ConfigError, load_config
+from mercato.journal import JournalError, journal_dir, list_segments, recover_engine
 
 app = typer.Typer(
     name="mercato",
@@ -28,13 +30,12 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(admin_app, name="admin")
 
 DataDir = typer.Argument(
-    ...,
-    exists=True,
-    file_okay=False,
-    dir_okay=True,
-    readable=True,
-    help="Data directory of a sequencer (holds journal/ and snapshots/).",
+    None,
+    show_default=False,
+    help="The data directory `mercato serve` uses (default: the configured one, as for "
+    "serve), or its engine/ directory, or the journal directory itself.",
 )
+ConfigFile = typer.Option(None, "--config", help="TOML configuration file (for the default DIR).")
 
 BALANCE_COLUMNS = {
     "users_available": "users available",
@@ -47,22 +48,50 @@ BALANCE_COLUMNS = {
 
 
 def _fail(console: Console, message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line
     return typer.Exit(code)
+
+
+def _engine_dir(given: Path | None, config: Path | None) -> Path:
+    """The sequencer directory (journal/ + snapshots/) of what the operator named: a data
+    directory of `mercato serve` (``DIR/engine/journal``), a sequencer directory
+    (``DIR/journal``) or a journal directory (``DIR`` itself). Without ``given``, the
+    configured data directory. Raises JournalError if none of them holds a journal, so that
+    an empty or mistyped directory never audits as an empty, healthy exchange."""
+    if given is None:
+        try:
+            given = load_config(config).data_dir
+        except ConfigError as error:
+            raise JournalError(str(error)) from None
+    if not given.is_dir():
+        problem = "is not a directory" if given.exists() else "does not exist"
+        raise JournalError(f"{given} {problem}")
+    candidates = [given / ENGINE_SUBDIR, given]
+    if given.resolve().name == journal_dir("").name:
+        candidates.append(given.resolve().parent)
+    for engine_dir in candidates:
+        if list_segments(journal_dir(engine_dir)):
+            return engine_dir
+    raise JournalError(
+        f"{given} holds no journal: give the data directory of `mercato serve` (it holds "
+        f"{ENGINE_SUBDIR}/journal/*.seg), or set --config / MERCATO_DATA_DIR to find it"
+    )
 
 
 @app.command()
 def replay(
-    data_dir: Path = DataDir,
+    data_dir: Path | None = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Rebuild from the journal alone (no snapshot); print the last seq and state hash.
 
-    Read-only: a torn journal tail is ignored, not truncated.
+    Read-only: a torn journal tail is ignored, not truncated. A directory without a
+    journal is refused (exit 2).
     """
     err = Console(stderr=True)
     try:
-        engine, _, _ = recover_engine(data_dir, use_snapshots=False)
+        engine, _, _ = recover_engine(_engine_dir(data_dir, config), use_snapshots=False)
     except JournalError as exc:
         raise _fail(err, str(exc)) from None
     state_hash = engine.state_hash()
@@ -75,19 +104,22 @@ def replay(
 
 @app.command()
 def audit(
-    data_dir: Path = DataDir,
+    data_dir: Path | None = DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigFile,
 ) -> None:
     """Recover (snapshot + journal tail), check invariants, print per-asset totals.
 
-    Exits 1 if an invariant fails or an asset's accounts do not sum to 0.
+    Exits 1 if an invariant fails or an asset's accounts do not sum to 0, 2 if the
+    directory holds no journal.
 
     Read-only: a torn journal tail is ignored, not truncated.
     """
     console = Console(width=None if Console().is_terminal else 160)
     err = Console(stderr=True)
     try:
-        engine, snapshot_seq, replayed = recover_engine(data_dir, use_snapshots=True)
+        engine_dir = _engine_dir(data_dir, config)
+        engine, snapshot_seq, replayed = recover_engine(engine_dir, use_snapshots=True)
     except JournalError as exc:
         raise _fail(err, str(exc)) from None
     problems: list[str] = []
@@ -153,21 +185,26 @@ def serve(
     """Run the whole exchange: engine, journal, SQL store and HTTP server in this process,
     the SQL projection in a child process it starts and stops.
 
+    Before anything is written it checks the configuration (exit 2), the port, the data
+    directory's lock and the store (exit 1: docs/operations.md).
+
     SIGTERM or SIGINT stops intake, commits and applies what is queued, writes a final
     snapshot and exits 0.
     """
+    import asyncio
     import logging
     import signal
 
     import uvicorn
 
     from mercato.api.app import create_app
-    from mercato.config import ConfigError, load_config
-    from mercato.service import ExchangeService
+    from mercato.runtime import listen
+    from mercato.service import BootError, ExchangeService
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    err = Console(stderr=True)
     try:
         settings = load_config(
             config,
@@ -177,8 +214,18 @@ def serve(
             dev=True if dev else None,
         )
     except ConfigError as error:
-        raise _fail(Console(stderr=True), str(error)) from None
+        raise _fail(err, str(error)) from None
     service = ExchangeService(settings)
+    address = f"{settings.server.host}:{settings.server.port}"
+    try:
+        listeners = listen(settings.server.host, settings.server.port)
+    except OSError as error:
+        raise _fail(err, f"cannot listen on {address}: {error.strerror or error}", 1) from None
+    try:
+        asyncio.run(service.preflight())
+    except BootError as error:
+        raise _fail(err, f"cannot start: {error}", 1) from None
+    logging.getLogger("mercato.cli").info("listening on http://%s", address)
 
     def stop_server() -> None:
         server.should_exit = True
@@ -197,7 +244,7 @@ def serve(
     # graceful shutdown; with these no-op handlers in place, a graceful stop exits 0.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda signum, frame: None)
-    server.run()
+    server.run(sockets=listeners)  # bound above, before the checks that write
     if service.failure is not None:
         raise typer.Exit(1)
 

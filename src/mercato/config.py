@@ -23,9 +23,11 @@ from typing import Any
 import msgspec
 
 from mercato.core.model import MarketSpec, StpMode
-from mercato.store import sqlite_url
+from mercato.store import normalise_url, sqlite_url
 
 SECRET_BYTES = 32
+#: Where the sequencer (journal/, snapshots/, LOCK) lives inside the data directory.
+ENGINE_SUBDIR = "engine"
 
 
 class ConfigError(ValueError):
@@ -44,7 +46,7 @@ class ServerConfig(_Section):
 
 
 class DatabaseConfig(_Section):
-    url: str = ""  # empty: SQLite in the data directory
+    url: str = ""  # empty: SQLite in the data directory; postgresql:// gets the asyncpg driver
 
 
 class RedisConfig(_Section):
@@ -140,7 +142,7 @@ class Config(_Section):
     @property
     def engine_dir(self) -> Path:
         """Journal and snapshots of the sequencer."""
-        return self.data_dir / "engine"
+        return self.data_dir / ENGINE_SUBDIR
 
     @property
     def database_url(self) -> str:
@@ -216,6 +218,11 @@ def load_config(
         raise ConfigError(f"{origin}: {error}") from error
     if not 0 < config.server.port < 65536:
         raise ConfigError(f"{origin}: server.port must be 1..65535")
+    if config.database.url:
+        try:
+            config.database.url = normalise_url(config.database.url)
+        except ValueError as error:
+            raise ConfigError(f"database URL (DATABASE_URL or [database] url): {error}") from None
     return config
 
 

@@ -1,10 +1,11 @@
-"""Process-level settings: the garbage collector of a process that hosts the engine, and
-the event loop a process runs on."""
+"""Process-level settings: the garbage collector of a process that hosts the engine, the
+event loop a process runs on, and the listening sockets of the server."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -39,3 +40,26 @@ def run_fast(coroutine: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(coroutine)
     return uvloop.run(coroutine)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address ``host`` resolves to, as asyncio (and so
+    uvicorn) would open them; raises OSError (port in use, no such address). Listening
+    at once, not just bound: Linux lets two sockets with SO_REUSEADDR bind one port as
+    long as neither listens, so only ``listen`` proves the port is ours."""
+    opened: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            opened.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # the IPv4 address gets its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen()
+    except OSError:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened

@@ -1,11 +1,15 @@
 """The running exchange: boots the store and the sequencer, owns them, stops them.
 
-Boot order: data directory -> secrets -> SQL migrations -> sequencer recovery (snapshot +
+Boot order: the checks that can fail come before anything is written (:meth:`preflight`:
+the data directory's lock, the store readable, and the store's identity against the data
+directory and its journal; `mercato serve` runs them before it serves HTTP) -> secrets
+-> SQL migrations -> the store's identity recorded -> sequencer recovery (snapshot +
 journal tail) -> the SQL projection catches up from the journal -> market data loads its
 history -> assets and markets of the configuration that the engine does not know yet ->
 GTD tick loop and mail retry loop -> ready. `/health/ready` answers 200 only after all of
-it. Stopping: refuse new work, stop both loops, commit and apply what is queued, write a
-final snapshot, close the journal, drain the projection, close the database.
+it (docs/operations.md). Stopping: refuse new work, stop both loops, commit and apply what
+is queued, write a final snapshot, close the journal, drain the projection, close the
+database.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 
@@ -21,11 +26,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
-from mercato.journal import AsyncSequencer
+from mercato.journal import (
+    AsyncSequencer,
+    JournalError,
+    journal_last_seq,
+    journal_ts,
+    lock_directory,
+)
 from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Hub
 from mercato.runtime import tune_gc
-from mercato.store import create_engine, migrate
+from mercato.store import create_engine, identity, migrate
 from mercato.store.client_ids import KnownClientIds
 from mercato.store.fill_totals import FillTotals
 from mercato.store.projector_process import ProjectorProcess
@@ -60,6 +71,7 @@ class ExchangeService:
         self.known_client_ids = KnownClientIds()  # every client order id ever used
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
+        self._lock_fd: int | None = None  # the data directory's lock, until the sequencer has it
 
     def reader(self) -> AsyncEngine:
         """The engine for reads of the projection and per-request credential lookups: on
@@ -67,17 +79,63 @@ class ExchangeService:
         assert self.reads is not None, "the service is not started"
         return self.reads
 
+    async def preflight(self) -> None:
+        """The checks that can fail, before anything but the lock file is written: take the
+        data directory's lock (held from then on: a second server on it stops here, before
+        it migrates anything), read the store without creating it, and check that it is
+        the data directory's own (store/identity.py). Raises BootError. :meth:`start` runs
+        it if it has not run."""
+        config = self.config
+        try:
+            self._lock_fd = lock_directory(config.engine_dir)
+        except JournalError:
+            raise BootError(
+                f"data directory {config.data_dir} is in use: another `mercato serve` (or a "
+                f"sequencer) holds {config.engine_dir / 'LOCK'}"
+            ) from None
+        try:
+            store = await identity.read_store(config.database_url)
+            identity.verify(
+                config.data_dir,
+                identity.read_recorded(config.data_dir),
+                store,
+                self._describe_store(),
+                journal_last_seq(config.engine_dir),
+                lambda seq: journal_ts(config.engine_dir, seq),
+            )
+        except (identity.StoreIdentityError, JournalError) as error:
+            self._release_lock()
+            raise BootError(str(error)) from None
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _describe_store(self) -> str:
+        shown = identity.shown(self.config.database_url)
+        if self.config.database.url:
+            return shown
+        return f"the SQLite store in the data directory, {shown} (DATABASE_URL is not set)"
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     async def start(self) -> None:
         config = self.config
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            await self.preflight()
         self.secrets = load_secrets(config, self._env)
         revision = await migrate(config.database_url)
+        store_id = await identity.claim(config.database_url, config.data_dir)
         self.database = create_engine(config.database_url)
         self.mailer = Mailer(self.database, config.smtp)
+        lock_fd, self._lock_fd = self._lock_fd, None  # the sequencer owns it from here
         self.sequencer = await AsyncSequencer.open(
             config.engine_dir,
             max_batch=config.engine.max_batch,
             snapshot_every=config.engine.snapshot_every,
+            lock_fd=lock_fd,
         )
         tune_gc()
         # The SQL projection follows every batch from now on and first catches up with
@@ -100,8 +158,9 @@ class ExchangeService:
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")
         self.ready = True
         log.info(
-            "ready: data dir %s, database at revision %s, engine at seq %d",
+            "ready: data dir %s, store %s at revision %s, engine at seq %d",
             config.data_dir,
+            store_id,
             revision,
             self.sequencer.last_seq,
         )
@@ -167,6 +226,7 @@ class ExchangeService:
                     await task
         if self.market_data is not None:
             await self.market_data.hub.close_all()
+        self._release_lock()  # if the start failed before the sequencer took it
         if self.sequencer is not None:
             await self.sequencer.close(snapshot=True)
             log.info("journal flushed and snapshot written at seq %d", self.sequencer.last_seq)

@@ -86,3 +86,28 @@ def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     (tmp_path / "secrets" / "jwt_key.hex").chmod(0o644)
     with pytest.raises(ConfigError, match="chmod 600"):
         load_secrets(config, env={})
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        (
+            "postgresql://u:pw@db:5433/m?ssl=require",
+            "postgresql+asyncpg://u:pw@db:5433/m?ssl=require",
+        ),
+        ("postgres://u@db/m", "postgresql+asyncpg://u@db/m"),
+        ("postgresql+asyncpg://u@db/m", "postgresql+asyncpg://u@db/m"),
+        ("sqlite:////srv/m.db", "sqlite+aiosqlite:////srv/m.db"),
+    ],
+)
+def test_a_plain_database_url_gets_the_async_driver(given: str, used: str) -> None:
+    assert load_config(env={"DATABASE_URL": given}).database_url == used
+
+
+@pytest.mark.parametrize(
+    "given", ["mysql://u:secret@db/m", "postgresql+psycopg2://u:secret@db/m", "not a secret url"]
+)
+def test_a_database_url_for_another_driver_is_a_configuration_error(given: str) -> None:
+    with pytest.raises(ConfigError, match="DATABASE_URL") as error:
+        load_config(env={"DATABASE_URL": given})
+    assert "secret" not in str(error.value)

@@ -218,6 +218,8 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "last_ts": False,
         "updated_at": False,
     },
+    # 0005: which store a data directory belongs to
+    "store_identity": {"id": False, "store_id": False, "created_at": False},
 }
 EXPECTED_UNIQUE = {
     "users": [["email"]],
@@ -252,6 +254,7 @@ EXPECTED_PK = {
     "positions": ["user_id", "market"],
     "candles": ["market", "interval", "open_time"],
     "projection_cursor": ["name"],
+    "store_identity": ["id"],
 }
 #: Engine integers (atoms, ticks, lots, ids, seqs): BIGINT, so any int64 fits.
 ENGINE_INT_COLUMNS = {
@@ -468,7 +471,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0004"
+    assert head == after == head_revision() == "0005"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
@@ -617,6 +620,7 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
         "positions",  # 0004, dropped on the way down too
         "candles",
         "projection_cursor",
+        "store_identity",  # 0005, likewise
     }
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -640,6 +644,25 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
     if database_url.startswith("sqlite"):
         assert at_head["fills"]["autoincrement"] and at_head["ledger_entries"]["autoincrement"]
         assert not at_head["orders"]["autoincrement"]  # the engine's ids, never generated
+
+
+def test_downgrading_0005_gives_back_the_0004_schema(database_url: str, tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        await migrate(database_url)
+        at_head = await _shape_of(database_url)
+        assert await downgrade(database_url, "0004") == "0004"
+        downgraded = await _shape_of(database_url)
+        if database_url.startswith("sqlite"):
+            reference = sqlite_url(tmp_path / "reference.db")
+        else:  # one fresh PostgreSQL database per test: reuse it
+            await downgrade(database_url, "base")
+            reference = database_url
+        await _upgrade_to(reference, "0004")
+        return at_head, downgraded, await _shape_of(reference)
+
+    at_head, downgraded, reference = asyncio.run(scenario())
+    assert "store_identity" in at_head and downgraded == reference
+    assert {n: t for n, t in at_head.items() if n != "store_identity"} == reference
 
 
 def test_0004_folds_the_fills_already_projected_into_positions(database_url: str) -> None:

@@ -51,6 +51,9 @@ __all__ = [
     "Sequencer",
     "SequencerClosedError",
     "journal_dir",
+    "journal_last_seq",
+    "journal_ts",
+    "lock_directory",
     "recover_engine",
     "replay_applied",
     "replay_dir",
@@ -125,6 +128,20 @@ def _durable_last_seq(directory: Path) -> int:
         if name_seq > 1:
             return name_seq - 1
     return 0
+
+
+def journal_last_seq(data_dir: str | os.PathLike[str]) -> int:
+    """Last seq of the durable records of the sequencer directory ``data_dir`` (0 if it
+    has none); read-only, a torn tail is ignored."""
+    return _durable_last_seq(journal_dir(data_dir))
+
+
+def journal_ts(data_dir: str | os.PathLike[str], seq: int) -> int | None:
+    """The timestamp of the durable record ``seq`` of ``data_dir``, or None if the journal
+    does not hold it; read-only."""
+    for found, ts, _ in read_records(journal_dir(data_dir), after_seq=seq - 1):
+        return ts if found == seq else None
+    return None
 
 
 def _restore_newest(store: SnapshotStore, journal_last_seq: int) -> tuple[Engine, int]:
@@ -237,7 +254,10 @@ class Sequencer:
         clock: Clock = wall_clock_ms,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 3,
+        lock_fd: int | None = None,
     ) -> None:
+        """``lock_fd``: the directory's lock, already taken with :func:`lock_directory` (by a
+        caller that checks more before recovering); the sequencer owns it from then on."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_us < 0:
@@ -256,7 +276,7 @@ class Sequencer:
         self.listeners: list[Listener] = []
         """Called with every applied batch, in order (see :class:`AppliedBatch`)."""
         self._journal_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._lock_fd = _lock(self.data_dir / LOCK_FILE)
+        self._lock_fd = lock_directory(self.data_dir) if lock_fd is None else lock_fd
         try:
             self.snapshots = SnapshotStore(snapshot_dir(self.data_dir), keep=keep_snapshots)
             self.snapshots.remove_temporary()
@@ -452,7 +472,13 @@ class Sequencer:
         self.close()
 
 
-def _lock(path: Path) -> int:
+def lock_directory(data_dir: str | os.PathLike[str]) -> int:
+    """Take the ``LOCK`` of the sequencer directory ``data_dir`` (created if absent) and
+    return its descriptor; raises JournalError if another process holds it. Closing the
+    descriptor releases the lock."""
+    directory = Path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -516,6 +542,7 @@ class AsyncSequencer:
         clock: Clock = wall_clock_ms,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         keep_snapshots: int = 3,
+        lock_fd: int | None = None,
     ) -> AsyncSequencer:
         """Recover ``data_dir`` in a worker thread and return a started sequencer."""
         sequencer = await asyncio.to_thread(
@@ -527,6 +554,7 @@ class AsyncSequencer:
             clock=clock,
             segment_bytes=segment_bytes,
             keep_snapshots=keep_snapshots,
+            lock_fd=lock_fd,
         )
         front = cls(sequencer)
         front._start()

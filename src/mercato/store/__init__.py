@@ -20,6 +20,7 @@ from mercato.store.database import (
     head_revision,
     migrate,
     migration_connection,
+    normalise_url,
     sqlite_url,
 )
 from mercato.store.tables import (
@@ -43,6 +44,7 @@ from mercato.store.tables import (
     projection_cursor,
     recovery_codes,
     refresh_tokens,
+    store_identity,
     trades,
     users,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "metadata",
     "migrate",
     "migration_connection",
+    "normalise_url",
     "one_time_tokens",
     "orders",
     "positions",
@@ -80,6 +83,7 @@ __all__ = [
     "recovery_codes",
     "refresh_tokens",
     "sqlite_url",
+    "store_identity",
     "trades",
     "users",
 ]

@@ -22,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "head_revision",
     "migrate",
     "migration_connection",
+    "normalise_url",
     "sqlite_url",
 ]
 
@@ -56,6 +58,12 @@ PG_MIGRATION_LOCK_KEY: Final = int.from_bytes(b"mercato1", "big", signed=True)
 SqliteBegin = Literal["DEFERRED", "IMMEDIATE"]
 
 _DRIVERS: Final = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+#: Plain URLs (what libpq, Heroku, and most hosting providers hand out) -> the async driver.
+_PLAIN: Final = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
 
 
 class MigrationError(RuntimeError):
@@ -72,6 +80,19 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
         return "sqlite+aiosqlite:///:memory:"
     url = URL.create("sqlite+aiosqlite", database=str(Path(database).absolute()))
     return url.render_as_string(hide_password=False)
+
+
+def normalise_url(url: str) -> str:
+    """``url`` for the driver Mercato runs on: ``postgresql://`` and ``postgres://`` become
+    ``postgresql+asyncpg://``, ``sqlite://`` becomes ``sqlite+aiosqlite://``. Raises
+    ValueError (its message never shows the password) for anything else."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError("not a database URL (e.g. postgresql://USER@HOST/DB)") from None
+    parsed = parsed.set(drivername=_PLAIN.get(parsed.drivername, parsed.drivername))
+    _backend(parsed.render_as_string(hide_password=False))
+    return parsed.render_as_string(hide_password=False)
 
 
 def create_engine(url: str, *, sqlite_begin: SqliteBegin = "IMMEDIATE") -> AsyncEngine:
@@ -98,7 +119,7 @@ def _backend(url: str) -> str:
     if driver is None or parsed.get_driver_name() != driver:
         raise ValueError(
             f"unsupported database URL {parsed.render_as_string()!r}: "
-            "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB"
+            "use postgresql://USER@HOST/DB (or postgresql+asyncpg://) or sqlite:///PATH"
         )
     return backend
 

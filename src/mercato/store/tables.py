@@ -376,3 +376,20 @@ projection_cursor: Final = Table(
     Column("last_ts", MILLIS, nullable=False),  # its sequencer timestamp
     Column("updated_at", MILLIS, nullable=False),  # wall clock of the last write
 )
+
+#: The store's identity: one row, written at the first boot of the service, whose
+#: ``store_id`` the data directory records too (``store.json``, see store/identity.py), so
+#: that a data directory is never run against another store.
+store_identity: Final = Table(
+    "store_identity",
+    metadata,
+    Column(
+        "id",
+        ID_TYPE,
+        CheckConstraint("id = 1", name="single_row"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("store_id", Text, nullable=False),  # random, 32 hex digits
+    Column("created_at", MILLIS, nullable=False),
+)
