@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
-from mercato.api.limits import BodyLimit, RateLimit
+from mercato.api.limits import BodyLimit, JsonBodies, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
 from mercato.api.trading_routes import (
@@ -54,7 +57,9 @@ def create_app(
             await service.stop()
             await limiter.close()
 
-    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan)
+    # No redirect_slashes: a path that matches no route answers 404 NOT_FOUND with the
+    # error body, not an empty 307 to a guessed path (which a %2F in a path produced).
+    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
     # Order entry skips FastAPI's layers (api/fastlane.py); the documented FastAPI routes
     # below call the same functions and answer anything the fast lane does not recognise.
     app.place_handler = place_order_direct
@@ -64,6 +69,7 @@ def create_app(
     app.state.limiter = limiter
     app.state.eligibility = Eligibility()
     app.state.client_order_ids = ClientOrderIds()
+    app.add_middleware(JsonBodies, takes_json=JsonOperations(app))
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)
@@ -95,6 +101,27 @@ def create_app(
         })  # fmt: skip
 
     return app
+
+
+class JsonOperations:
+    """Which requests are for an operation that takes a JSON body, as /openapi.json
+    documents them (the pydantic bodies and the msgspec ones of ``openapi_extra`` alike);
+    read from the document on first use."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self._operations: list[tuple[str, re.Pattern[str]]] | None = None
+
+    def __call__(self, scope: Scope) -> bool:
+        if self._operations is None:
+            self._operations = [
+                (method.upper(), compile_path(path)[0])
+                for path, operations in self.app.openapi()["paths"].items()
+                for method, operation in operations.items()
+                if "application/json" in operation.get("requestBody", {}).get("content", {})
+            ]
+        method, path = scope["method"], scope["path"]
+        return any(method == m and regex.match(path) for m, regex in self._operations)
 
 
 async def _boot(service: ExchangeService, on_failure: Callable[[], None] | None) -> None:

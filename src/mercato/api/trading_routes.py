@@ -51,7 +51,9 @@ FAUCET_MAX_UNITS = 1_000_000  # per call, in whole units of the asset
 
 Str32 = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Decimal40 = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-ClientOrderId = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]*$")]
+# Binance's client order id alphabet (docs/trading.md), up to the engine's 64 characters.
+CLIENT_ORDER_ID_CHARS = r"A-Za-z0-9._:/\-"
+ClientOrderId = Annotated[str, msgspec.Meta(max_length=64, pattern=f"^[{CLIENT_ORDER_ID_CHARS}]*$")]
 
 
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -510,9 +512,15 @@ async def _one_order(
 
 
 OrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# Routed with the :path converter: the server decodes %2F to '/' before routing, and an
+# id holding '/' is still one parameter (before, it matched no route: an empty 307).
 ClientOrderIdPath = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-]
+    str,
+    Path(
+        min_length=1, max_length=64, pattern=f"^[{CLIENT_ORDER_ID_CHARS}]+$",
+        description="percent-encode a '/' in the id as %2F",
+    ),
+]  # fmt: skip
 
 
 @router.get("/orders/{order_id}", responses=_response(OrderView, 200, "The order"))
@@ -523,7 +531,7 @@ async def get_order(caller: Caller, request: Request, order_id: OrderId) -> Resp
     return _json(await _one_order(service, caller.user_id, order_id=order_id))
 
 
-@router.get("/orders/by-client-id/{client_order_id}",
+@router.get("/orders/by-client-id/{client_order_id:path}",
             responses=_response(OrderView, 200, "The order"))  # fmt: skip
 async def get_order_by_client_id(
     caller: Caller, request: Request, client_order_id: ClientOrderIdPath
@@ -591,7 +599,7 @@ async def cancel_order(caller: Trader, request: Request, order_id: OrderId) -> R
                                 CancelOrder(caller.user_id, order_id))  # fmt: skip
 
 
-@router.delete("/orders/by-client-id/{client_order_id}",
+@router.delete("/orders/by-client-id/{client_order_id:path}",
                responses=_response(OrderView, 200, "The cancelled order"))  # fmt: skip
 async def cancel_order_by_client_id(
     caller: Trader, request: Request, client_order_id: ClientOrderIdPath
