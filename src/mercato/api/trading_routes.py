@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
+from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
 from mercato.api.ratelimit import RateLimiter
 from mercato.api.views import (
     FillView,
@@ -92,22 +93,6 @@ class Balance(msgspec.Struct):
     available: str
     locked: str
     total: str
-
-
-def _schema(kind: type) -> dict[str, Any]:
-    """The JSON schema of a msgspec struct, inlined for the OpenAPI document."""
-    _, components = msgspec.json.schema_components([kind])
-    return dict(components[kind.__name__])
-
-
-def _json_body(kind: type) -> dict[str, Any]:
-    content = {"application/json": {"schema": _schema(kind)}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-def _response(kind: type, status: int, description: str) -> dict[int | str, Any]:
-    content = {"application/json": {"schema": _schema(kind)}}
-    return {status: {"description": description, "content": content}}
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -232,8 +217,12 @@ def placed_view(service: ExchangeService, user: int, result: Result) -> PlacedOr
 @router.post(
     "/orders",
     status_code=201,
-    openapi_extra=_json_body(OrderRequest),
-    responses=_response(PlacedOrder, 201, "The order as placed, with the fills it got at once"),
+    openapi_extra=json_body(OrderRequest),
+    responses={
+        **json_response(PlacedOrder, 201, "The order as placed, with the fills it got at once"),
+        **json_response(PlacedOrder, 200, "A repeated client_order_id: the original order"),
+        **errors(*SIGNED_IN, 404),
+    },
 )
 async def place_order(caller: Trader, request: Request) -> Response:
     """Place an order of any type the engine supports. Amounts are decimal strings on the
@@ -345,7 +334,10 @@ def _client_ids(request: Request) -> ClientOrderIds:
     return ids
 
 
-@router.get("/balances", responses=_response(Balance, 200, "One entry per asset"))
+@router.get(
+    "/balances",
+    responses={**json_response(list[Balance], 200, "One entry per asset"), **errors(*SIGNED_IN)},
+)
 async def balances(request: Request, caller: Caller) -> Response:
     """Available and locked balance of every asset, live from the engine."""
     service = service_of(request)
@@ -363,8 +355,11 @@ def balance_of(engine: Engine, user: int, asset: str) -> Balance:
 
 @router.post(
     "/dev/faucet",
-    openapi_extra=_json_body(FaucetRequest),
-    responses=_response(Balance, 200, "The balance after the credit"),
+    openapi_extra=json_body(FaucetRequest),
+    responses={
+        **json_response(Balance, 200, "The balance after the credit"),
+        **errors(*SIGNED_IN, 404),
+    },
 )
 async def faucet(request: Request, caller: Trader) -> Response:
     """Test funds, only when the server runs with ``--dev`` (refused otherwise): credits
@@ -452,7 +447,13 @@ Before = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="cursor: ne
 Millis = Annotated[int | None, Query(ge=0, le=2**62)]
 
 
-@router.get("/orders", responses=_response(OrderView, 200, "Open orders, oldest first"))
+@router.get(
+    "/orders",
+    responses={
+        **json_response(list[OrderView], 200, "Open orders, oldest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def list_open_orders(
     caller: Caller, request: Request, market: MarketFilter = None
 ) -> Response:
@@ -471,7 +472,10 @@ OrderStatusName = Literal[
 ]  # fmt: skip
 
 
-@router.get("/orders/history", responses=_response(OrderPage, 200, "Newest first"))
+@router.get(
+    "/orders/history",
+    responses={**json_response(OrderPage, 200, "Newest first"), **errors(*SIGNED_IN, 404)},
+)
 async def order_history(
     caller: Caller,
     request: Request,
@@ -511,6 +515,8 @@ async def _one_order(
     return _order_views(service, [record])[0]
 
 
+# Cancel and amend: 409 ORDER_NOT_OPEN for the caller's own order that has finished.
+CHANGE_ERRORS = errors(*SIGNED_IN, 409)
 OrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 # Routed with the :path converter: the server decodes %2F to '/' before routing, and an
 # id holding '/' is still one parameter (before, it matched no route: an empty 307).
@@ -523,7 +529,10 @@ ClientOrderIdPath = Annotated[
 ]  # fmt: skip
 
 
-@router.get("/orders/{order_id}", responses=_response(OrderView, 200, "The order"))
+@router.get(
+    "/orders/{order_id}",
+    responses={**json_response(OrderView, 200, "The order"), **errors(*SIGNED_IN)},
+)
 async def get_order(caller: Caller, request: Request, order_id: OrderId) -> Response:
     """One of the caller's orders by id."""
     service = service_of(request)
@@ -531,8 +540,10 @@ async def get_order(caller: Caller, request: Request, order_id: OrderId) -> Resp
     return _json(await _one_order(service, caller.user_id, order_id=order_id))
 
 
-@router.get("/orders/by-client-id/{client_order_id:path}",
-            responses=_response(OrderView, 200, "The order"))  # fmt: skip
+@router.get(
+    "/orders/by-client-id/{client_order_id:path}",
+    responses={**json_response(OrderView, 200, "The order"), **errors(*SIGNED_IN)},
+)
 async def get_order_by_client_id(
     caller: Caller, request: Request, client_order_id: ClientOrderIdPath
 ) -> Response:
@@ -591,7 +602,10 @@ async def _changed_order(
     return _json(order_view(market_format(service, order.market), state))
 
 
-@router.delete("/orders/{order_id}", responses=_response(OrderView, 200, "The cancelled order"))
+@router.delete(
+    "/orders/{order_id}",
+    responses={**json_response(OrderView, 200, "The cancelled order"), **CHANGE_ERRORS},
+)
 async def cancel_order(caller: Trader, request: Request, order_id: OrderId) -> Response:
     """Cancel one of the caller's open orders. Another user's order answers 404, an
     order that is no longer open 409 ORDER_NOT_OPEN."""
@@ -599,8 +613,10 @@ async def cancel_order(caller: Trader, request: Request, order_id: OrderId) -> R
                                 CancelOrder(caller.user_id, order_id))  # fmt: skip
 
 
-@router.delete("/orders/by-client-id/{client_order_id:path}",
-               responses=_response(OrderView, 200, "The cancelled order"))  # fmt: skip
+@router.delete(
+    "/orders/by-client-id/{client_order_id:path}",
+    responses={**json_response(OrderView, 200, "The cancelled order"), **CHANGE_ERRORS},
+)
 async def cancel_order_by_client_id(
     caller: Trader, request: Request, client_order_id: ClientOrderIdPath
 ) -> Response:
@@ -613,7 +629,13 @@ class Cancelled(msgspec.Struct):
     cancelled: list[int]
 
 
-@router.delete("/orders", responses=_response(Cancelled, 200, "Ids of the cancelled orders"))
+@router.delete(
+    "/orders",
+    responses={
+        **json_response(Cancelled, 200, "Ids of the cancelled orders"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def cancel_all(caller: Trader, request: Request, market: MarketFilter = None) -> Response:
     """Cancel all the caller's open orders, or those of one market."""
     service = service_of(request)
@@ -638,8 +660,8 @@ class AmendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 @router.patch(
     "/orders/{order_id}",
-    openapi_extra=_json_body(AmendRequest),
-    responses=_response(OrderView, 200, "The amended order"),
+    openapi_extra=json_body(AmendRequest),
+    responses={**json_response(OrderView, 200, "The amended order"), **CHANGE_ERRORS},
 )
 async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Response:
     """Change an open order's price and/or quantity. Lowering the quantity keeps its
@@ -662,7 +684,13 @@ async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Re
     return await _changed_order(service, caller.user_id, command)
 
 
-@router.get("/trades", responses=_response(FillPage, 200, "The caller's fills, newest first"))
+@router.get(
+    "/trades",
+    responses={
+        **json_response(FillPage, 200, "The caller's fills, newest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def my_trades(
     caller: Caller,
     request: Request,
@@ -686,7 +714,13 @@ async def my_trades(
     return _json(FillPage(items, page.next_before))
 
 
-@router.get("/ledger", responses=_response(LedgerPage, 200, "Balance changes, newest first"))
+@router.get(
+    "/ledger",
+    responses={
+        **json_response(LedgerPage, 200, "Balance changes, newest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def ledger(
     caller: Caller,
     request: Request,
@@ -758,7 +792,13 @@ def _holding(engine: Engine, user: int, market: str, position: Position) -> Hold
     )  # fmt: skip
 
 
-@router.get("/portfolio", responses=_response(Holding, 200, "One entry per market traded"))
+@router.get(
+    "/portfolio",
+    responses={
+        **json_response(list[Holding], 200, "One entry per market traded"),
+        **errors(*SIGNED_IN),
+    },
+)
 async def portfolio_view(caller: Caller, request: Request) -> Response:
     """Per market the caller has traded: the base balance, the position bought there, its
     weighted average cost, realised P&L and unrealised P&L at the last price, all in the
