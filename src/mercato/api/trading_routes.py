@@ -653,9 +653,15 @@ async def cancel_all(caller: Trader, request: Request, market: MarketFilter = No
     return _json(Cancelled(ids))
 
 
+AMENDED_QUANTITY = (
+    "the order's new total quantity, what is filled already included (not the remainder): "
+    "it must exceed the filled quantity, and what stays open is the difference"
+)
+
+
 class AmendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    price: Decimal40 | None = None
-    quantity: Decimal40 | None = None
+    price: Annotated[Decimal40, msgspec.Meta(description="the new limit price")] | None = None
+    quantity: Annotated[Decimal40, msgspec.Meta(description=AMENDED_QUANTITY)] | None = None
 
 
 @router.patch(
@@ -664,8 +670,13 @@ class AmendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     responses={**json_response(OrderView, 200, "The amended order"), **CHANGE_ERRORS},
 )
 async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Response:
-    """Change an open order's price and/or quantity. Lowering the quantity keeps its
-    place in the queue; a new price or a larger quantity sends it to the back."""
+    """Change a resting limit order's price and/or quantity, keeping its order id.
+    ``quantity`` is the new **total**, fills included, not the remainder: an order of 1
+    with 0.4 filled, amended to 0.7, keeps 0.3 open (and is refused at 0.4 or less). The
+    same price with a smaller quantity keeps the order's place in the queue (time
+    priority); a new price or a larger quantity sends it to the back of its price level,
+    as if placed now, where it may trade at once (a LIMIT_MAKER order that would is
+    refused). The funds locked follow the open remainder."""
     service = service_of(request)
     body: AmendRequest = await decode(request, AmendRequest)
     if body.price is None and body.quantity is None:
