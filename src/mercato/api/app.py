@@ -110,18 +110,17 @@ class JsonOperations:
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
-        self._operations: list[tuple[str, re.Pattern[str]]] | None = None
+        self._paths: dict[str, list[re.Pattern[str]]] | None = None  # by method
 
     def __call__(self, scope: Scope) -> bool:
-        if self._operations is None:
-            self._operations = [
-                (method.upper(), compile_path(path)[0])
-                for path, operations in self.app.openapi()["paths"].items()
-                for method, operation in operations.items()
-                if "application/json" in operation.get("requestBody", {}).get("content", {})
-            ]
-        method, path = scope["method"], scope["path"]
-        return any(method == m and regex.match(path) for m, regex in self._operations)
+        if self._paths is None:
+            self._paths = {}
+            for path, operations in self.app.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                        self._paths.setdefault(method.upper(), []).append(compile_path(path)[0])
+        path = scope["path"]
+        return any(regex.match(path) for regex in self._paths.get(scope["method"], ()))
 
 
 async def _boot(service: ExchangeService, on_failure: Callable[[], None] | None) -> None:

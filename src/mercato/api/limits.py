@@ -101,6 +101,8 @@ def json_media_type_error(scope: Scope) -> str | None:
     their own (``merge-patch+json`` removes the fields set to null) that this API lacks.
     """
     value = next((v for name, v in scope["headers"] if name == b"content-type"), None)
+    if value == b"application/json":
+        return None  # what nearly every client sends: no parsing
     if value is None:
         return "the body is JSON: send Content-Type: application/json"
     header = MimeHeader()
@@ -121,7 +123,8 @@ class JsonBodies:
     """Answer 415 UNSUPPORTED_MEDIA_TYPE when an endpoint that takes a JSON body is sent
     anything else (a text/plain or XML body was parsed as JSON before). ``takes_json``
     says whether the request's endpoint takes one; it is asked only about requests whose
-    Content-Type is not JSON, so the common case costs a header scan."""
+    Content-Type is not JSON, and answers a GET at once, so the common cases cost a
+    header scan."""
 
     def __init__(self, app: ASGIApp, takes_json: Callable[[Scope], bool]) -> None:
         self.app = app
