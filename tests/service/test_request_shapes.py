@@ -76,6 +76,15 @@ def test_bodies_that_are_not_json_are_refused_with_415_everywhere(
             assert "application/json" in answer.json()["message"] or (
                 "UTF-8" in answer.json()["message"]
             ), where
+    # Valid JSON is refused too when it is not declared as JSON (it used to be applied).
+    valid = {
+        "/orders": b'{"market": "BTC-USDT", "side": "BUY", "price": "100", "quantity": "1"}',
+        "/dev/faucet": b'{"asset": "USDT", "amount": "5"}',
+    }
+    for path, body in valid.items():
+        for content_type in ("text/plain", "application/xml"):
+            answer = ann.http.post(path, headers={"content-type": content_type}, content=body)
+            assert (answer.status_code, answer.json()["code"]) == (415, "UNSUPPORTED_MEDIA_TYPE")
     # Nothing was applied: no order, the faucet's balance as it was, no new user.
     assert ann.http.get("/orders").json() == []
     assert ann.balances() == {"USDT": ("100000", "0")}
