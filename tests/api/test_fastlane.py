@@ -142,3 +142,12 @@ def test_an_order_body_that_is_not_json_is_refused_before_the_handler(
                          content=b"timestamp=1&signature=00"))  # fmt: skip
     assert (placed.status_code, cancelled.status_code) == (201, 200)
     assert seen == [("place", body), ("cancel", 7)]
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_the_media_type() -> None:
+    """The middleware's order (BodyLimit outside JsonBodies), so both paths answer alike."""
+    app, seen = lane()
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    refused = run(call(app, "POST", "/api/v1/orders", "text/plain", content=huge))
+    assert (refused.status_code, refused.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
+    assert seen == []

@@ -65,11 +65,8 @@ class OrderEntryApp(FastAPI):
         request = Request(scope, receive)
         try:
             await take_ip_budget(self.state.limiter, scope)
-            if scope["method"] == "POST":  # an order is a JSON body (a cancel has none)
-                reason = json_media_type_error(scope)
-                if reason is not None:
-                    await refuse_media_type(send, reason)
-                    return
+            if await _refused_before_reading(scope, send):
+                return
             body = await _body(scope, receive)
             if body is None:
                 await refuse_too_large(send)
@@ -97,10 +94,21 @@ class OrderEntryApp(FastAPI):
         raise error
 
 
+async def _refused_before_reading(scope: Scope, send: Send) -> bool:
+    """Refuse as the middleware stack would, in its order: a declared size over the limit
+    (BodyLimit), then an order body that is not JSON (JsonBodies; a cancel has no body)."""
+    if declared_too_large(scope):
+        await refuse_too_large(send)
+        return True
+    reason = json_media_type_error(scope) if scope["method"] == "POST" else None
+    if reason is not None:
+        await refuse_media_type(send, reason)
+        return True
+    return False
+
+
 async def _body(scope: Scope, receive: Receive) -> bytes | None:
     """The whole request body, or None once it passes the size limit."""
-    if declared_too_large(scope):
-        return None
     chunks: list[bytes] = []
     size = 0
     while True:
