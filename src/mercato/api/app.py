@@ -5,19 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from starlette.routing import compile_path
-from starlette.types import Scope
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
-from mercato.api.limits import BodyLimit, JsonBodies, RateLimit
+from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
 from mercato.api.trading_routes import (
@@ -57,9 +54,7 @@ def create_app(
             await service.stop()
             await limiter.close()
 
-    # No redirect_slashes: a path that matches no route answers 404 NOT_FOUND with the
-    # error body, not an empty 307 to a guessed path (which a %2F in a path produced).
-    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan, redirect_slashes=False)
+    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan)
     # Order entry skips FastAPI's layers (api/fastlane.py); the documented FastAPI routes
     # below call the same functions and answer anything the fast lane does not recognise.
     app.place_handler = place_order_direct
@@ -69,7 +64,10 @@ def create_app(
     app.state.limiter = limiter
     app.state.eligibility = Eligibility()
     app.state.client_order_ids = ClientOrderIds()
-    app.add_middleware(JsonBodies, takes_json=JsonOperations(app))
+    # No redirect_slashes: a path that matches no route answers 404 NOT_FOUND with the
+    # error body, not an empty 307 to a guessed path (which a %2F in a path produced).
+    app.router.redirect_slashes = False
+    app.add_middleware(JsonBodies, takes_json=JsonOperations(lambda: app.openapi()))
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)
@@ -101,26 +99,6 @@ def create_app(
         })  # fmt: skip
 
     return app
-
-
-class JsonOperations:
-    """Which requests are for an operation that takes a JSON body, as /openapi.json
-    documents them (the pydantic bodies and the msgspec ones of ``openapi_extra`` alike);
-    read from the document on first use."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self._paths: dict[str, list[re.Pattern[str]]] | None = None  # by method
-
-    def __call__(self, scope: Scope) -> bool:
-        if self._paths is None:
-            self._paths = {}
-            for path, operations in self.app.openapi()["paths"].items():
-                for method, operation in operations.items():
-                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
-                        self._paths.setdefault(method.upper(), []).append(compile_path(path)[0])
-        path = scope["path"]
-        return any(regex.match(path) for regex in self._paths.get(scope["method"], ()))
 
 
 async def _boot(service: ExchangeService, on_failure: Callable[[], None] | None) -> None:

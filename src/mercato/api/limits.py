@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from email.message import Message as MimeHeader
+from typing import Any
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mercato.api.ratelimit import RateLimited, RateLimiter
@@ -137,6 +140,26 @@ class JsonBodies:
                 await refuse_media_type(send, reason)
                 return
         await self.app(scope, receive, send)
+
+
+class JsonOperations:
+    """Which requests are for an operation that takes a JSON body, as ``openapi()`` (the
+    app's /openapi.json) documents them: the pydantic bodies and the msgspec ones of
+    ``openapi_extra`` alike. Read from the document on first use."""
+
+    def __init__(self, openapi: Callable[[], dict[str, Any]]) -> None:
+        self.openapi = openapi
+        self._paths: dict[str, list[re.Pattern[str]]] | None = None  # by method
+
+    def __call__(self, scope: Scope) -> bool:
+        if self._paths is None:
+            self._paths = {}
+            for path, operations in self.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                        self._paths.setdefault(method.upper(), []).append(compile_path(path)[0])
+        path = scope["path"]
+        return any(regex.match(path) for regex in self._paths.get(scope["method"], ()))
 
 
 # Endpoints that take a password, a token or a 2FA code, or mail someone: a much tighter
