@@ -20,6 +20,8 @@ from mercato.api.limits import MAX_BODY_BYTES
 from mercato.api.ratelimit import RateLimiter
 from mercato.config import RateBudget
 
+JSON = "application/json"
+
 
 def lane(ip_burst: int = 1000) -> tuple[OrderEntryApp, list[Any]]:
     seen: list[Any] = []
@@ -54,10 +56,13 @@ def lane(ip_burst: int = 1000) -> tuple[OrderEntryApp, list[Any]]:
     return app, seen
 
 
-async def call(app: OrderEntryApp, method: str, path: str, **kwargs: Any) -> httpx.Response:
+async def call(
+    app: OrderEntryApp, method: str, path: str, content_type: str | None = JSON, **kwargs: Any
+) -> httpx.Response:
+    headers = {} if content_type is None else {"content-type": content_type}
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.request(method, path, **kwargs)
+        return await client.request(method, path, headers=headers, **kwargs)
 
 
 def run(coroutine: Any) -> Any:
@@ -116,3 +121,33 @@ def test_the_per_ip_budget_applies(method: str, path: str) -> None:
     assert answers[2].json()["code"] == "RATE_LIMITED"
     assert int(answers[2].headers["retry-after"]) >= 1
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/xml", "application/json; charset=latin-1", None]
+)
+def test_an_order_body_that_is_not_json_is_refused_before_the_handler(
+    content_type: str | None,
+) -> None:
+    app, seen = lane()
+    body = b'{"market":"BTC-USDT"}'
+    refused = run(call(app, "POST", "/api/v1/orders", content_type, content=body))
+    assert (refused.status_code, refused.json()["code"]) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    assert "application/json" in refused.json()["message"] or "UTF-8" in refused.json()["message"]
+    # JSON with the UTF-8 charset, in any case, is JSON; a cancel has no body to check.
+    placed = run(
+        call(app, "POST", "/api/v1/orders", "Application/JSON; Charset=UTF-8", content=body)
+    )
+    cancelled = run(call(app, "DELETE", "/api/v1/orders/7", "application/x-www-form-urlencoded",
+                         content=b"timestamp=1&signature=00"))  # fmt: skip
+    assert (placed.status_code, cancelled.status_code) == (201, 200)
+    assert seen == [("place", body), ("cancel", 7)]
+
+
+def test_a_declared_size_over_the_limit_is_refused_before_the_media_type() -> None:
+    """The middleware's order (BodyLimit outside JsonBodies), so both paths answer alike."""
+    app, seen = lane()
+    huge = b"x" * (MAX_BODY_BYTES + 1)
+    refused = run(call(app, "POST", "/api/v1/orders", "text/plain", content=huge))
+    assert (refused.status_code, refused.json()["code"]) == (413, "PAYLOAD_TOO_LARGE")
+    assert seen == []

@@ -277,3 +277,51 @@ def test_portfolio_average_cost_and_pnl(traders: tuple[Trader, Trader, Server]) 
         "0",
         "51051.05105105",
     )
+
+
+def test_amending_a_partly_filled_order_sets_its_new_total(
+    traders: tuple[Trader, Trader, Server],
+) -> None:
+    """docs/trading.md "Amending an order": ``quantity`` is the new total, fills included;
+    a smaller quantity at the same price keeps the order's place in the queue, a larger
+    one sends it to the back."""
+    ann, bob, server = traders
+    amend = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/api/v1/orders/{order_id}"]
+    assert "new **total**, fills included" in amend["patch"]["description"]
+
+    def sell(quantity: str) -> int:
+        placed = bob.place(side="SELL", price="50000", quantity=quantity)
+        assert placed.status_code == 201, placed.text
+        return int(placed.json()["order"]["order_id"])
+
+    def taken_from(quantity: str) -> list[tuple[int, str]]:
+        taking = ann.place(side="BUY", price="50000", quantity=quantity, time_in_force="IOC")
+        assert taking.status_code == 201, taking.text
+        return [(f["order_id"], f["quantity"]) for f in bob.http.get("/trades").json()["items"]]
+
+    first, second = sell("1"), sell("0.5")  # first ahead of second at 50000
+    assert taken_from("0.4") == [(first, "0.4")]
+    amended = bob.http.patch(f"/orders/{first}", json={"quantity": "0.7"})
+    assert amended.status_code == 200, amended.text
+    order = amended.json()
+    assert (order["quantity"], order["filled"], order["status"]) == (
+        "0.7",
+        "0.4",
+        "PARTIALLY_FILLED",
+    )
+    # 0.3 of the first and 0.5 of the second stay locked; 0.4 was sold.
+    assert bob.balances()["BTC"] == ("0.8", "0.8")
+    # Smaller at the same price: still first in the queue, so it fills before the second.
+    assert taken_from("0.3")[0] == (first, "0.3")
+    assert bob.http.get(f"/orders/{first}").json()["status"] == "FILLED"
+
+    # Larger: to the back of the level, behind an order placed after it.
+    third = sell("0.2")
+    assert bob.http.patch(f"/orders/{second}", json={"quantity": "0.6"}).status_code == 200
+    assert taken_from("0.2")[0] == (third, "0.2")
+    assert taken_from("0.1")[0] == (second, "0.1")
+    # The new total must exceed what is filled: 0.1 of the second is.
+    refused = bob.http.patch(f"/orders/{second}", json={"quantity": "0.1"})
+    assert (refused.status_code, refused.json()["code"]) == (400, "INVALID_QUANTITY")
+    finished = bob.http.patch(f"/orders/{first}", json={"quantity": "0.5"})
+    assert (finished.status_code, finished.json()["code"]) == (409, "ORDER_NOT_OPEN")

@@ -326,7 +326,8 @@ def test_private_channels_carry_only_the_callers_own_events_in_order(
                     snapshot = await ws.until(
                         lambda m: m.get("type") == "snapshot" and m["channel"] == "balances"
                     )
-                    assert {b["asset"]: b["available"] for b in snapshot["balances"]} == {
+                    held = [b for b in snapshot["balances"] if b["total"] != "0"]
+                    assert {b["asset"]: b["available"] for b in held} == {
                         "BTC": "10000",
                         "ETH": "10000",
                         "USDT": "100000000",
@@ -615,5 +616,39 @@ def test_connection_attempts_and_messages_are_rate_limited_per_ip(
             assert response.status_code == 429
             assert json.loads(response.body)["code"] == "RATE_LIMITED"
             assert int(response.headers["Retry-After"]) >= 1
+
+    run(scenario())
+
+
+def test_the_balances_snapshot_lists_what_rest_lists_zeros_included(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A user who never held an asset has no engine row for it; the WebSocket snapshot
+    still lists it with zeros, entry for entry what GET /balances answers."""
+
+    async def scenario() -> None:
+        async with live_exchange(tmp_path / "data", env) as live:
+            fresh = (await live.user("new@example.com"))[1]
+            some = (await live.user("usdt@example.com", {"USDT": 12_345_678}))[1]
+            for token in (fresh, some):
+                async with httpx.AsyncClient(base_url=live.url) as http:
+                    rest = await http.get(
+                        "/api/v1/balances", headers={"authorization": f"Bearer {token}"}
+                    )
+                assert rest.status_code == 200, rest.text
+                async with WsClient.connect(live.ws_url) as ws:
+                    assert (await ws.request({"op": "auth", "id": 1, "token": token}))[
+                        "type"
+                    ] == "authenticated"
+                    await ws.request({"op": "subscribe", "id": 2, "channels": ["balances"]})
+                    snapshot = await ws.until(lambda m: m.get("type") == "snapshot")
+                assert snapshot["balances"] == rest.json()
+                assert [b["asset"] for b in rest.json()] == sorted(
+                    a.symbol for a in live.service.config.assets
+                )
+            held = [b for b in snapshot["balances"] if b["total"] != "0"]
+            assert held == [
+                {"asset": "USDT", "available": "0.12345678", "locked": "0", "total": "0.12345678"}
+            ]
 
     run(scenario())

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from mercato.api.auth_routes import Caller, SessionCaller, StrictBody, service_of
+from mercato.api.openapi import SIGNED_IN, errors
 from mercato.auth import api_keys, totp
 from mercato.auth.accounts import change_password
 from mercato.store.tables import login_history, users
@@ -36,7 +37,7 @@ class LoginEntry(BaseModel):
     reason: str
 
 
-@router.get("/me", response_model=Me)
+@router.get("/me", response_model=Me, responses=errors(*SIGNED_IN))
 async def me(caller: Caller, request: Request) -> Me:
     """Who the access token belongs to."""
     database = service_of(request).database
@@ -47,7 +48,7 @@ async def me(caller: Caller, request: Request) -> Me:
               email_verified=row.email_verified_at is not None)  # fmt: skip
 
 
-@router.get("/login-history", response_model=list[LoginEntry])
+@router.get("/login-history", response_model=list[LoginEntry], responses=errors(*SIGNED_IN))
 async def history(
     caller: Caller, request: Request, limit: int = Query(50, ge=1, le=500)
 ) -> list[LoginEntry]:
@@ -78,7 +79,7 @@ class PasswordChangeBody(StrictBody):
     totp_code: str | None = totp_code_field()
 
 
-@router.post("/password", status_code=204)
+@router.post("/password", status_code=204, responses=errors(*SIGNED_IN))
 async def change_password_route(
     body: PasswordChangeBody, caller: SessionCaller, request: Request
 ) -> None:
@@ -118,7 +119,7 @@ def _master_key(request: Request) -> bytes:
     return secrets.master_key
 
 
-@router.post("/2fa/enroll", response_model=Enrolment)
+@router.post("/2fa/enroll", response_model=Enrolment, responses=errors(*SIGNED_IN, 409))
 async def enroll_route(caller: SessionCaller, request: Request) -> Enrolment:
     """Start 2FA: a TOTP secret and its otpauth:// URI for an authenticator app. Nothing
     changes at login until a code confirms it."""
@@ -128,7 +129,7 @@ async def enroll_route(caller: SessionCaller, request: Request) -> Enrolment:
     return Enrolment(secret=secret, otpauth_uri=uri)
 
 
-@router.post("/2fa/confirm", response_model=RecoveryCodes)
+@router.post("/2fa/confirm", response_model=RecoveryCodes, responses=errors(*SIGNED_IN, 409))
 async def confirm_route(
     body: TwoFactorCode, caller: SessionCaller, request: Request
 ) -> RecoveryCodes:
@@ -139,7 +140,7 @@ async def confirm_route(
     return RecoveryCodes(recovery_codes=codes)
 
 
-@router.post("/2fa/disable", status_code=204)
+@router.post("/2fa/disable", status_code=204, responses=errors(*SIGNED_IN))
 async def disable_route(body: DisableBody, caller: SessionCaller, request: Request) -> None:
     """Turn 2FA off; needs ``totp_code``: a current code or a recovery code."""
     database = service_of(request).database
@@ -167,7 +168,9 @@ class CreatedApiKey(ApiKeyOut):
     secret: str
 
 
-@router.post("/api-keys", status_code=201, response_model=CreatedApiKey)
+@router.post(
+    "/api-keys", status_code=201, response_model=CreatedApiKey, responses=errors(*SIGNED_IN)
+)
 async def create_key_route(
     body: NewApiKey, caller: SessionCaller, request: Request
 ) -> CreatedApiKey:
@@ -182,7 +185,7 @@ async def create_key_route(
     return CreatedApiKey(**msgspec.structs.asdict(key), secret=secret)
 
 
-@router.get("/api-keys", response_model=list[ApiKeyOut])
+@router.get("/api-keys", response_model=list[ApiKeyOut], responses=errors(*SIGNED_IN))
 async def list_keys_route(caller: Caller, request: Request) -> list[ApiKeyOut]:
     """The caller's keys, without secrets."""
     database = service_of(request).database
@@ -191,7 +194,7 @@ async def list_keys_route(caller: Caller, request: Request) -> list[ApiKeyOut]:
     return [ApiKeyOut(**msgspec.structs.asdict(key)) for key in keys]
 
 
-@router.delete("/api-keys/{key_id}", status_code=204)
+@router.delete("/api-keys/{key_id}", status_code=204, responses=errors(*SIGNED_IN))
 async def delete_key_route(
     key_id: Annotated[str, Path(pattern="^[0-9a-f]{64}$")],  # malformed: 400, never a lookup
     caller: SessionCaller,

@@ -14,7 +14,7 @@ from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
-from mercato.api.limits import BodyLimit, RateLimit
+from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
 from mercato.api.trading_routes import (
@@ -64,6 +64,10 @@ def create_app(
     app.state.limiter = limiter
     app.state.eligibility = Eligibility()
     app.state.client_order_ids = ClientOrderIds()
+    # No redirect_slashes: a path that matches no route answers 404 NOT_FOUND with the
+    # error body, not an empty 307 to a guessed path (which a %2F in a path produced).
+    app.router.redirect_slashes = False
+    app.add_middleware(JsonBodies, takes_json=JsonOperations(lambda: app.openapi()))
     app.add_middleware(BodyLimit)
     app.add_middleware(RateLimit, limiter=limiter)  # outermost: refuses before anything
     install_error_handlers(app)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mercato.api.errors import ApiError
+from mercato.api.openapi import SIGNED_IN, errors
 from mercato.api.ratelimit import RateLimiter
 from mercato.auth.accounts import register, request_password_reset, reset_password, verify_email
 from mercato.auth.api_keys import authenticate_signed
@@ -68,7 +69,7 @@ def service_of(request: Request) -> ExchangeService:
     return service
 
 
-@router.post("/register", status_code=201, response_model=RegisteredUser)
+@router.post("/register", status_code=201, response_model=RegisteredUser, responses=errors(409))
 async def register_route(body: RegisterBody, request: Request) -> RegisteredUser:
     """Create an account; a verification token is mailed to the address. Unverified
     accounts cannot trade or withdraw."""
@@ -120,7 +121,7 @@ def _keys(service: ExchangeService) -> bytes:
     return service.secrets.jwt_key
 
 
-@router.post("/login", response_model=TokenPair)
+@router.post("/login", response_model=TokenPair, responses=errors(401, 403))
 async def login_route(body: LoginBody, request: Request) -> TokenPair:
     """Exchange email and password for a 15-minute access token and a refresh token.
     Five wrong passwords in a row lock the account for 15 minutes."""
@@ -133,7 +134,7 @@ async def login_route(body: LoginBody, request: Request) -> TokenPair:
     return _pair(tokens)
 
 
-@router.post("/refresh", response_model=TokenPair)
+@router.post("/refresh", response_model=TokenPair, responses=errors(401))
 async def refresh_route(body: RefreshBody, request: Request) -> TokenPair:
     """Spend a refresh token for a new pair. Using one twice revokes the session."""
     service = service_of(request)
@@ -197,7 +198,7 @@ Caller = Annotated[Principal, Depends(principal)]
 SessionCaller = Annotated[Principal, Depends(session_principal)]
 
 
-@router.post("/logout", status_code=204)
+@router.post("/logout", status_code=204, responses=errors(*SIGNED_IN))
 async def logout_route(caller: SessionCaller, request: Request) -> None:
     """End this session (its refresh tokens and, at once, its access tokens)."""
     service = service_of(request)
@@ -205,7 +206,7 @@ async def logout_route(caller: SessionCaller, request: Request) -> None:
     await logout(service.database, caller)
 
 
-@router.post("/logout-everywhere", status_code=204)
+@router.post("/logout-everywhere", status_code=204, responses=errors(*SIGNED_IN))
 async def logout_everywhere_route(caller: SessionCaller, request: Request) -> None:
     """End every session of the caller."""
     service = service_of(request)

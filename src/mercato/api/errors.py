@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from mercato.api.openapi import components as msgspec_components
+from mercato.api.openapi import error_response as documented_error
 from mercato.api.ratelimit import RateLimited
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import AuthError
@@ -106,31 +108,46 @@ ERROR_SCHEMA = {
     "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
     "additionalProperties": False,
 }
-COMMON_ERRORS = {
-    "400": "Invalid request: the message names the field and what to fix",
-    "429": "Rate limited: see Retry-After",
-}
+
+
+def implied_errors(path: str, operation: dict[str, Any]) -> list[int]:
+    """The error answers that follow from an operation's shape, whatever its route says:
+    any input may be invalid (400) or over a rate budget (429); the API's routes answer
+    503 while the service starts or stops; a path parameter may name nothing (404); a
+    JSON body may be too large (413) or not JSON (415)."""
+    statuses = [400, 429]
+    if path.startswith("/api/"):
+        statuses.append(503)
+    if "{" in path:
+        statuses.append(404)
+    if "requestBody" in operation:
+        statuses += [413, 415]
+    return statuses
 
 
 def document_errors(app: FastAPI) -> None:
-    """Make /openapi.json say what the server does: errors are 4xx with the common body,
-    never FastAPI's 422 validation shape (the handlers above answer 400 instead)."""
+    """Make /openapi.json say what the server does: every error answer a route can give,
+    with the common body (never FastAPI's 422 validation shape: the handlers above answer
+    400 instead), and the msgspec types' schemas in components/schemas (api/openapi.py)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         schema = build()
-        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
-        schema["components"]["schemas"].pop("HTTPValidationError", None)
-        schema["components"]["schemas"].pop("ValidationError", None)
-        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, component in msgspec_components().items():
+            assert schemas.get(name, component) == component, f"two schemas named {name}"
+            schemas[name] = component
+        schemas["Error"] = ERROR_SCHEMA
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
-                for status, description in COMMON_ERRORS.items():
-                    responses.setdefault(status, {"description": description, "content": error})
+                for status in implied_errors(path, operation):
+                    responses.setdefault(str(status), documented_error(status))
         app.openapi_schema = schema
         return schema
 

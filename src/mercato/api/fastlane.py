@@ -6,8 +6,9 @@ middleware, the router's route scan, dependency solving, response wrapping) that
 CPU than placing the order. Here those two requests are recognised by method and path and
 handed to the same handler functions the documented FastAPI routes use, with the same
 guards the middleware applies to everything else: the per-IP rate budget, the body size
-limit, and the application's own exception handlers, so answers and error bodies are
-identical either way. Everything else goes to FastAPI untouched.
+limit, the JSON media type of the order body, and the application's own exception
+handlers, so answers and error bodies are identical either way. Everything else goes to
+FastAPI untouched.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from starlette.types import Receive, Scope, Send
 from mercato.api.limits import (
     MAX_BODY_BYTES,
     declared_too_large,
+    json_media_type_error,
+    refuse_media_type,
     refuse_too_large,
     take_ip_budget,
 )
@@ -62,6 +65,8 @@ class OrderEntryApp(FastAPI):
         request = Request(scope, receive)
         try:
             await take_ip_budget(self.state.limiter, scope)
+            if await _refused_before_reading(scope, send):
+                return
             body = await _body(scope, receive)
             if body is None:
                 await refuse_too_large(send)
@@ -89,10 +94,21 @@ class OrderEntryApp(FastAPI):
         raise error
 
 
+async def _refused_before_reading(scope: Scope, send: Send) -> bool:
+    """Refuse as the middleware stack would, in its order: a declared size over the limit
+    (BodyLimit), then an order body that is not JSON (JsonBodies; a cancel has no body)."""
+    if declared_too_large(scope):
+        await refuse_too_large(send)
+        return True
+    reason = json_media_type_error(scope) if scope["method"] == "POST" else None
+    if reason is not None:
+        await refuse_media_type(send, reason)
+        return True
+    return False
+
+
 async def _body(scope: Scope, receive: Receive) -> bytes | None:
     """The whole request body, or None once it passes the size limit."""
-    if declared_too_large(scope):
-        return None
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -1,12 +1,18 @@
 """Request limits as pure ASGI middleware, so a refused request reaches no handler:
-body size (413) and the per-IP rate budgets (429). Per-account budgets need the caller,
-so they are taken in the authentication dependencies (api/auth_routes.py)."""
+body size (413), the media type of JSON bodies (415) and the per-IP rate budgets (429).
+Per-account budgets need the caller, so they are taken in the authentication
+dependencies (api/auth_routes.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+from collections.abc import Callable
+from email.message import Message as MimeHeader
+from typing import Any
 
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mercato.api.ratelimit import RateLimited, RateLimiter
@@ -88,6 +94,72 @@ async def send_error(
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+def json_media_type_error(scope: Scope) -> str | None:
+    """Why the request's Content-Type does not announce a JSON body, or None if it does.
+
+    Only ``application/json`` is JSON here, with no charset or ``charset=utf-8`` (RFC 8259:
+    JSON is UTF-8). ``application/*+json`` is refused too: those types promise meanings of
+    their own (``merge-patch+json`` removes the fields set to null) that this API lacks.
+    """
+    value = next((v for name, v in scope["headers"] if name == b"content-type"), None)
+    if value == b"application/json":
+        return None  # what nearly every client sends: no parsing
+    if value is None:
+        return "the body is JSON: send Content-Type: application/json"
+    header = MimeHeader()
+    header["content-type"] = value.decode("latin-1")
+    charset = header.get_param("charset")
+    if header.get_content_type() != "application/json":
+        return f"Content-Type {value.decode('latin-1')[:100]!r} is not application/json"
+    if charset is not None and str(charset).lower() != "utf-8":
+        return f"JSON bodies are UTF-8; charset {str(charset)[:40]!r} is not supported"
+    return None
+
+
+async def refuse_media_type(send: Send, reason: str) -> None:
+    await send_error(send, 415, "UNSUPPORTED_MEDIA_TYPE", reason)
+
+
+class JsonBodies:
+    """Answer 415 UNSUPPORTED_MEDIA_TYPE when an endpoint that takes a JSON body is sent
+    anything else (a text/plain or XML body was parsed as JSON before). ``takes_json``
+    says whether the request's endpoint takes one; it is asked only about requests whose
+    Content-Type is not JSON, and answers a GET at once, so the common cases cost a
+    header scan."""
+
+    def __init__(self, app: ASGIApp, takes_json: Callable[[Scope], bool]) -> None:
+        self.app = app
+        self.takes_json = takes_json
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            reason = json_media_type_error(scope)
+            if reason is not None and self.takes_json(scope):
+                await refuse_media_type(send, reason)
+                return
+        await self.app(scope, receive, send)
+
+
+class JsonOperations:
+    """Which requests are for an operation that takes a JSON body, as ``openapi()`` (the
+    app's /openapi.json) documents them: the pydantic bodies and the msgspec ones of
+    ``openapi_extra`` alike. Read from the document on first use."""
+
+    def __init__(self, openapi: Callable[[], dict[str, Any]]) -> None:
+        self.openapi = openapi
+        self._paths: dict[str, list[re.Pattern[str]]] | None = None  # by method
+
+    def __call__(self, scope: Scope) -> bool:
+        if self._paths is None:
+            self._paths = {}
+            for path, operations in self.openapi()["paths"].items():
+                for method, operation in operations.items():
+                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                        self._paths.setdefault(method.upper(), []).append(compile_path(path)[0])
+        path = scope["path"]
+        return any(regex.match(path) for regex in self._paths.get(scope["method"], ()))
 
 
 # Endpoints that take a password, a token or a 2FA code, or mail someone: a much tighter

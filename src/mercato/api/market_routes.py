@@ -10,13 +10,14 @@ applies. Amounts are decimal strings.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, get_args
+from typing import Annotated, get_args
 
 import msgspec
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from mercato.api.errors import ApiError
+from mercato.api.openapi import json_response
 from mercato.core.model import OrderType, TimeInForce
 from mercato.marketdata.candles import INTERVALS
 from mercato.marketdata.feed import MAX_DEPTH, MarketData
@@ -110,30 +111,6 @@ class CandleRow(msgspec.Struct):
     trades: int
 
 
-def _inline(schema: Any, components: dict[str, Any]) -> Any:
-    """``schema`` with every ``$ref`` replaced by its component (none is recursive)."""
-    if isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str):
-            return _inline(components[ref.rsplit("/", 1)[-1]], components)
-        return {key: _inline(value, components) for key, value in schema.items()}
-    if isinstance(schema, list):
-        return [_inline(value, components) for value in schema]
-    return schema
-
-
-def _response(kind: Any, description: str) -> dict[int | str, Any]:
-    (schema,), components = msgspec.json.schema_components([kind])
-    schema = _inline(schema, components)
-    errors = {"application/json": {"schema": {"type": "object", "properties": {
-        "code": {"type": "string"}, "message": {"type": "string"}}}}}  # fmt: skip
-    return {
-        200: {"description": description, "content": {"application/json": {"schema": schema}}},
-        400: {"description": "A bad parameter (INVALID_REQUEST)", "content": errors},
-        404: {"description": "No such market (UNKNOWN_MARKET)", "content": errors},
-    }
-
-
 def _json(value: object) -> Response:
     return Response(msgspec.json.encode(value), media_type="application/json")
 
@@ -159,20 +136,22 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@router.get("/time", responses=_response(ServerTime, "Milliseconds since the Unix epoch"))
+@router.get("/time", responses=json_response(ServerTime, 200, "Milliseconds since the Unix epoch"))
 async def server_time() -> Response:
     """The server's clock (the clock that stamps orders and trades), in ms."""
     return _json(ServerTime(_now_ms()))
 
 
-@router.get("/assets", responses=_response(list[AssetInfo], "Every asset"))
+@router.get("/assets", responses=json_response(list[AssetInfo], 200, "Every asset"))
 async def assets(request: Request) -> Response:
     """Assets and their ledger decimals (the precision of every amount in that asset)."""
     engine = market_data_of(request).engine
     return _json([AssetInfo(a.symbol, a.decimals) for _, a in sorted(engine.assets.items())])
 
 
-@router.get("/markets", responses=_response(list[MarketInfo], "Every market and its rules"))
+@router.get(
+    "/markets", responses=json_response(list[MarketInfo], 200, "Every market and its rules")
+)
 async def markets(request: Request) -> Response:
     """Every market with its trading rules: tick and step sizes, quantity bounds, minimum
     notional, fees, price protection, self-trade prevention, order types, and its status
@@ -200,7 +179,9 @@ async def markets(request: Request) -> Response:
     return _json(out)
 
 
-@router.get("/markets/{symbol}/orderbook", responses=_response(OrderBook, "Best levels first"))
+@router.get(
+    "/markets/{symbol}/orderbook", responses=json_response(OrderBook, 200, "Best levels first")
+)
 async def orderbook(
     request: Request,
     symbol: Symbol,
@@ -213,7 +194,9 @@ async def orderbook(
     return _json(market_data.snapshot(_known(market_data, symbol), depth))
 
 
-@router.get("/markets/{symbol}/trades", responses=_response(list[TradeRow], "Oldest first"))
+@router.get(
+    "/markets/{symbol}/trades", responses=json_response(list[TradeRow], 200, "Oldest first")
+)
 async def recent_trades(
     request: Request,
     symbol: Symbol,
@@ -224,7 +207,9 @@ async def recent_trades(
     return _json(market_data.recent_trades(_known(market_data, symbol), limit))
 
 
-@router.get("/markets/{symbol}/ticker", responses=_response(Ticker, "Rolling 24 h statistics"))
+@router.get(
+    "/markets/{symbol}/ticker", responses=json_response(Ticker, 200, "Rolling 24 h statistics")
+)
 async def ticker(request: Request, symbol: Symbol) -> Response:
     """Rolling 24-hour statistics (one-minute precision: the current minute and the 1439
     before it), the last price and the best bid and ask. ``open``, ``high``, ``low``,
@@ -233,7 +218,7 @@ async def ticker(request: Request, symbol: Symbol) -> Response:
     return _json(market_data.ticker(_known(market_data, symbol), _now_ms()))
 
 
-@router.get("/tickers", responses=_response(list[Ticker], "One per market"))
+@router.get("/tickers", responses=json_response(list[Ticker], 200, "One per market"))
 async def tickers(request: Request) -> Response:
     """The 24-hour ticker of every market."""
     market_data = market_data_of(request)
@@ -241,11 +226,13 @@ async def tickers(request: Request) -> Response:
     return _json([market_data.ticker(s, now) for s in sorted(market_data.engine.markets)])
 
 
-@router.get("/markets/{symbol}/candles", responses=_response(list[CandleRow], "Oldest first"))
+@router.get(
+    "/markets/{symbol}/candles", responses=json_response(list[CandleRow], 200, "Oldest first")
+)
 async def candles(
     request: Request,
     symbol: Symbol,
-    interval: Annotated[str, Query(description="1m, 5m, 15m, 1h, 4h or 1d")] = "1m",
+    interval: Annotated[str, Query(json_schema_extra={"enum": list(INTERVALS)})] = "1m",
     start: Annotated[int | None, Query(ge=0, le=2**62, description="ms, inclusive")] = None,
     end: Annotated[int | None, Query(ge=0, le=2**62, description="ms, inclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_CANDLES)] = 500,

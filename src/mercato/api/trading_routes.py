@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
+from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
 from mercato.api.ratelimit import RateLimiter
 from mercato.api.views import (
     FillView,
@@ -51,7 +52,9 @@ FAUCET_MAX_UNITS = 1_000_000  # per call, in whole units of the asset
 
 Str32 = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Decimal40 = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-ClientOrderId = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:\-]*$")]
+# Binance's client order id alphabet (docs/trading.md), up to the engine's 64 characters.
+CLIENT_ORDER_ID_CHARS = r"A-Za-z0-9._:/\-"
+ClientOrderId = Annotated[str, msgspec.Meta(max_length=64, pattern=f"^[{CLIENT_ORDER_ID_CHARS}]*$")]
 
 
 class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -90,22 +93,6 @@ class Balance(msgspec.Struct):
     available: str
     locked: str
     total: str
-
-
-def _schema(kind: type) -> dict[str, Any]:
-    """The JSON schema of a msgspec struct, inlined for the OpenAPI document."""
-    _, components = msgspec.json.schema_components([kind])
-    return dict(components[kind.__name__])
-
-
-def _json_body(kind: type) -> dict[str, Any]:
-    content = {"application/json": {"schema": _schema(kind)}}
-    return {"requestBody": {"required": True, "content": content}}
-
-
-def _response(kind: type, status: int, description: str) -> dict[int | str, Any]:
-    content = {"application/json": {"schema": _schema(kind)}}
-    return {status: {"description": description, "content": content}}
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -233,8 +220,12 @@ def placed_view(service: ExchangeService, user: int, result: Result) -> PlacedOr
 @router.post(
     "/orders",
     status_code=201,
-    openapi_extra=_json_body(OrderRequest),
-    responses=_response(PlacedOrder, 201, "The order as placed, with the fills it got at once"),
+    openapi_extra=json_body(OrderRequest),
+    responses={
+        **json_response(PlacedOrder, 201, "The order as placed, with the fills it got at once"),
+        **json_response(PlacedOrder, 200, "A repeated client_order_id: the original order"),
+        **errors(*SIGNED_IN, 404),
+    },
 )
 async def place_order(caller: Trader, request: Request) -> Response:
     """Place an order of any type the engine supports. Amounts are decimal strings on the
@@ -346,7 +337,10 @@ def _client_ids(request: Request) -> ClientOrderIds:
     return ids
 
 
-@router.get("/balances", responses=_response(Balance, 200, "One entry per asset"))
+@router.get(
+    "/balances",
+    responses={**json_response(list[Balance], 200, "One entry per asset"), **errors(*SIGNED_IN)},
+)
 async def balances(request: Request, caller: Caller) -> Response:
     """Available and locked balance of every asset, live from the engine."""
     service = service_of(request)
@@ -364,8 +358,11 @@ def balance_of(engine: Engine, user: int, asset: str) -> Balance:
 
 @router.post(
     "/dev/faucet",
-    openapi_extra=_json_body(FaucetRequest),
-    responses=_response(Balance, 200, "The balance after the credit"),
+    openapi_extra=json_body(FaucetRequest),
+    responses={
+        **json_response(Balance, 200, "The balance after the credit"),
+        **errors(*SIGNED_IN, 404),
+    },
 )
 async def faucet(request: Request, caller: Trader) -> Response:
     """Test funds, only when the server runs with ``--dev`` (refused otherwise): credits
@@ -455,7 +452,13 @@ Before = Annotated[int | None, Query(ge=1, le=2**63 - 1, description="cursor: ne
 Millis = Annotated[int | None, Query(ge=0, le=2**62)]
 
 
-@router.get("/orders", responses=_response(OrderView, 200, "Open orders, oldest first"))
+@router.get(
+    "/orders",
+    responses={
+        **json_response(list[OrderView], 200, "Open orders, oldest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def list_open_orders(
     caller: Caller, request: Request, market: MarketFilter = None
 ) -> Response:
@@ -474,7 +477,10 @@ OrderStatusName = Literal[
 ]  # fmt: skip
 
 
-@router.get("/orders/history", responses=_response(OrderPage, 200, "Newest first"))
+@router.get(
+    "/orders/history",
+    responses={**json_response(OrderPage, 200, "Newest first"), **errors(*SIGNED_IN, 404)},
+)
 async def order_history(
     caller: Caller,
     request: Request,
@@ -514,13 +520,24 @@ async def _one_order(
     return _order_views(service, [record])[0]
 
 
+# Cancel and amend: 409 ORDER_NOT_OPEN for the caller's own order that has finished.
+CHANGE_ERRORS = errors(*SIGNED_IN, 409)
 OrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# Routed with the :path converter: the server decodes %2F to '/' before routing, and an
+# id holding '/' is still one parameter (before, it matched no route: an empty 307).
 ClientOrderIdPath = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")
-]
+    str,
+    Path(
+        min_length=1, max_length=64, pattern=f"^[{CLIENT_ORDER_ID_CHARS}]+$",
+        description="percent-encode a '/' in the id as %2F",
+    ),
+]  # fmt: skip
 
 
-@router.get("/orders/{order_id}", responses=_response(OrderView, 200, "The order"))
+@router.get(
+    "/orders/{order_id}",
+    responses={**json_response(OrderView, 200, "The order"), **errors(*SIGNED_IN)},
+)
 async def get_order(caller: Caller, request: Request, order_id: OrderId) -> Response:
     """One of the caller's orders by id."""
     service = service_of(request)
@@ -528,8 +545,10 @@ async def get_order(caller: Caller, request: Request, order_id: OrderId) -> Resp
     return _json(await _one_order(service, caller.user_id, order_id=order_id))
 
 
-@router.get("/orders/by-client-id/{client_order_id}",
-            responses=_response(OrderView, 200, "The order"))  # fmt: skip
+@router.get(
+    "/orders/by-client-id/{client_order_id:path}",
+    responses={**json_response(OrderView, 200, "The order"), **errors(*SIGNED_IN)},
+)
 async def get_order_by_client_id(
     caller: Caller, request: Request, client_order_id: ClientOrderIdPath
 ) -> Response:
@@ -588,7 +607,10 @@ async def _changed_order(
     return _json(order_view(market_format(service, order.market), state))
 
 
-@router.delete("/orders/{order_id}", responses=_response(OrderView, 200, "The cancelled order"))
+@router.delete(
+    "/orders/{order_id}",
+    responses={**json_response(OrderView, 200, "The cancelled order"), **CHANGE_ERRORS},
+)
 async def cancel_order(caller: Trader, request: Request, order_id: OrderId) -> Response:
     """Cancel one of the caller's open orders. Another user's order answers 404, an
     order that is no longer open 409 ORDER_NOT_OPEN."""
@@ -596,8 +618,10 @@ async def cancel_order(caller: Trader, request: Request, order_id: OrderId) -> R
                                 CancelOrder(caller.user_id, order_id))  # fmt: skip
 
 
-@router.delete("/orders/by-client-id/{client_order_id}",
-               responses=_response(OrderView, 200, "The cancelled order"))  # fmt: skip
+@router.delete(
+    "/orders/by-client-id/{client_order_id:path}",
+    responses={**json_response(OrderView, 200, "The cancelled order"), **CHANGE_ERRORS},
+)
 async def cancel_order_by_client_id(
     caller: Trader, request: Request, client_order_id: ClientOrderIdPath
 ) -> Response:
@@ -610,7 +634,13 @@ class Cancelled(msgspec.Struct):
     cancelled: list[int]
 
 
-@router.delete("/orders", responses=_response(Cancelled, 200, "Ids of the cancelled orders"))
+@router.delete(
+    "/orders",
+    responses={
+        **json_response(Cancelled, 200, "Ids of the cancelled orders"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def cancel_all(caller: Trader, request: Request, market: MarketFilter = None) -> Response:
     """Cancel all the caller's open orders, or those of one market."""
     service = service_of(request)
@@ -628,19 +658,30 @@ async def cancel_all(caller: Trader, request: Request, market: MarketFilter = No
     return _json(Cancelled(ids))
 
 
+AMENDED_QUANTITY = (
+    "the order's new total quantity, what is filled already included (not the remainder): "
+    "it must exceed the filled quantity, and what stays open is the difference"
+)
+
+
 class AmendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    price: Decimal40 | None = None
-    quantity: Decimal40 | None = None
+    price: Annotated[Decimal40, msgspec.Meta(description="the new limit price")] | None = None
+    quantity: Annotated[Decimal40, msgspec.Meta(description=AMENDED_QUANTITY)] | None = None
 
 
 @router.patch(
     "/orders/{order_id}",
-    openapi_extra=_json_body(AmendRequest),
-    responses=_response(OrderView, 200, "The amended order"),
+    openapi_extra=json_body(AmendRequest),
+    responses={**json_response(OrderView, 200, "The amended order"), **CHANGE_ERRORS},
 )
 async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Response:
-    """Change an open order's price and/or quantity. Lowering the quantity keeps its
-    place in the queue; a new price or a larger quantity sends it to the back."""
+    """Change a resting limit order's price and/or quantity, keeping its order id.
+    ``quantity`` is the new **total**, fills included, not the remainder: an order of 1
+    with 0.4 filled, amended to 0.7, keeps 0.3 open (and is refused at 0.4 or less). The
+    same price with a smaller quantity keeps the order's place in the queue (time
+    priority); a new price or a larger quantity sends it to the back of its price level,
+    as if placed now, where it may trade at once (a LIMIT_MAKER order that would is
+    refused). The funds locked follow the open remainder."""
     service = service_of(request)
     body: AmendRequest = await decode(request, AmendRequest)
     if body.price is None and body.quantity is None:
@@ -659,7 +700,13 @@ async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Re
     return await _changed_order(service, caller.user_id, command)
 
 
-@router.get("/trades", responses=_response(FillPage, 200, "The caller's fills, newest first"))
+@router.get(
+    "/trades",
+    responses={
+        **json_response(FillPage, 200, "The caller's fills, newest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def my_trades(
     caller: Caller,
     request: Request,
@@ -683,7 +730,13 @@ async def my_trades(
     return _json(FillPage(items, page.next_before))
 
 
-@router.get("/ledger", responses=_response(LedgerPage, 200, "Balance changes, newest first"))
+@router.get(
+    "/ledger",
+    responses={
+        **json_response(LedgerPage, 200, "Balance changes, newest first"),
+        **errors(*SIGNED_IN, 404),
+    },
+)
 async def ledger(
     caller: Caller,
     request: Request,
@@ -755,7 +808,13 @@ def _holding(engine: Engine, user: int, market: str, position: Position) -> Hold
     )  # fmt: skip
 
 
-@router.get("/portfolio", responses=_response(Holding, 200, "One entry per market traded"))
+@router.get(
+    "/portfolio",
+    responses={
+        **json_response(list[Holding], 200, "One entry per market traded"),
+        **errors(*SIGNED_IN),
+    },
+)
 async def portfolio_view(caller: Caller, request: Request) -> Response:
     """Per market the caller has traded: the base balance, the position bought there, its
     weighted average cost, realised P&L and unrealised P&L at the last price, all in the

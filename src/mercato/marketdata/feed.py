@@ -303,9 +303,11 @@ class MarketData:
                      **self.balance_row(asset, *balance(user, asset))}))  # fmt: skip
 
     def balance_row(self, asset: str, available: int, locked: int) -> dict[str, Any]:
+        """The fields of REST /balances' entries (api/trading_routes.py ``Balance``)."""
         decimals = self.decimals[asset]
         return {"asset": asset, "available": format_amount(available, decimals),
-                "locked": format_amount(locked, decimals)}  # fmt: skip
+                "locked": format_amount(locked, decimals),
+                "total": format_amount(available + locked, decimals)}  # fmt: skip
 
     def _depth_update(self, market: str, update: _Pending) -> dict[str, Any]:
         fmt = self.formats[market]
@@ -405,8 +407,10 @@ class MarketData:
             yield encode({"channel": "orders", "type": "snapshot", "seq": self.engine.last_seq,
                           "orders": orders})  # fmt: skip
         elif channel == "balances":
-            held = self.engine.balances.get(client.user, {})
-            rows = [self.balance_row(asset, *held[asset]) for asset in sorted(held)]
+            # Every asset the exchange lists, zeros included, as REST /balances answers:
+            # the engine keeps no rows for assets a user never held.
+            balance = self.engine.balance
+            rows = [self.balance_row(a, *balance(client.user, a)) for a in sorted(self.decimals)]
             yield encode({"channel": "balances", "type": "snapshot",
                           "seq": self.engine.last_seq, "balances": rows})  # fmt: skip
 
