@@ -13,7 +13,8 @@ from argon2 import PasswordHasher
 from sqlalchemy import select
 
 from mercato.auth.passwords import PasswordPolicyError, check_policy, verify_password
-from mercato.auth.users import UserError, create_user, list_users, normalize_email, set_role
+from mercato.auth.standing import set_role
+from mercato.auth.users import UserError, create_user, list_users, normalize_email
 from mercato.store import create_engine, migrate
 from mercato.store.tables import users
 

@@ -1,18 +1,21 @@
-"""User records in the SQL store: creation, listing, roles."""
+"""User records in the SQL store: creation, listing, email addresses, standing refusals."""
 
 from __future__ import annotations
 
 import time
 
 import msgspec
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.auth.errors import AuthError
 from mercato.auth.passwords import check_policy, hash_password
 from mercato.store.tables import users
 
 ROLES = ("user", "admin", "superadmin")
+# A user's standing besides the role: only an active user may use any credential.
+STATUSES = ("active", "frozen", "deleted")
 MAX_EMAIL_LENGTH = 254
 
 
@@ -48,6 +51,16 @@ def normalize_email(email: str) -> str:
     ):
         raise UserError("INVALID_EMAIL", f"{email!r} is not an email address")
     return address
+
+
+def standing_refusal(status: str) -> AuthError | None:
+    """Why a user whose status is ``status`` may use no credential, or None if they may.
+    A status this code does not know refuses too (fail closed)."""
+    if status == "active":
+        return None
+    if status == "deleted":
+        return AuthError(403, "USER_DELETED", "this account was deleted")
+    return AuthError(403, "USER_FROZEN", "this account is frozen; contact support")
 
 
 def _now_ms() -> int:
@@ -88,15 +101,3 @@ async def list_users(db: AsyncEngine) -> list[User]:
                  row.created_at)
             for row in rows
         ]  # fmt: skip
-
-
-async def set_role(db: AsyncEngine, email: str, role: str) -> None:
-    if role not in ROLES:
-        raise UserError("INVALID_ROLE", f"role must be one of {', '.join(ROLES)}")
-    address = normalize_email(email)
-    async with db.begin() as connection:
-        result = await connection.execute(
-            update(users).where(users.c.email == address).values(role=role, updated_at=_now_ms())
-        )
-        if result.rowcount == 0:
-            raise UserError("UNKNOWN_USER", f"no user with {address}")
