@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.standing import delete_user, freeze, set_role, unfreeze
-from mercato.auth.users import ROLES, UserError, create_user, list_users, normalize_email
+from mercato.auth.users import ROLES, UserError, create_user, list_users, lookup_address
 from mercato.config import ConfigError, load_config
 from mercato.store import create_engine, migrate
 
@@ -98,7 +98,7 @@ def set_role_command(
 ) -> None:
     """Give a user another role (running servers apply it within 2 s)."""
     _run(config, data_dir, lambda db: set_role(db, email, role))
-    Console().print(f"{normalize_email(email)} is now {role}")
+    Console().print(f"{lookup_address(email)} is now {role}")
 
 
 @admin_app.command("freeze")
@@ -106,7 +106,7 @@ def freeze_command(email: str, config: ConfigOption = None, data_dir: DataDirOpt
     """Refuse the user's logins, sessions and API keys until unfrozen (within 2 s on
     running servers). Resting orders stay in the book."""
     _run(config, data_dir, lambda db: freeze(db, email))
-    Console().print(f"{normalize_email(email)} is frozen")
+    Console().print(f"{lookup_address(email)} is frozen")
 
 
 @admin_app.command("unfreeze")
@@ -115,7 +115,7 @@ def unfreeze_command(
 ) -> None:
     """Let a frozen user log in and use their sessions and keys again."""
     _run(config, data_dir, lambda db: unfreeze(db, email))
-    Console().print(f"{normalize_email(email)} is active")
+    Console().print(f"{lookup_address(email)} is active")
 
 
 @admin_app.command("delete-user")
@@ -130,4 +130,4 @@ def delete_user_command(
     if not yes:
         typer.confirm(f"Delete {email}? This cannot be undone", abort=True)
     _run(config, data_dir, lambda db: delete_user(db, email))
-    Console().print(f"{normalize_email(email)} is deleted")
+    Console().print(f"{lookup_address(email)} is deleted")

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mercato.auth.errors import AuthError as AuthError  # re-exported: it used to live here
 from mercato.auth.passwords import hash_password, verify_password
 from mercato.auth.totp import second_factor
-from mercato.auth.users import UserError, normalize_email, standing_refusal
+from mercato.auth.users import lookup_address, standing_refusal
 from mercato.store.tables import api_keys, login_history, refresh_tokens, users
 
 ACCESS_TTL_SECONDS = 15 * 60
@@ -151,13 +151,6 @@ async def _lockout(connection: AsyncConnection, user_id: int, now: int) -> AuthE
     return AuthError(403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min")
 
 
-def _login_address(email: str) -> str:
-    try:
-        return normalize_email(email)
-    except UserError:
-        return email.strip().lower()
-
-
 async def login(
     db: AsyncEngine,
     key: bytes,
@@ -174,7 +167,7 @@ async def login(
     allows. Refusals are raised only after their transaction commits: attempts, lockouts
     and the login history must be recorded, not rolled back with the error."""
     now = _now_ms()
-    address = _login_address(email)
+    address = lookup_address(email)
     user, own_lock = await _take_attempt(db, address, password, client, now)
     # In a thread (argon2 releases the GIL): a check takes ~0.1-0.4 s of CPU, during which
     # the event loop must keep serving, above all the commits of other transactions.

