@@ -318,8 +318,8 @@ async def watch_credentials(service: ExchangeService) -> None:
     """End the private channels of connections whose login session was logged out or
     revoked, whose API key was deleted, or whose user is no longer active: at once after
     a revocation in this process, and every ``REVOCATION_CHECK_SECONDS`` for those made
-    by other processes (standing changes included). Each check
-    asks the database once for all signed-in connections (twice with API keys)."""
+    by other processes (standing changes included). Each check asks the database once
+    for all signed-in connections (twice with API keys)."""
     wake = asyncio.Event()
     LIVE_SESSIONS.on_revoked.append(wake.set)
     try:
@@ -348,13 +348,14 @@ async def end_revoked(service: ExchangeService, hub: Hub) -> None:
         if client.session != session or client.auth_expires_at < 0:
             continue
         standing = live.get(session)
-        refusal = None if standing is None else standing_refusal(standing.status)
         if standing is None:
             hub.end_private(
                 client, "SESSION_REVOKED", "this session was logged out or its key deleted"
             )
-        elif refusal is not None:
+        elif (refusal := standing_refusal(standing.status)) is not None:
             hub.end_private(client, refusal.code, refusal.message)
-        ended = ended or standing is None or refusal is not None
+        else:
+            continue
+        ended = True
     if ended:  # made by another process: what this one trusts of it is void now too
         LIVE_SESSIONS.revoked()

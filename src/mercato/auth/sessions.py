@@ -243,11 +243,14 @@ async def _start_over(
     (it was the last one allowed, and right after all) is lifted. A lock set by another
     attempt stays: once it lands, only its own attempt, its expiry or a password reset
     lifts it. Returns the user's standing as it is now."""
-    lifted = case((users.c.locked_until == own_lock, None), else_=users.c.locked_until)
+    values: dict[str, object] = {"failed_logins": 0, "updated_at": now}
+    if own_lock is not None:
+        values["locked_until"] = case(
+            (users.c.locked_until == own_lock, None), else_=users.c.locked_until
+        )
     row = (
         await connection.execute(
-            update(users).where(users.c.id == user_id)
-            .values(failed_logins=0, locked_until=lifted, updated_at=now)
+            update(users).where(users.c.id == user_id).values(values)
             .returning(users.c.role, users.c.status)
         )
     ).one()  # fmt: skip
