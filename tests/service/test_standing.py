@@ -161,7 +161,7 @@ def test_a_deleted_user_keeps_no_credential_and_no_address(
     within_trust_window(ann.order, 401, "SESSION_REVOKED")
     within_trust_window(ann.by_key, 401, "UNKNOWN_API_KEY")
     assert (ann.login().status_code, ann.login().json()["code"]) == (403, "USER_DELETED")
-    assert (ann.refresh().status_code, ann.refresh().json()["code"]) == (401, "INVALID_TOKEN")
+    assert (ann.refresh().status_code, ann.refresh().json()["code"]) == (403, "USER_DELETED")
     again = httpx.post(f"{ann.url}/api/v1/auth/register",
                        json={"email": EMAIL, "password": PASSWORD})  # fmt: skip
     assert (again.status_code, again.json()["code"]) == (409, "EMAIL_TAKEN")

@@ -268,11 +268,15 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
                 .where(refresh_tokens.c.token_hash == _hash(token))
             )
         ).first()
-        if row is None or row.revoked_at is not None or row.expires_at <= now:
+        if row is None:
             raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
+        # Before anything is written (the token stays as it was), and before the token's
+        # own checks: a deleted user's tokens are revoked, yet the answer says why.
         refusal = standing_refusal(row.status)
-        if refusal is not None:  # raised before anything is written: the token stays as it was
+        if refusal is not None:
             raise refusal
+        if row.revoked_at is not None or row.expires_at <= now:
+            raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
         spent = await connection.execute(
             update(refresh_tokens)
             .where(refresh_tokens.c.id == row.id, refresh_tokens.c.rotated_at.is_(None))
