@@ -63,7 +63,7 @@ def test_thirty_concurrent_wrong_passwords_check_exactly_five(
     assert (right.status_code, right.json()["code"]) == (403, "ACCOUNT_LOCKED")
 
 
-def test_the_right_password_racing_wrong_ones_cannot_open_a_landed_lock(
+def test_right_passwords_racing_wrong_ones_share_the_same_five_checks(
     backend: Backend, servers: list[Server]
 ) -> None:
     server = _started(backend, servers)
