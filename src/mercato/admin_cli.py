@@ -14,11 +14,14 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.passwords import PasswordPolicyError
-from mercato.auth.users import ROLES, UserError, create_user, list_users, set_role
+from mercato.auth.standing import delete_user, freeze, set_role, unfreeze
+from mercato.auth.users import ROLES, UserError, create_user, list_users, lookup_address
 from mercato.config import ConfigError, load_config
 from mercato.store import create_engine, migrate
 
-admin_app = typer.Typer(help="Operator commands on the store (users, roles).", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Operator commands on the store (users, roles, standing).", no_args_is_help=True
+)
 T = TypeVar("T")
 
 ConfigOption = Annotated[Path | None, typer.Option(help="TOML configuration file.")]
@@ -93,6 +96,38 @@ def set_role_command(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Give a user another role."""
+    """Give a user another role (running servers apply it within 2 s)."""
     _run(config, data_dir, lambda db: set_role(db, email, role))
-    Console().print(f"{email.strip().lower()} is now {role}")
+    Console().print(f"{lookup_address(email)} is now {role}")
+
+
+@admin_app.command("freeze")
+def freeze_command(email: str, config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Refuse the user's logins, sessions and API keys until unfrozen (within 2 s on
+    running servers). Resting orders stay in the book."""
+    _run(config, data_dir, lambda db: freeze(db, email))
+    Console().print(f"{lookup_address(email)} is frozen")
+
+
+@admin_app.command("unfreeze")
+def unfreeze_command(
+    email: str, config: ConfigOption = None, data_dir: DataDirOption = None
+) -> None:
+    """Let a frozen user log in and use their sessions and keys again."""
+    _run(config, data_dir, lambda db: unfreeze(db, email))
+    Console().print(f"{lookup_address(email)} is active")
+
+
+@admin_app.command("delete-user")
+def delete_user_command(
+    email: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Disable an account for good: sessions revoked, API keys deleted, no more logins.
+    Its balances stay in the engine and its address stays taken (docs/accounts.md)."""
+    if not yes:
+        typer.confirm(f"Delete {email}? This cannot be undone", abort=True)
+    _run(config, data_dir, lambda db: delete_user(db, email))
+    Console().print(f"{lookup_address(email)} is deleted")

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth import sessions
 from mercato.auth.errors import AuthError
-from mercato.auth.sessions import Client, LiveSessions, authenticate, login, logout
+from mercato.auth.sessions import Client, LiveSessions, Standing, authenticate, login, logout
 from mercato.auth.users import create_user
 from mercato.store import create_engine, migrate
 
@@ -22,11 +22,12 @@ PASSWORD = "correct-horse-9"
 JWT_KEY = b"j" * 32
 MASTER_KEY = bytes(range(32))
 CLIENT = Client("127.0.0.1", "pytest")
+ANN = Standing(1, "user", "active")
 
 
 def test_a_remembered_session_is_live_until_it_ages_out() -> None:
     cache = LiveSessions(seconds=0.05)
-    cache.remember("s1", cache.generation)
+    cache.remember("s1", cache.generation, ANN)
     assert cache.is_live("s1") and not cache.is_live("s2")
     time.sleep(0.06)
     assert not cache.is_live("s1")  # re-checked against the database from now on
@@ -34,7 +35,7 @@ def test_a_remembered_session_is_live_until_it_ages_out() -> None:
 
 def test_a_revocation_voids_every_entry_at_once() -> None:
     cache = LiveSessions()
-    cache.remember("s1", cache.generation)
+    cache.remember("s1", cache.generation, ANN)
     cache.revoked()
     assert not cache.is_live("s1")
 
@@ -43,14 +44,14 @@ def test_a_lookup_that_began_before_a_revocation_is_not_trusted() -> None:
     cache = LiveSessions()
     began = cache.generation  # a request reads the session row...
     cache.revoked()  # ...a logout commits meanwhile...
-    cache.remember("s1", began)  # ...and the stale read is stored afterwards
+    cache.remember("s1", began, ANN)  # ...and the stale read is stored afterwards
     assert not cache.is_live("s1")
 
 
 def test_the_cache_is_bounded() -> None:
     cache = LiveSessions(capacity=10)
     for index in range(25):
-        cache.remember(f"s{index}", cache.generation)
+        cache.remember(f"s{index}", cache.generation, ANN)
     assert cache.is_live("s24") and not cache.is_live("s0")
 
 

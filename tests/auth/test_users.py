@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 from argon2 import PasswordHasher
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from mercato.auth.passwords import PasswordPolicyError, check_policy, verify_password
-from mercato.auth.users import UserError, create_user, list_users, normalize_email, set_role
+from mercato.auth.standing import set_role
+from mercato.auth.users import UserError, create_user, email_skeleton, list_users, normalize_email
 from mercato.store import create_engine, migrate
 from mercato.store.tables import users
 
@@ -54,11 +57,51 @@ def test_users_are_unique_by_normalised_email_and_hashed_with_argon2id(database_
     asyncio.run(_scenario(database_url))
 
 
-@pytest.mark.parametrize("email", ["", "no-at-sign", "a@b", "@example.com", "a b@example.com"])
+@pytest.mark.parametrize(
+    "email",
+    ["", "no-at-sign", "a@b", "@example.com", "a b@example.com", "a@b@x.example.com",
+     "ann\u200b@example.com", "ann\ufeff@example.com", "\u202eann@example.com"],
+)  # fmt: skip
 def test_malformed_emails_are_refused(email: str) -> None:
     with pytest.raises(UserError) as error:
         normalize_email(email)
     assert error.value.code == "INVALID_EMAIL"
+
+
+@pytest.mark.parametrize(
+    ("email", "normalised"),
+    [(" Ann@Example.COM ", "ann@example.com"),
+     ("\uff41\uff4e\uff4e@\uff45xample.com", "ann@example.com"),  # fullwidth: NFKC
+     ("ann@xn--exmple-cua.com", "ann@ex\u00e4mple.com"),  # IDNA: the domain in Unicode
+     ("Stra\u00dfe@example.com", "stra\u00dfe@example.com")],  # case dropped, not folded
+)  # fmt: skip
+def test_addresses_are_normalised(email: str, normalised: str) -> None:
+    assert normalize_email(email) == normalised
+
+
+def test_look_alikes_share_a_skeleton_and_others_do_not() -> None:
+    ann = email_skeleton("ann@example.com")
+    for look_alike in ("\u0430nn@example.com", "\u0251nn@example.com", "ann@ex\u0430mple.com"):
+        assert email_skeleton(normalize_email(look_alike)) == ann, look_alike
+    assert email_skeleton("stra\u00dfe@example.com") == email_skeleton("strasse@example.com")
+    assert email_skeleton("anne@example.com") != ann
+
+
+@given(
+    st.one_of(
+        st.emails(), st.text(max_size=40), st.text(max_size=20).map(lambda t: t + "@example.com")
+    )
+)
+@settings(max_examples=500, deadline=None)
+def test_normalising_is_idempotent_and_refuses_only_with_invalid_email(email: str) -> None:
+    try:
+        address = normalize_email(email)
+    except UserError as error:
+        assert error.code == "INVALID_EMAIL" and error.message
+        return
+    assert normalize_email(address) == address
+    assert address == address.lower()  # the store's check constraint holds
+    assert email_skeleton(address) == email_skeleton(normalize_email(address))
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from mercato.auth.users import email_skeleton
 from mercato.store import (
     alembic_config,
     create_engine,
@@ -46,6 +47,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
         "created_at": False,
         "updated_at": False,
         "totp_last_step": False,
+        "email_skeleton": True,
     },
     "refresh_tokens": {
         "id": False,
@@ -222,7 +224,7 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
     "store_identity": {"id": False, "store_id": False, "created_at": False},
 }
 EXPECTED_UNIQUE = {
-    "users": [["email"]],
+    "users": [["email"], ["email_skeleton"]],
     "refresh_tokens": [["token_hash"]],
     "one_time_tokens": [["token_hash"]],
     "api_keys": [["key_id"]],
@@ -471,7 +473,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0005"
+    assert head == after == head_revision() == "0006"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(
@@ -625,6 +627,7 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
 
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         await migrate(database_url)
+        assert await downgrade(database_url, "0005") == "0005"  # 0006 changes users
         at_head = await _shape_of(database_url)
         assert await downgrade(database_url, "0002") == "0002"
         downgraded = await _shape_of(database_url)
@@ -649,6 +652,7 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
 def test_downgrading_0005_gives_back_the_0004_schema(database_url: str, tmp_path: Path) -> None:
     async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         await migrate(database_url)
+        assert await downgrade(database_url, "0005") == "0005"  # 0006 changes users
         at_head = await _shape_of(database_url)
         assert await downgrade(database_url, "0004") == "0004"
         downgraded = await _shape_of(database_url)
@@ -718,3 +722,47 @@ def test_0004_folds_the_fills_already_projected_into_positions(database_url: str
     # by hand: 297 for 1000; sell 100 takes 337 of cost for 495 (+158); buy 50 for 400;
     # sell 100 takes round(1063 * 100 / 247) = 430 for 891 (+461)
     assert expected[0][2:5] == (147, "633", "619")
+
+
+def test_0006_gives_existing_users_skeletons_and_look_alikes_none(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Users registered before skeletons existed get theirs, in id order; a look-alike of
+    an older user keeps the account without one. The downgrade gives back 0005 exactly."""
+    emails = ["ann@example.com", "\u0430nn@example.com", "mary@example.com", "rnary@example.com"]
+
+    async def scenario() -> tuple[list[tuple[Any, ...]], dict[str, Any], dict[str, Any]]:
+        await migrate(database_url)
+        await downgrade(database_url, "0005")
+        engine = create_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                for email in emails:
+                    await connection.execute(
+                        sa.text("INSERT INTO users (email, password_hash, created_at, updated_at)"
+                                " VALUES (:email, 'x', 0, 0)"), {"email": email},
+                    )  # fmt: skip
+            await migrate(database_url)
+            async with engine.connect() as connection:
+                query = sa.text("SELECT email, email_skeleton FROM users ORDER BY id")
+                rows = [tuple(row) for row in await connection.execute(query)]
+        finally:
+            await engine.dispose()
+        await downgrade(database_url, "0005")
+        downgraded = await _shape_of(database_url)
+        if database_url.startswith("sqlite"):
+            reference = sqlite_url(tmp_path / "reference.db")
+        else:
+            await downgrade(database_url, "base")
+            reference = database_url
+        await _upgrade_to(reference, "0005")
+        return rows, downgraded, await _shape_of(reference)
+
+    rows, downgraded, reference = asyncio.run(scenario())
+    assert rows == [
+        ("ann@example.com", email_skeleton("ann@example.com")),
+        ("\u0430nn@example.com", None),  # Cyrillic a: looks like ann's, who came first
+        ("mary@example.com", email_skeleton("mary@example.com")),
+        ("rnary@example.com", None),  # r and n for the m
+    ]
+    assert downgraded == reference

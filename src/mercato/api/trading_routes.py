@@ -111,8 +111,11 @@ async def decode(request: Request, kind: type[msgspec.Struct]) -> Any:
 
 
 class Eligibility:
-    """Which users may trade (verified email, active account): positive answers are
-    cached, so the order path does not ask the database each time."""
+    """Which users may trade: those with a verified email address. A verification is
+    never undone, so positive answers are cached and the order path does not ask the
+    database each time. The user's standing (frozen, deleted) is not cached here: the
+    credential check refuses a user who is not active (auth/sessions.py, within its
+    2 s trust window)."""
 
     def __init__(self) -> None:
         self._verified: dict[int, float] = {}
@@ -122,14 +125,12 @@ class Eligibility:
         if self._verified.get(user_id, 0.0) > now:
             return
         async with _reads(service) as connection:
-            row = (
+            verified_at = (
                 await connection.execute(
-                    select(users.c.email_verified_at, users.c.status).where(users.c.id == user_id)
+                    select(users.c.email_verified_at).where(users.c.id == user_id)
                 )
-            ).first()
-        if row is None or row.status != "active":
-            raise ApiError(403, "USER_FROZEN", "this account is frozen; contact support")
-        if row.email_verified_at is None:
+            ).scalar_one_or_none()
+        if verified_at is None:
             raise ApiError(403, "EMAIL_NOT_VERIFIED", "verify your email address before trading")
         self._verified[user_id] = now + VERIFIED_CACHE_SECONDS
 

@@ -28,6 +28,7 @@ from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LIVE_SESSIONS, Principal, authenticate, live_credentials
+from mercato.auth.users import standing_refusal
 from mercato.marketdata.feed import PRIVATE_CHANNELS, MarketData, encode
 from mercato.marketdata.hub import Client, Hub
 from mercato.service import ExchangeService
@@ -310,14 +311,15 @@ class Session:
                     "expires_at": expires or None})  # fmt: skip
 
 
-REVOCATION_CHECK_SECONDS = 10.0
+REVOCATION_CHECK_SECONDS = 2.0  # the credentials' trust window (auth/sessions.py)
 
 
 async def watch_credentials(service: ExchangeService) -> None:
     """End the private channels of connections whose login session was logged out or
-    revoked, or whose API key was deleted: at once after a revocation in this process,
-    and every ``REVOCATION_CHECK_SECONDS`` for those made by other processes. Each check
-    asks the database once for all signed-in connections (twice with API keys)."""
+    revoked, whose API key was deleted, or whose user is no longer active: at once after
+    a revocation in this process, and every ``REVOCATION_CHECK_SECONDS`` for those made
+    by other processes (standing changes included). Each check asks the database once
+    for all signed-in connections (twice with API keys)."""
     wake = asyncio.Event()
     LIVE_SESSIONS.on_revoked.append(wake.set)
     try:
@@ -340,9 +342,20 @@ async def end_revoked(service: ExchangeService, hub: Hub) -> None:
     if not signed_in:
         return
     live = await live_credentials(service.reader(), {s for _, s in signed_in})
+    ended = False
     for client, session in signed_in:
         # Skip a client that signed in again (or was ended) while the query ran.
-        if session not in live and client.session == session and client.auth_expires_at >= 0:
+        if client.session != session or client.auth_expires_at < 0:
+            continue
+        standing = live.get(session)
+        if standing is None:
             hub.end_private(
                 client, "SESSION_REVOKED", "this session was logged out or its key deleted"
             )
+        elif (refusal := standing_refusal(standing.status)) is not None:
+            hub.end_private(client, refusal.code, refusal.message)
+        else:
+            continue
+        ended = True
+    if ended:  # made by another process: what this one trusts of it is void now too
+        LIVE_SESSIONS.revoked()

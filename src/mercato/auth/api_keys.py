@@ -26,7 +26,7 @@ from mercato.auth.crypto import seal, unseal
 from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LIVE_SESSIONS, Principal
 from mercato.auth.totp import check_second_factor
-from mercato.auth.users import UserError
+from mercato.auth.users import UserError, standing_refusal
 from mercato.store.tables import api_keys, users
 
 PERMISSIONS = ("read", "trade", "withdraw")
@@ -222,6 +222,7 @@ async def authenticate_signed(
         raise AuthError(
             403, "IP_NOT_ALLOWED", f"this key does not accept requests from {client_ip}"
         )
-    if key.user_status == "frozen":
-        raise AuthError(403, "USER_FROZEN", "the account is frozen")
+    refusal = standing_refusal(key.user_status)
+    if refusal is not None:
+        raise refusal
     return Principal(key.user_id, key.role, f"apikey:{key_id}", key.permissions)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Collection
@@ -19,14 +20,14 @@ from typing import Final
 
 import jwt
 import msgspec
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, case, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.auth.errors import AuthError as AuthError  # re-exported: it used to live here
 from mercato.auth.passwords import hash_password, verify_password
 from mercato.auth.totp import second_factor
-from mercato.auth.users import UserError, normalize_email
+from mercato.auth.users import lookup_address, standing_refusal
 from mercato.store.tables import api_keys, login_history, refresh_tokens, users
 
 ACCESS_TTL_SECONDS = 15 * 60
@@ -63,6 +64,15 @@ class Principal(msgspec.Struct, frozen=True):
     @property
     def by_api_key(self) -> bool:
         return self.session.startswith("apikey:")
+
+
+class Standing(msgspec.Struct, frozen=True):
+    """A credential's user as the store had them at one moment: only an active user may
+    use a credential; the role is the one to act with."""
+
+    user_id: int
+    role: str
+    status: str
 
 
 class Client(msgspec.Struct, frozen=True):
@@ -110,17 +120,35 @@ async def _record(
     )  # fmt: skip
 
 
-async def _failed(connection: AsyncConnection, user: Row[tuple[object, ...]], now: int) -> None:
-    """One more failed login; the last one allowed locks the account."""
-    failures = user.failed_logins + 1
-    locked = failures >= MAX_FAILED_LOGINS
-    await connection.execute(
-        update(users).where(users.c.id == user.id).values(
-            failed_logins=0 if locked else failures,
-            locked_until=now + LOCKOUT_MS if locked else user.locked_until,
+async def _claim_attempt(connection: AsyncConnection, user_id: int, now: int) -> int | None:
+    """Take one of the account's MAX_FAILED_LOGINS attempts before its password is checked:
+    None if the account is locked, else the lock this attempt set (0 if it set none). One
+    UPDATE, so it is atomic on every backend: however many logins race, only
+    MAX_FAILED_LOGINS get an attempt, and the one that takes the last locks the account
+    in the same statement. An attempt counts as failed until its credentials prove right."""
+    reaches_limit = users.c.failed_logins + 1 >= MAX_FAILED_LOGINS
+    claimed = (await connection.execute(
+        update(users)
+        .where(users.c.id == user_id,
+               or_(users.c.locked_until.is_(None), users.c.locked_until <= now))
+        .values(
+            failed_logins=case((reaches_limit, 0), else_=users.c.failed_logins + 1),
+            locked_until=case((reaches_limit, now + LOCKOUT_MS), else_=None),
             updated_at=now,
         )
-    )  # fmt: skip
+        .returning(users.c.locked_until)
+    )).first()  # fmt: skip
+    if claimed is None:
+        return None
+    return int(claimed.locked_until or 0)
+
+
+async def _lockout(connection: AsyncConnection, user_id: int, now: int) -> AuthError:
+    locked_until = (
+        await connection.execute(select(users.c.locked_until).where(users.c.id == user_id))
+    ).scalar_one()
+    minutes = max(1, -(-((locked_until or now) - now) // 60_000))
+    return AuthError(403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min")
 
 
 async def login(
@@ -133,65 +161,100 @@ async def login(
     master_key: bytes,
     totp_code: str | None = None,
 ) -> Tokens:
-    """Check the credentials (and the second factor when 2FA is on); count failures and
-    lock the account after too many."""
+    """Check the credentials (and the second factor when 2FA is on) of an active user.
+    Each check first takes one of the account's attempts, committed before the password
+    is verified, so concurrent logins cannot check more passwords than the lockout
+    allows. Refusals are raised only after their transaction commits: attempts, lockouts
+    and the login history must be recorded, not rolled back with the error."""
     now = _now_ms()
-    try:
-        address = normalize_email(email)
-    except UserError:
-        address = email.strip().lower()
-    # A refusal is raised only after the transaction commits: failed attempts, lockouts
-    # and the login history must be recorded, not rolled back with the error.
-    refusal: AuthError | None = None
+    address = lookup_address(email)
+    user, own_lock = await _take_attempt(db, address, password, client, now)
+    # In a thread (argon2 releases the GIL): a check takes ~0.1-0.4 s of CPU, during which
+    # the event loop must keep serving, above all the commits of other transactions.
+    password_right = await asyncio.to_thread(verify_password, user.password_hash, password)
+    async with db.begin() as connection:
+        refusal = await _checked_credentials(
+            connection, user, address, client, now, password_right, master_key, totp_code
+        )
+        if refusal is None:
+            standing = await _start_over(connection, user.id, now, own_lock)
+            refusal = standing_refusal(standing.status)
+            reason = "" if refusal is None else f"account {standing.status}"
+            await _record(connection, user.id, address, client, refusal is None, reason, now)
+            if refusal is None:
+                family = secrets.token_urlsafe(16)
+                refresh = await _new_refresh(connection, user.id, family, client, now)
+    if refusal is not None:
+        raise refusal
+    return Tokens(_access_token(key, user.id, standing.role, family), refresh, ACCESS_TTL_SECONDS)
+
+
+async def _take_attempt(
+    db: AsyncEngine, address: str, password: str, client: Client, now: int
+) -> tuple[Row[tuple[object, ...]], int | None]:
+    """The user of ``address`` once one of their attempts is taken, and the lock that
+    attempt set (None if it set none); else the refusal, raised once recorded."""
     async with db.begin() as connection:
         user = (await connection.execute(select(users).where(users.c.email == address))).first()
         if user is None:
-            verify_password(_dummy_hash(), password)
             await _record(connection, None, address, client, False, "unknown email", now)
-            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
-        elif user.locked_until is not None and user.locked_until > now:
-            await _record(connection, user.id, address, client, False, "locked", now)
-            minutes = -(-(user.locked_until - now) // 60_000)
-            refusal = AuthError(
-                403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min"
-            )
-        elif not verify_password(user.password_hash, password):
-            await _failed(connection, user, now)
-            await _record(connection, user.id, address, client, False, "wrong credentials", now)
-            # Word for word the unknown email's answer: no account enumeration.
-            refusal = AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
-        elif user.totp_enabled and not totp_code:
-            await _record(connection, user.id, address, client, False, "2fa code missing", now)
-            refusal = AuthError(401, "TOTP_REQUIRED", "2FA is on: send totp_code as well")
         else:
-            outcome = "ok"
-            if user.totp_enabled:
-                outcome = await second_factor(connection, master_key, user, totp_code or "")
-            if outcome == "ok":
-                await connection.execute(
-                    update(users).where(users.c.id == user.id)
-                    .values(failed_logins=0, locked_until=None, updated_at=now)
-                )  # fmt: skip
-                family = secrets.token_urlsafe(16)
-                refresh = await _new_refresh(connection, user.id, family, client, now)
-                await _record(connection, user.id, address, client, True, "", now)
-            else:
-                # Both count towards the lockout. A reused code gets its own answer: the
-                # caller had the password and a code right a moment ago; wait for the next.
-                await _failed(connection, user, now)
-                reason = f"2fa code {outcome}"
-                await _record(connection, user.id, address, client, False, reason, now)
-                refusal = (
-                    AuthError(
-                        401, "TOTP_REUSED", "this 2FA code was used already; wait for the next"
-                    )
-                    if outcome == "reused"
-                    else AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
-                )
-    if refusal is not None:
-        raise refusal
-    assert user is not None
-    return Tokens(_access_token(key, user.id, user.role, family), refresh, ACCESS_TTL_SECONDS)
+            own_lock = await _claim_attempt(connection, user.id, now)
+            if own_lock is not None:
+                return user, own_lock or None
+            await _record(connection, user.id, address, client, False, "locked", now)
+            refusal = await _lockout(connection, user.id, now)
+    if user is None:
+        await asyncio.to_thread(verify_password, _dummy_hash(), password)  # takes as long
+        raise AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+    raise refusal
+
+
+async def _checked_credentials(
+    connection: AsyncConnection, user: Row[tuple[object, ...]], address: str, client: Client,
+    now: int, password_right: bool, master_key: bytes, totp_code: str | None,
+) -> AuthError | None:  # fmt: skip
+    """None if the password (and the 2FA code when 2FA is on) are right, else the refusal
+    (recorded in the login history; the attempt stays counted as failed)."""
+    if not password_right:
+        await _record(connection, user.id, address, client, False, "wrong credentials", now)
+        # Word for word the unknown email's answer: no account enumeration.
+        return AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+    if not user.totp_enabled:
+        return None
+    if not totp_code:
+        await _record(connection, user.id, address, client, False, "2fa code missing", now)
+        return AuthError(401, "TOTP_REQUIRED", "2FA is on: send totp_code as well")
+    outcome = await second_factor(connection, master_key, user, totp_code)
+    if outcome == "ok":
+        return None
+    await _record(connection, user.id, address, client, False, f"2fa code {outcome}", now)
+    # A reused code gets its own answer: the caller had the password and a code right a
+    # moment ago; wait for the next.
+    if outcome == "reused":
+        return AuthError(401, "TOTP_REUSED", "this 2FA code was used already; wait for the next")
+    return AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
+
+
+async def _start_over(
+    connection: AsyncConnection, user_id: int, now: int, own_lock: int | None
+) -> Standing:
+    """Right credentials: the attempts count starts over, and the lock this attempt set
+    (it was the last one allowed, and right after all) is lifted. A lock set by another
+    attempt stays: once it lands, only its own attempt, its expiry or a password reset
+    lifts it. Returns the user's standing as it is now."""
+    values: dict[str, object] = {"failed_logins": 0, "updated_at": now}
+    if own_lock is not None:
+        values["locked_until"] = case(
+            (users.c.locked_until == own_lock, None), else_=users.c.locked_until
+        )
+    row = (
+        await connection.execute(
+            update(users).where(users.c.id == user_id).values(values)
+            .returning(users.c.role, users.c.status)
+        )
+    ).one()  # fmt: skip
+    return Standing(user_id, row.role, row.status)
 
 
 async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> Tokens:
@@ -200,12 +263,19 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
     async with db.begin() as connection:
         row = (
             await connection.execute(
-                select(refresh_tokens, users.c.role)
+                select(refresh_tokens, users.c.role, users.c.status)
                 .join(users, users.c.id == refresh_tokens.c.user_id)
                 .where(refresh_tokens.c.token_hash == _hash(token))
             )
         ).first()
-        if row is None or row.revoked_at is not None or row.expires_at <= now:
+        if row is None:
+            raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
+        # Before anything is written (the token stays as it was), and before the token's
+        # own checks: a deleted user's tokens are revoked, yet the answer says why.
+        refusal = standing_refusal(row.status)
+        if refusal is not None:
+            raise refusal
+        if row.revoked_at is not None or row.expires_at <= now:
             raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
         spent = await connection.execute(
             update(refresh_tokens)
@@ -227,35 +297,43 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
 
 
 class LiveSessions:
-    """Sessions recently found live, so most requests skip the database.
+    """Sessions recently found live, with their user's standing, so most requests skip
+    the database.
 
     An entry is trusted for ``seconds`` and only while no revocation happened in this
-    process since its lookup began: revocations bump ``generation`` after they commit,
-    which invalidates every entry, including one a concurrent lookup stores afterwards
-    from a read that predates the commit. So a logout takes effect at once in the
-    process that handled it, and within ``seconds`` in the others.
+    process since its lookup began: revocations and changes of a user's standing (role,
+    status) bump ``generation`` after they commit, which invalidates every entry,
+    including one a concurrent lookup stores afterwards from a read that predates the
+    commit. So a logout or a freeze takes effect at once in the process that made it, and
+    within ``seconds`` in the others.
     """
 
     def __init__(self, seconds: float = 2.0, capacity: int = 100_000) -> None:
         self.seconds = seconds
         self.capacity = capacity
         self.generation = 0
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._seen: dict[str, tuple[float, int, Standing]] = {}
         # Called after each revocation (for the WebSocket's private channels): they must
         # only schedule work, never block.
         self.on_revoked: list[Callable[[], None]] = []
 
-    def is_live(self, session: str) -> bool:
+    def trusted(self, session: str) -> Standing | None:
+        """The standing of ``session``'s user if the session is known live, else None."""
         entry = self._seen.get(session)
-        return entry is not None and entry[1] == self.generation and entry[0] > time.monotonic()
+        if entry is None or entry[1] != self.generation or entry[0] <= time.monotonic():
+            return None
+        return entry[2]
 
-    def remember(self, session: str, generation: int) -> None:
+    def is_live(self, session: str) -> bool:
+        return self.trusted(session) is not None
+
+    def remember(self, session: str, generation: int, standing: Standing) -> None:
         if len(self._seen) >= self.capacity:
             self._seen.clear()
-        self._seen[session] = (time.monotonic() + self.seconds, generation)
+        self._seen[session] = (time.monotonic() + self.seconds, generation, standing)
 
     def revoked(self) -> None:
-        """Call after a revocation commits."""
+        """Call after a revocation or a change of standing commits."""
         self.generation += 1
         self._seen.clear()
         for listener in self.on_revoked:
@@ -293,6 +371,9 @@ _VERIFIED: dict[tuple[str, bytes], tuple[Principal, float]] = {}
 _VERIFIED_CAPACITY = 50_000
 
 
+_USER_ID = re.compile(r"[1-9][0-9]{0,18}")  # a positive 64-bit id, in its plain form
+
+
 def _verified(key: bytes, access_token: str) -> Principal:
     cached = _VERIFIED.get((access_token, key))
     if cached is not None:
@@ -305,15 +386,20 @@ def _verified(key: bytes, access_token: str) -> Principal:
             access_token,
             key,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "sub", "sid"]},
+            options={"require": ["exp", "sub", "sid", "role", "typ"]},
         )
     except jwt.ExpiredSignatureError:
         raise AuthError(401, "TOKEN_EXPIRED", "access token expired; refresh it") from None
     except jwt.InvalidTokenError:
         raise AuthError(401, "UNAUTHORIZED", "invalid access token") from None
-    if claims.get("typ") != "access":
+    if claims["typ"] != "access":
         raise AuthError(401, "UNAUTHORIZED", "not an access token")
-    principal = Principal(int(claims["sub"]), str(claims["role"]), str(claims["sid"]))
+    # Signed with our key, yet not as we sign them (a leaked key, a bug): refused, not 500.
+    sub, role, sid = claims["sub"], claims["role"], claims["sid"]
+    if not (isinstance(sub, str) and _USER_ID.fullmatch(sub) and isinstance(role, str)
+            and isinstance(sid, str) and sid):  # fmt: skip
+        raise AuthError(401, "UNAUTHORIZED", "invalid access token: malformed claims")
+    principal = Principal(int(sub), role, sid)
     if len(_VERIFIED) >= _VERIFIED_CAPACITY:
         _VERIFIED.clear()
     _VERIFIED[(access_token, key)] = (principal, float(claims["exp"]))
@@ -321,65 +407,82 @@ def _verified(key: bytes, access_token: str) -> Principal:
 
 
 async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Principal:
-    """The principal of a bearer token whose session is still live. ``db`` is only read
-    (on SQLite, pass an engine that begins DEFERRED so the check never queues for the
-    write lock)."""
+    """The principal of a bearer token whose session is still live and belongs to the
+    token's user, an active one; its role as the store has it now (not as the token
+    says). ``db`` is only read (on SQLite, pass an engine that begins DEFERRED so the
+    check never queues for the write lock)."""
     principal = _verified(key, access_token)
-    if LIVE_SESSIONS.is_live(principal.session):
+    standing = LIVE_SESSIONS.trusted(principal.session)
+    if standing is None:
+        standing = await _shared_lookup(db, principal.session)
+    if standing is None:
+        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
+    if standing.user_id != principal.user_id:
+        raise AuthError(401, "UNAUTHORIZED", "invalid access token: not its user's session")
+    refusal = standing_refusal(standing.status)
+    if refusal is not None:
+        raise refusal
+    if standing.role == principal.role:
         return principal
-    # One lookup per session at a time: when a busy session's trust runs out, its
-    # in-flight requests share one query instead of each sending its own. Keyed by the
-    # revocation generation too, so a request that follows a logout never joins a lookup
-    # that began before it.
-    lookup = (principal.session, LIVE_SESSIONS.generation)
+    return msgspec.structs.replace(principal, role=standing.role)
+
+
+async def _shared_lookup(db: AsyncEngine, session: str) -> Standing | None:
+    """One lookup per session at a time: when a busy session's trust runs out, its
+    in-flight requests share one query instead of each sending its own. Keyed by the
+    revocation generation too, so a request that follows a logout never joins a lookup
+    that began before it."""
+    lookup = (session, LIVE_SESSIONS.generation)
     check = _SESSION_CHECKS.get(lookup)
     if check is None or check.get_loop() is not asyncio.get_running_loop():
-        check = asyncio.ensure_future(_session_is_live(db, principal.session))
+        check = asyncio.ensure_future(_session_standing(db, session))
         _SESSION_CHECKS[lookup] = check
         check.add_done_callback(lambda done: _forget_check(lookup, done))
-    if not await asyncio.shield(check):
-        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
-    return principal
+    return await asyncio.shield(check)
 
 
-_SESSION_CHECKS: dict[tuple[str, int], asyncio.Future[bool]] = {}
+_SESSION_CHECKS: dict[tuple[str, int], asyncio.Future[Standing | None]] = {}
 _CHUNK = 500  # ids per IN (...) list
 
 
-async def live_credentials(db: AsyncEngine, sessions: Collection[str]) -> set[str]:
+async def live_credentials(db: AsyncEngine, sessions: Collection[str]) -> dict[str, Standing]:
     """Which of ``sessions`` (login sessions, or ``apikey:<id>`` for API keys) are still
-    live: not logged out, not revoked, the key not deleted."""
+    live (not logged out, not revoked, the key not deleted), with the standing of their
+    user: the caller refuses those whose user is not active."""
     families = sorted(s for s in sessions if not s.startswith("apikey:"))
     keys = sorted(s.removeprefix("apikey:") for s in sessions if s.startswith("apikey:"))
-    live: set[str] = set()
+    live: dict[str, Standing] = {}
     async with db.connect() as connection:
         for start in range(0, len(families), _CHUNK):
             chunk = families[start : start + _CHUNK]
             rows = await connection.execute(
-                select(refresh_tokens.c.family_id).distinct().where(
-                    refresh_tokens.c.family_id.in_(chunk), refresh_tokens.c.revoked_at.is_(None)
-                )
+                select(refresh_tokens.c.family_id, users.c.id, users.c.role, users.c.status)
+                .distinct()
+                .join(users, users.c.id == refresh_tokens.c.user_id)
+                .where(refresh_tokens.c.family_id.in_(chunk), refresh_tokens.c.revoked_at.is_(None))
             )  # fmt: skip
-            live.update(row.family_id for row in rows)
+            live.update((row.family_id, Standing(row.id, row.role, row.status)) for row in rows)
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start : start + _CHUNK]
             rows = await connection.execute(
-                select(api_keys.c.key_id).where(
-                    api_keys.c.key_id.in_(chunk), api_keys.c.deleted_at.is_(None)
-                )
+                select(api_keys.c.key_id, users.c.id, users.c.role, users.c.status)
+                .join(users, users.c.id == api_keys.c.user_id)
+                .where(api_keys.c.key_id.in_(chunk), api_keys.c.deleted_at.is_(None))
+            )  # fmt: skip
+            live.update(
+                (f"apikey:{row.key_id}", Standing(row.id, row.role, row.status)) for row in rows
             )
-            live.update(f"apikey:{row.key_id}" for row in rows)
     return live
 
 
-def _forget_check(key: tuple[str, int], done: asyncio.Future[bool]) -> None:
+def _forget_check(key: tuple[str, int], done: asyncio.Future[Standing | None]) -> None:
     if _SESSION_CHECKS.get(key) is done:
         del _SESSION_CHECKS[key]
 
 
-async def _session_is_live(db: AsyncEngine, session: str) -> bool:
+async def _session_standing(db: AsyncEngine, session: str) -> Standing | None:
     generation = LIVE_SESSIONS.generation
-    live = session in await live_credentials(db, [session])
-    if live:
-        LIVE_SESSIONS.remember(session, generation)
-    return live
+    standing = (await live_credentials(db, [session])).get(session)
+    if standing is not None:
+        LIVE_SESSIONS.remember(session, generation, standing)
+    return standing

@@ -95,6 +95,10 @@ users: Final = Table(
     # The newest TOTP time step (Unix time // 30) accepted for the user: a code of that
     # step or an earlier one is refused (replay). Added by 0002, hence after updated_at.
     Column("totp_last_step", BigInteger, nullable=False, server_default=text("0")),
+    # The UTS #39 skeleton of the address (mercato.auth.users.email_skeleton): look-alike
+    # addresses share it, so the unique constraint lets only one of them register.
+    # NULL only for a user who, before 0006, already had a look-alike of an older one.
+    Column("email_skeleton", Text, nullable=True, unique=True),
     CheckConstraint("email = lower(email)", name="email_lower"),
     sqlite_autoincrement=True,
 )
