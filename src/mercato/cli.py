@@ -162,6 +162,8 @@ def serve(
     import uvicorn
 
     from mercato.api.app import create_app
+    from mercato.api.client_address import ClientAddress, TrustedProxies
+    from mercato.api.server_protocol import WS_MAX_MESSAGE_BYTES, protocols_for
     from mercato.config import ConfigError, load_config
     from mercato.service import ExchangeService
 
@@ -183,11 +185,24 @@ def serve(
     def stop_server() -> None:
         server.should_exit = True
 
+    limits = settings.http
+    http_protocol, ws_protocol = protocols_for(limits)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(service, on_boot_failure=stop_server),
+            # The client's address from trusted proxies: ours, not uvicorn's (proxy_headers
+            # off), so a malformed X-Forwarded-For gets a 400 instead of a 500 later on.
+            ClientAddress(
+                create_app(service, on_boot_failure=stop_server),
+                TrustedProxies(limits.trusted_proxies),
+            ),
             host=settings.server.host,
             port=settings.server.port,
+            http=http_protocol,
+            ws=ws_protocol,
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
+            proxy_headers=False,
+            limit_concurrency=limits.max_connections,
+            backlog=limits.backlog,
             lifespan="on",
             access_log=False,
             log_config=None,
