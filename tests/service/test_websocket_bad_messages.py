@@ -13,6 +13,7 @@ import websockets.sync.client as ws_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosedError
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection
 
 from service.conftest import Server
@@ -95,6 +96,13 @@ def test_bad_messages_get_an_error_reply_and_the_connection_stays(
         with pytest.raises(ConnectionClosedError) as closed:
             socket.recv(timeout=WAIT)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    with ws_client.connect(f"ws://127.0.0.1:{server.port}/ws") as socket:
+        with socket.protocol_mutex:  # a text frame that is not UTF-8: the client would refuse
+            socket.protocol.send_frame(Frame(Opcode.TEXT, b"\xff\xfe"))
+            socket.send_data()
+        with pytest.raises(ConnectionClosedError) as closed:
+            socket.recv(timeout=WAIT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
     assert "Traceback" not in server.output()
 
 

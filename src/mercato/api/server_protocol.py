@@ -257,6 +257,20 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     slot: tuple[ConnectionSlots, str] | None = None
 
+    def send_receive_event_to_app(self) -> None:
+        """As uvicorn's, but a text message that is not UTF-8 is closed with 1007 (as
+        RFC 6455 wants) without logging a traceback: any client can send one."""
+        if self.curr_msg_data_type == "text" and not self.close_sent:
+            try:
+                b"".join(self.frames).decode()  # messages are small (WS_MAX_MESSAGE_BYTES)
+            except UnicodeDecodeError:
+                self.frames = []
+                self.logger.info("WebSocket closed with 1007: a text message was not UTF-8")
+                self.conn.send_close(1007, "text messages must be UTF-8")
+                self.handle_parser_exception()
+                return
+        super().send_receive_event_to_app()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.slot is not None:
             slots, key = self.slot
