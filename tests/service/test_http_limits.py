@@ -137,6 +137,16 @@ def test_late_heads_and_bodies_are_cut_off_by_their_deadline(
         assert status_and_body(read_until_closed(short)) == (408, {
             "code": "REQUEST_TIMEOUT",
             "message": f"the request body must arrive within {HEAD_TIMEOUT} s"})  # fmt: skip
+    # The deadlines are per request: a keep-alive connection whose requests each arrive
+    # whole is served for longer than any deadline.
+    with connect(server) as kept:
+        for _ in range(6):
+            kept.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"live"}') and (chunk := kept.recv(65536)):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            time.sleep(HEAD_TIMEOUT / 2)
     assert httpx.get(f"{server.url}/health/live").status_code == 200
 
 

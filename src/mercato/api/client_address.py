@@ -118,27 +118,35 @@ class ClientAddress:
             scope["client"] = (canonical, port)
             await self.app(scope, receive, send)
             return
-        forwarded = [value for name, value in scope["headers"] if name == b"x-forwarded-for"]
-        try:
-            address = self.trusted.client(peer, forwarded)
-        except ForwardedForError as error:
-            await _refuse(scope, send, str(error))
-            return
-        scope["client"] = (str(address), port if address == peer else 0)
-        _forwarded_scheme(scope)
+        forwarded: list[bytes] = []
+        proto = None
+        for name, value in scope["headers"]:
+            if name == b"x-forwarded-for":
+                forwarded.append(value)
+            elif name == b"x-forwarded-proto":
+                proto = value
+        scope["client"] = (canonical, port)
+        if forwarded:
+            try:
+                address = self.trusted.client(peer, forwarded)
+            except ForwardedForError as error:
+                await _refuse(scope, send, str(error))
+                return
+            if address != peer:
+                scope["client"] = (str(address), 0)
+        if proto is not None:
+            _forwarded_scheme(scope, proto)
         await self.app(scope, receive, send)
 
 
-def _forwarded_scheme(scope: Scope) -> None:
-    for name, value in scope["headers"]:
-        if name == b"x-forwarded-proto":
-            scheme = value.decode("latin-1").strip().lower()
-            if scheme in ("http", "https", "ws", "wss"):
-                secure = scheme in ("https", "wss")
-                if scope["type"] == "websocket":
-                    scope["scheme"] = "wss" if secure else "ws"
-                else:
-                    scope["scheme"] = "https" if secure else "http"
+def _forwarded_scheme(scope: Scope, proto: bytes) -> None:
+    scheme = proto.decode("latin-1").strip().lower()
+    if scheme in ("http", "https", "ws", "wss"):
+        secure = scheme in ("https", "wss")
+        if scope["type"] == "websocket":
+            scope["scheme"] = "wss" if secure else "ws"
+        else:
+            scope["scheme"] = "https" if secure else "http"
 
 
 async def _refuse(scope: Scope, send: Send, message: str) -> None:

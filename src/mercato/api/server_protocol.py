@@ -106,7 +106,12 @@ def error_answer(status: int, code: str, message: str) -> bytes:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol with the head size cap, the deadlines and the per-IP slots."""
+    """HttpToolsProtocol with the head size cap, the deadlines and the per-IP slots.
+
+    Deadlines are armed only when a read ends inside a head or a body: a request that
+    arrives in one read (nearly all of them) never arms one, so the common path gains
+    only a few attribute checks after each read and the size check at the end of a head.
+    """
 
     guard: Guard  # set on the subclass made by protocols_for
 
@@ -115,10 +120,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.slot: str | None = None
         self.deadline: float | None = None
         self.waiting = NEW
-        self.in_head = False
+        self.timed: object = None  # the scope (head) or cycle (body) the deadline is for
         self.head_bytes = 0  # of reads that began and ended inside the current head
         self.chunk = 0  # length of the read being parsed
-        self.began = False  # a request began in the read being parsed
         self.refused = False
 
     # -- connection ---------------------------------------------------------------------
@@ -132,7 +136,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             message = f"at most {limit} open connections per IP address: close one first"
             self.refuse(429, "TOO_MANY_CONNECTIONS", message)
             return
-        self.deadline = self.loop.time() + guard.limits.head_timeout
+        self.deadline = self.loop.time() + guard.limits.head_timeout  # for its first head
         guard.watch(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -163,7 +167,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         self.chunk = len(data)
-        self.began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -177,36 +180,40 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.logger.warning("Invalid HTTP request received.")
                 self.send_400_response("Invalid HTTP request received.")
             return
-        if self.in_head and not self.began:  # the whole read was head
-            self.head_bytes += len(data)
-            if self.head_bytes > self.guard.limits.max_head_bytes:
-                self._refuse_head()
+        scope = self.scope
+        if scope is None:
+            return
+        if "method" not in scope:  # uvicorn sets it once the head is complete
+            self._inside_head(scope, len(data))
+        elif (cycle := self.cycle) is not None and cycle.more_body and cycle is not self.timed:
+            self._time(cycle, BODY, self.guard.limits.body_timeout)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        if self.waiting != NEW:  # a new connection's first head keeps the connection's deadline
-            self.deadline = self.loop.time() + self.guard.limits.head_timeout
-        self.waiting = HEAD
-        self.in_head = True
-        self.began = True  # how much of this read is head is unknown: counted from the next
-        self.head_bytes = 0
+    def _inside_head(self, scope: object, size: int) -> None:
+        """The read ended inside a request head: time it, and count what is head."""
+        if scope is not self.timed:  # the head began in this read: how much is head is
+            self.head_bytes = 0  # unknown, so counting starts with the next read
+            if self.waiting == NEW:  # a connection's first head: its deadline runs already
+                self.timed = scope
+            else:
+                self._time(scope, HEAD, self.guard.limits.head_timeout)
+            return
+        self.head_bytes += size
+        if self.head_bytes > self.guard.limits.max_head_bytes:
+            self._refuse_head()
+
+    def _time(self, what: object, waiting: str, seconds: float) -> None:
+        self.timed, self.waiting = what, waiting
+        self.deadline = self.loop.time() + seconds
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
         limit = self.guard.limits.max_head_bytes
         if self.head_bytes + self.chunk > limit and self._head_size() > limit:
             self._refuse_head()
             raise _Refused
-        if self.parser.should_upgrade() and self._should_upgrade():
-            self.deadline = None  # the WebSocket protocol's own timeouts apply from here
-        else:
-            self.deadline = self.loop.time() + self.guard.limits.body_timeout
-            self.waiting = BODY
+        self.head_bytes = 0
+        if self.waiting == NEW:  # the connection's first head is in: its deadline is done
+            self.waiting, self.deadline = HEAD, None
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self.deadline = None
-        super().on_message_complete()
 
     def _head_size(self) -> int:
         """The head's size as received, give or take the spaces around header values."""
@@ -216,21 +223,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- refusing -----------------------------------------------------------------------
 
     def expire(self) -> None:
-        """The deadline passed: answer 408 if a request began and has no answer yet."""
+        """The deadline passed: close the connection, with a 408 if a request began and
+        has no answer yet; nothing if what was timed arrived since (the deadline is stale:
+        nothing disarms it when a head or body completes)."""
         self.deadline = None
         cycle = self.cycle
-        answerable = self.waiting == HEAD and (cycle is None or cycle.response_complete)
-        if self.waiting == BODY and cycle is not None and not cycle.response_started:
+        if self.waiting == NEW:  # the connection's first head did not come in time
+            if self.scope is None:
+                self.transport.close()  # not a byte of it: nobody to answer
+            else:
+                self._refuse_late(HEAD, self.guard.limits.head_timeout)
+        elif self.waiting == HEAD and self.timed is self.scope and "method" not in self.scope:
+            if cycle is None or cycle.response_complete:
+                self._refuse_late(HEAD, self.guard.limits.head_timeout)
+            else:
+                self.transport.close()  # a pipelined head behind an answer being written
+        elif self.waiting == BODY and self.timed is cycle and cycle.more_body:
+            if cycle.response_started:
+                self.transport.close()
+                return
             cycle.disconnected = True  # the handler waiting for the body gets a disconnect
             cycle.message_event.set()
-            answerable = True
-        if not answerable:
-            self.transport.close()
-            return
-        limits = self.guard.limits
-        seconds = limits.head_timeout if self.waiting == HEAD else limits.body_timeout
-        self.refuse(408, "REQUEST_TIMEOUT",
-                    f"the request {self.waiting} must arrive within {seconds:g} s")  # fmt: skip
+            self._refuse_late(BODY, self.guard.limits.body_timeout)
+
+    def _refuse_late(self, part: str, seconds: float) -> None:
+        self.refuse(408, "REQUEST_TIMEOUT", f"the request {part} must arrive within {seconds:g} s")
 
     def _refuse_head(self) -> None:
         limit = self.guard.limits.max_head_bytes
