@@ -17,8 +17,8 @@ forever, and lets one address hold any number of connections. Here, per server
 
 Refusals use the API's error body and close after a short linger, so the client reads
 the answer before the socket goes. Deadlines are checked by one sweep over the open
-connections a few times per timeout, not by a timer per request: order entry pays two
-clock reads per request for them.
+connections a few times per timeout, not by a timer per request, and armed only when a
+read ends inside a head or a body (docs/benchmarks.md, "HTTP limits", for the cost).
 """
 
 from __future__ import annotations
