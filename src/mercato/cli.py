@@ -198,6 +198,8 @@ def serve(
     import uvicorn
 
     from mercato.api.app import create_app
+    from mercato.api.client_address import ClientAddress, TrustedProxies
+    from mercato.api.server_protocol import WS_MAX_MESSAGE_BYTES, protocols_for
     from mercato.runtime import listen
     from mercato.service import BootError, ExchangeService
 
@@ -218,7 +220,7 @@ def serve(
     service = ExchangeService(settings)
     address = f"{settings.server.host}:{settings.server.port}"
     try:
-        listeners = listen(settings.server.host, settings.server.port)
+        listeners = listen(settings.server.host, settings.server.port, settings.http.backlog)
     except OSError as error:
         raise _fail(err, f"cannot listen on {address}: {error.strerror or error}", 1) from None
     try:
@@ -230,11 +232,23 @@ def serve(
     def stop_server() -> None:
         server.should_exit = True
 
+    limits = settings.http
+    http_protocol, ws_protocol = protocols_for(limits)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(service, on_boot_failure=stop_server),
+            # The client's address from trusted proxies: ours, not uvicorn's (proxy_headers
+            # off), so a malformed X-Forwarded-For gets a 400 instead of a 500 later on.
+            ClientAddress(
+                create_app(service, on_boot_failure=stop_server),
+                TrustedProxies(limits.trusted_proxies),
+            ),
             host=settings.server.host,
             port=settings.server.port,
+            http=http_protocol,
+            ws=ws_protocol,
+            ws_max_size=WS_MAX_MESSAGE_BYTES,
+            proxy_headers=False,
+            limit_concurrency=limits.max_connections,
             lifespan="on",
             access_log=False,
             log_config=None,

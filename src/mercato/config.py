@@ -10,6 +10,7 @@ repr or a log line. See docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import secrets
@@ -43,6 +44,33 @@ class ServerConfig(_Section):
     port: int = 8000
     data_dir: str = "./mercato-data"
     dev: bool = False  # development mode: the test-funds faucet exists
+
+
+class HttpConfig(_Section):
+    """How the embedded HTTP server protects itself (docs/configuration.md, "HTTP limits")
+    and whose X-Forwarded-For it believes."""
+
+    trusted_proxies: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "::1"])
+    max_head_bytes: int = 16 * 1024  # request line + header lines; more answers 431
+    head_timeout: float = 10.0  # seconds from a request's first byte to its blank line
+    body_timeout: float = 30.0  # seconds from the end of the head to the end of the body
+    max_connections_per_ip: int = 100  # open connections from one (untrusted) peer address
+    max_connections: int = 4096  # all connections; requests past it answer 503
+    backlog: int = 2048  # the listen queue
+
+    def __post_init__(self) -> None:
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                problem = f"trusted_proxies: {entry!r} is not an address or network"
+                raise ValueError(problem) from None
+        if self.max_head_bytes < 1024:
+            raise ValueError("max_head_bytes must be at least 1024")
+        if not (0 < self.head_timeout <= 3600 and 0 < self.body_timeout <= 3600):
+            raise ValueError("head_timeout and body_timeout must be within 0..3600 seconds")
+        if min(self.max_connections_per_ip, self.max_connections, self.backlog) < 1:
+            raise ValueError("max_connections_per_ip, max_connections and backlog must be >= 1")
 
 
 class DatabaseConfig(_Section):
@@ -127,6 +155,7 @@ class MarketConfig(_Section):
 
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     database: DatabaseConfig = msgspec.field(default_factory=DatabaseConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
@@ -157,6 +186,7 @@ ENVIRONMENT: dict[str, tuple[str, str, type]] = {
     "MERCATO_PORT": ("server", "port", int),
     "MERCATO_DATA_DIR": ("server", "data_dir", str),
     "MERCATO_DEV": ("server", "dev", bool),
+    "FORWARDED_ALLOW_IPS": ("http", "trusted_proxies", list),  # uvicorn's name, kept
     "DATABASE_URL": ("database", "url", str),
     "REDIS_URL": ("redis", "url", str),
     "SMTP_HOST": ("smtp", "host", str),
@@ -180,6 +210,8 @@ def _from_env(name: str, value: str, kind: type) -> object:
         if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
             raise ConfigError(f"{name} must be true or false, got {value!r}")
         return value.lower() in ("1", "true", "yes")
+    if kind is list:  # comma-separated
+        return [item.strip() for item in value.split(",") if item.strip()]
     if kind is int:
         try:
             return int(value)

@@ -42,7 +42,7 @@ def run_fast(coroutine: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coroutine)
 
 
-def listen(host: str, port: int) -> list[socket.socket]:
+def listen(host: str, port: int, backlog: int = 2048) -> list[socket.socket]:
     """Listening TCP sockets on every address ``host`` resolves to, as asyncio (and so
     uvicorn) would open them; raises OSError (port in use, no such address). Listening
     at once, not just bound: Linux lets two sockets with SO_REUSEADDR bind one port as
@@ -57,7 +57,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:  # the IPv4 address gets its own socket
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen()
+            sock.listen(backlog)
     except OSError:
         for sock in opened:
             sock.close()

@@ -138,3 +138,31 @@ def test_a_keys_signed_requests_read_it_once_and_a_deletion_stops_them_at_once(
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_a_caller_without_an_ip_address_is_outside_every_allowlist(database_url: str) -> None:
+    """No peer address (a Unix socket: the API passes "") or a value that is not one is a
+    403 IP_NOT_ALLOWED for a key with an allowlist, never an unhandled ValueError."""
+
+    async def scenario() -> None:
+        await migrate(database_url)
+        db = create_engine(database_url)
+        try:
+            user = await create_user(db, "fenced@example.com", "correct-horse-9", verified=True)
+            key, secret = await api_keys.create_key(
+                db, MASTER_KEY, user.id, "bot", ["read"], ["10.0.0.0/8"], totp_code=None
+            )
+            for client_ip in ("", "unknown", "10.0.0.1:80"):
+                with pytest.raises(AuthError) as refused:
+                    await api_keys.authenticate_signed(
+                        db, MASTER_KEY, key.key_id, _signed_query(secret), b"", client_ip, False
+                    )
+                assert refused.value.code == "IP_NOT_ALLOWED", client_ip
+            inside = await api_keys.authenticate_signed(
+                db, MASTER_KEY, key.key_id, _signed_query(secret), b"", "10.0.0.1", False
+            )
+            assert inside.user_id == user.id
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())

@@ -42,6 +42,10 @@ def test_file_sections_replace_defaults_then_env_then_flags(tmp_path: Path) -> N
         ("[server]\nport = 'x'\n", "port"),
         ("[server]\nport = 70000\n", "1..65535"),
         ("[server\n", "not valid TOML"),
+        ("[http]\ntrusted_proxies = ['proxy.local']\n", "'proxy.local' is not an address"),
+        ("[http]\nmax_head_bytes = 100\n", "max_head_bytes must be at least 1024"),
+        ("[http]\nhead_timeout = 0\n", "head_timeout and body_timeout"),
+        ("[http]\nmax_connections_per_ip = 0\n", "max_connections_per_ip"),
     ],
 )
 def test_bad_files_name_what_to_fix(tmp_path: Path, text: str, fragment: str) -> None:
@@ -49,6 +53,14 @@ def test_bad_files_name_what_to_fix(tmp_path: Path, text: str, fragment: str) ->
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment):
         load_config(path, env={})
+
+
+def test_trusted_proxies_from_the_environment_as_uvicorn_names_it() -> None:
+    env = {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, 192.0.2.1"}
+    assert load_config(env=env).http.trusted_proxies == ["10.0.0.0/8", "192.0.2.1"]
+    assert load_config(env={"FORWARDED_ALLOW_IPS": ""}).http.trusted_proxies == []
+    with pytest.raises(ConfigError, match="'bogus' is not an address or network"):
+        load_config(env={"FORWARDED_ALLOW_IPS": "127.0.0.1,bogus"})
 
 
 def test_bad_environment_values_are_refused() -> None:

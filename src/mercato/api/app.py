@@ -6,9 +6,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
@@ -27,6 +34,10 @@ from mercato.api.trading_routes import router as trading_router
 from mercato.api.ws import router as ws_router
 from mercato.api.ws import watch_credentials
 from mercato.service import ExchangeService
+
+# Swagger UI and ReDoc as fastapi-offline ships them: the pages work without Internet.
+DOCS_ASSETS = "/docs-assets"
+DOCS_ASSET_FILES = str(resources.files("fastapi_offline") / "static")
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +65,8 @@ def create_app(
             await service.stop()
             await limiter.close()
 
-    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan)
+    app = OrderEntryApp(title="Mercato", version="0.1.0", lifespan=lifespan,
+                        docs_url=None, redoc_url=None)  # served locally: add_docs  # fmt: skip
     # Order entry skips FastAPI's layers (api/fastlane.py); the documented FastAPI routes
     # below call the same functions and answer anything the fast lane does not recognise.
     app.place_handler = place_order_direct
@@ -77,6 +89,7 @@ def create_app(
     app.include_router(trading_router)
     app.include_router(market_router)
     app.include_router(ws_router)
+    add_docs(app)
 
     @app.get("/health/live", tags=["health"])
     async def live() -> dict[str, str]:
@@ -99,6 +112,37 @@ def create_app(
         })  # fmt: skip
 
     return app
+
+
+def add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their scripts, styles and icon served
+    from ``/docs-assets``: no page of the server loads anything from another host."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=DOCS_ASSET_FILES), name="docs-assets")
+    favicon = f"{DOCS_ASSETS}/favicon.png"
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="Mercato API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=favicon,
+            oauth2_redirect_url=oauth2_redirect,
+            # Swagger UI would send the schema's address to validator.swagger.io for a badge
+            swagger_ui_parameters={"validatorUrl": None},
+        )  # fmt: skip
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="Mercato API - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=favicon,
+            with_google_fonts=False,
+        )  # fmt: skip
 
 
 async def _boot(service: ExchangeService, on_failure: Callable[[], None] | None) -> None:

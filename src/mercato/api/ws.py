@@ -145,7 +145,9 @@ class Session:
     async def handle(self, text: str) -> None:
         request: Any = None
         if len(text) <= MAX_MESSAGE_CHARS:
-            with contextlib.suppress(msgspec.DecodeError):
+            # RecursionError: arrays or objects nested deeper than the decoder goes (about
+            # 1,000 levels); such a message is answered like any other that is not JSON.
+            with contextlib.suppress(msgspec.DecodeError, RecursionError):
                 request = msgspec.json.decode(text)
         request_id = request.get("id") if isinstance(request, dict) else None
         if request_id is not None and (not isinstance(request_id, int | str)

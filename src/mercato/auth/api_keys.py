@@ -198,6 +198,16 @@ async def _signing_key(db: AsyncEngine, master_key: bytes, key_id: str) -> _Sign
     return key
 
 
+def _allowed(client_ip: str, allowlist: list[str]) -> bool:
+    """``client_ip`` is in one of the allowlist's networks. A caller without an IP address
+    (a Unix socket peer: the API layer passes "") is in none, rather than an error."""
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in allowlist)
+
+
 async def authenticate_signed(
     db: AsyncEngine, master_key: bytes, key_id: str, query: bytes, body: bytes, client_ip: str,
     form_body: bool,
@@ -215,10 +225,7 @@ async def authenticate_signed(
     if form_body:
         params.update(parse_qsl(body.decode("latin-1")))
     _window(params, _now_ms())
-    if key.ip_allowlist and not any(
-        ipaddress.ip_address(client_ip) in ipaddress.ip_network(net, strict=False)
-        for net in key.ip_allowlist
-    ):
+    if key.ip_allowlist and not _allowed(client_ip, key.ip_allowlist):
         raise AuthError(
             403, "IP_NOT_ALLOWED", f"this key does not accept requests from {client_ip}"
         )
