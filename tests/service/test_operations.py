@@ -4,6 +4,7 @@ come before serve writes anything. Real `mercato` processes throughout."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from mercato.store import sqlite_url
+from mercato.store.database import downgrade
 from service.conftest import Backend, Server, free_port, fresh_postgres_database
 
 
@@ -133,8 +135,7 @@ def test_a_data_directory_from_before_the_identity_adopts_its_store_if_it_fits_t
     booted_seq = started_and_stopped(data, backend.env, servers)
     # As Mercato left it before revision 0005: no store.json, no store_identity.
     (data / "store.json").unlink()
-    backend.execute("DROP TABLE store_identity")
-    backend.execute("UPDATE alembic_version SET version_num = '0004'")
+    assert asyncio.run(downgrade(backend.url, "0004")) == "0004"
 
     # A store that never projected this non-empty journal is not adopted.
     with fresh_postgres_database() as empty:
