@@ -552,24 +552,32 @@ async def _upgrade_to(url: str, revision: str) -> None:
         await connection.run_sync(run)
 
 
+async def _downgrade_and_reference(
+    database_url: str, tmp_path: Path, start: str | None, target: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Migrate to head (then down to ``start`` if given): the shape there, the shape after
+    downgrading to ``target``, and the shape of a fresh store upgraded to ``target``."""
+    await migrate(database_url)
+    if start is not None:
+        assert await downgrade(database_url, start) == start
+    at_start = await _shape_of(database_url)
+    assert await downgrade(database_url, target) == target
+    downgraded = await _shape_of(database_url)
+    if database_url.startswith("sqlite"):
+        reference = sqlite_url(tmp_path / "reference.db")
+    else:  # a second fresh PostgreSQL database would need the fixture twice: reuse this one
+        await downgrade(database_url, "base")
+        reference = database_url
+    await _upgrade_to(reference, target)
+    return at_start, downgraded, await _shape_of(reference)
+
+
 def test_downgrading_0002_gives_back_the_0001_schema(database_url: str, tmp_path: Path) -> None:
     """0002's downgrade rebuilds tables on SQLite: nothing of 0001 may be lost on the way
     (AUTOINCREMENT, the CHECK on users.email, indexes, foreign keys)."""
-
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        await migrate(database_url)
-        at_head = await _shape_of(database_url)
-        assert await downgrade(database_url, "0001") == "0001"
-        downgraded = await _shape_of(database_url)
-        if database_url.startswith("sqlite"):
-            reference = sqlite_url(tmp_path / "reference.db")
-        else:  # a second fresh PostgreSQL database would need the fixture twice: reuse this one
-            await downgrade(database_url, "base")
-            reference = database_url
-        await _upgrade_to(reference, "0001")
-        return at_head, downgraded, await _shape_of(reference)
-
-    at_head, downgraded, reference = asyncio.run(scenario())
+    at_head, downgraded, reference = asyncio.run(
+        _downgrade_and_reference(database_url, tmp_path, None, "0001")
+    )
     assert downgraded == reference
     assert any(c[0] == "totp_last_step" for c in at_head["users"]["columns"])
     if database_url.startswith("sqlite"):
@@ -625,21 +633,9 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
         "store_identity",  # 0005, likewise
     }
 
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        await migrate(database_url)
-        assert await downgrade(database_url, "0005") == "0005"  # 0006 changes users
-        at_head = await _shape_of(database_url)
-        assert await downgrade(database_url, "0002") == "0002"
-        downgraded = await _shape_of(database_url)
-        if database_url.startswith("sqlite"):
-            reference = sqlite_url(tmp_path / "reference.db")
-        else:  # one fresh PostgreSQL database per test: reuse it
-            await downgrade(database_url, "base")
-            reference = database_url
-        await _upgrade_to(reference, "0002")
-        return at_head, downgraded, await _shape_of(reference)
-
-    at_head, downgraded, reference = asyncio.run(scenario())
+    at_head, downgraded, reference = asyncio.run(
+        _downgrade_and_reference(database_url, tmp_path, "0005", "0002")
+    )
     assert projection <= set(at_head)
     assert not projection & set(downgraded)
     assert downgraded == reference
@@ -650,21 +646,10 @@ def test_downgrading_0003_gives_back_the_0002_schema(database_url: str, tmp_path
 
 
 def test_downgrading_0005_gives_back_the_0004_schema(database_url: str, tmp_path: Path) -> None:
-    async def scenario() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        await migrate(database_url)
-        assert await downgrade(database_url, "0005") == "0005"  # 0006 changes users
-        at_head = await _shape_of(database_url)
-        assert await downgrade(database_url, "0004") == "0004"
-        downgraded = await _shape_of(database_url)
-        if database_url.startswith("sqlite"):
-            reference = sqlite_url(tmp_path / "reference.db")
-        else:  # one fresh PostgreSQL database per test: reuse it
-            await downgrade(database_url, "base")
-            reference = database_url
-        await _upgrade_to(reference, "0004")
-        return at_head, downgraded, await _shape_of(reference)
-
-    at_head, downgraded, reference = asyncio.run(scenario())
+    """0005 only adds store_identity (0006, which changes users, is undone first)."""
+    at_head, downgraded, reference = asyncio.run(
+        _downgrade_and_reference(database_url, tmp_path, "0005", "0004")
+    )
     assert "store_identity" in at_head and downgraded == reference
     assert {n: t for n, t in at_head.items() if n != "store_identity"} == reference
 
