@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
-import sys
-import tempfile
+
+from callgrind import count_instructions
 
 CHILD = r"""
 import asyncio, os, subprocess, sys
@@ -92,19 +89,8 @@ asyncio.run(main(int(sys.argv[2])))
 
 
 def instructions(stack: str, requests: int, peer: str) -> int:
-    python = sys.executable  # the interpreter itself (a venv link keeps its venv), not a shim
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-             python, "-c", CHILD, stack, str(requests), peer],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        with open(out) as profile:
-            totals = re.search(r"^totals:\s+(\d+)", profile.read(), re.MULTILINE)
-    if totals is None:
-        raise SystemExit("callgrind wrote no totals")
-    return round(int(totals.group(1)) / requests)
+    total, _ = count_instructions(CHILD, stack, str(requests), peer)
+    return round(total / requests)
 
 
 def main() -> None:
