@@ -10,6 +10,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +18,8 @@ from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.standing import delete_user, freeze, set_role, unfreeze
 from mercato.auth.users import ROLES, UserError, create_user, list_users, lookup_address
 from mercato.config import ConfigError, load_config
-from mercato.store import create_engine, migrate
+from mercato.service import BootError, verify_store
+from mercato.store import create_engine, identity, migrate
 
 admin_app = typer.Typer(
     help="Operator commands on the store (users, roles, standing).", no_args_is_help=True
@@ -33,17 +35,22 @@ DataDirOption = Annotated[
 def _run(
     config: Path | None, data_dir: Path | None, work: Callable[[AsyncEngine], Awaitable[T]]
 ) -> T:
-    """Run ``work`` against the configured store (migrated first); errors exit 1."""
+    """Run ``work`` against the configured store (checked to be the data directory's own,
+    then migrated); errors exit 1."""
     err = Console(stderr=True)
     try:
         settings = load_config(config, data_dir=str(data_dir) if data_dir else None)
     except ConfigError as error:
-        err.print(f"[bold red]error:[/] {error}")
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)  # one line
         raise typer.Exit(2) from None
 
     async def session() -> T:
+        # The same pairing of data directory and store as `serve`, checked before anything
+        # is created: a forgotten DATABASE_URL must not put users into a new SQLite store.
+        await verify_store(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(settings.database_url)
+        await identity.claim(settings.database_url, settings.data_dir)
         db = create_engine(settings.database_url)
         try:
             return await work(db)
@@ -52,8 +59,8 @@ def _run(
 
     try:
         return asyncio.run(session())
-    except (UserError, PasswordPolicyError) as error:
-        err.print(f"[bold red]error:[/] {error}")
+    except (UserError, PasswordPolicyError, BootError) as error:
+        err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)  # one line
         raise typer.Exit(1) from None
 
 

@@ -52,6 +52,30 @@ class BootError(RuntimeError):
     """The service cannot start; the message says why."""
 
 
+async def verify_store(config: Config) -> None:
+    """Raise BootError unless the configured store is the data directory's own
+    (store/identity.py): read-only, it creates neither the store nor the data directory.
+    ``serve`` runs it before it writes anything, ``mercato admin`` before it migrates."""
+    try:
+        identity.verify(
+            config.data_dir,
+            identity.read_recorded(config.data_dir),
+            await identity.read_store(config.database_url),
+            _describe_store(config),
+            journal_last_seq(config.engine_dir),
+            lambda seq: journal_ts(config.engine_dir, seq),
+        )
+    except (identity.StoreIdentityError, JournalError) as error:
+        raise BootError(str(error)) from None
+
+
+def _describe_store(config: Config) -> str:
+    shown = identity.shown(config.database_url)
+    if config.database.url:
+        return shown
+    return f"the SQLite store in the data directory, {shown} (DATABASE_URL is not set)"
+
+
 class ExchangeService:
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.config = config
@@ -94,27 +118,10 @@ class ExchangeService:
                 f"sequencer) holds {config.engine_dir / 'LOCK'}"
             ) from None
         try:
-            store = await identity.read_store(config.database_url)
-            identity.verify(
-                config.data_dir,
-                identity.read_recorded(config.data_dir),
-                store,
-                self._describe_store(),
-                journal_last_seq(config.engine_dir),
-                lambda seq: journal_ts(config.engine_dir, seq),
-            )
-        except (identity.StoreIdentityError, JournalError) as error:
-            self._release_lock()
-            raise BootError(str(error)) from None
+            await verify_store(config)
         except BaseException:
             self._release_lock()
             raise
-
-    def _describe_store(self) -> str:
-        shown = identity.shown(self.config.database_url)
-        if self.config.database.url:
-            return shown
-        return f"the SQLite store in the data directory, {shown} (DATABASE_URL is not set)"
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

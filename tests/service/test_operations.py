@@ -128,6 +128,41 @@ def test_a_data_directory_refuses_a_store_that_is_not_its_own(
     assert backend.rows("SELECT store_id FROM store_identity") == [(recorded["store_id"],)]
 
 
+def test_admin_commands_refuse_a_store_that_is_not_the_data_directorys_own(
+    backend: Backend, servers: list[Server], tmp_path: Path
+) -> None:
+    """`mercato admin` pairs data directory and store as `serve` does, before it creates
+    or migrates anything: a forgotten DATABASE_URL must not put a new operator into a new,
+    empty SQLite store that no server reads."""
+    data = backend.data
+    started_and_stopped(data, backend.env, servers)
+    create = ("admin", "create-user", "root@example.com", "--role", "superadmin",
+              "--password-stdin", "--data-dir", str(data))  # fmt: skip
+
+    def admin(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mercato.cli", *create], input="correct horse 9 battery\n",
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    with fresh_postgres_database() as other_postgres:
+        wrong = (
+            {k: v for k, v in backend.env.items() if k != "DATABASE_URL"}
+            if backend.name == "postgres"
+            else {**backend.env, "DATABASE_URL": other_postgres}
+        )
+        answer = admin(wrong)
+        assert answer.returncode == 1, answer
+        assert "belongs to the" in answer.stderr and "Traceback" not in answer.stderr
+        assert Backend("other", data, backend.env, other_postgres).tables() == set()
+    assert backend.name == "sqlite" or not (data / "mercato.db").exists()
+    assert backend.rows("SELECT count(*) FROM users") == [(0,)]
+
+    answer = admin(backend.env)  # its own store: the operator is created there
+    assert answer.returncode == 0, answer
+    assert backend.rows("SELECT email, role FROM users") == [("root@example.com", "superadmin")]
+
+
 def test_a_data_directory_from_before_the_identity_adopts_its_store_if_it_fits_the_journal(
     backend: Backend, servers: list[Server], tmp_path: Path
 ) -> None:
