@@ -177,3 +177,21 @@ def test_client_order_ids_use_binances_alphabet_in_bodies_and_paths(
         answer = ann.http.get(path)
         assert answer.status_code == 404, (path, answer.status_code, answer.headers)
         assert answer.json()["code"] == "NOT_FOUND", path
+
+
+def test_a_method_a_path_does_not_take_is_405_with_allow(
+    traders: tuple[Trader, Trader, Server],
+) -> None:
+    """RFC 9110 15.5.6: a 405 lists the methods the path takes (schemathesis checks it),
+    in the common error body."""
+    _, _, server = traders
+    for method, path, allowed in (
+        ("PUT", "/api/v1/time", {"GET"}),
+        ("HEAD", "/api/v1/time", {"GET"}),
+        ("PATCH", "/api/v1/orders", {"GET", "POST", "DELETE"}),
+        ("QUERY", "/api/v1/markets", {"GET"}),
+    ):
+        answer = httpx.request(method, f"{server.url}{path}")
+        assert answer.status_code == 405, (method, path)
+        assert method == "HEAD" or answer.json()["code"] == "METHOD_NOT_ALLOWED"
+        assert {m.strip() for m in answer.headers["allow"].split(",")} == allowed, path

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from mercato.api.openapi import components as msgspec_components
 from mercato.api.openapi import error_response as documented_error
@@ -88,7 +91,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(error.status_code, "HTTP_ERROR")
-        return error_response(error.status_code, code, str(error.detail))
+        response = error_response(error.status_code, code, str(error.detail))
+        if error.headers:
+            response.headers.update(error.headers)
+        if error.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -100,6 +108,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "INTERNAL", "internal error; it has been logged")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the API takes at this path (RFC 9110 15.5.6), from the OpenAPI
+    document (FastAPI's GET routes take no HEAD: it is a 405 too). Starlette's own 405
+    names only the first route that matched, so GET and DELETE /orders would be missing
+    from POST's; FastAPI nests included routers, so its route list is no flat answer."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        if _template_regex(template).match(path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods))
+
+
+@functools.cache
+def _template_regex(template: str) -> re.Pattern[str]:
+    return compile_path(template)[0]
 
 
 ERROR_SCHEMA = {
