@@ -54,7 +54,6 @@ from mercato.core.money import (
 )
 from mercato.core.results import Rejection, Result
 
-STATE_VERSION = 1
 MAX_PRICE_TICKS = 10**15
 # Every amount must fit a signed 64-bit integer (msgpack, SQL BIGINT). Bounding what
 # was ever deposited of an asset bounds every balance, fee and reservation of it.
