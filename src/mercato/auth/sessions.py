@@ -61,10 +61,6 @@ class Principal(msgspec.Struct, frozen=True):
     session: str
     permissions: tuple[str, ...] = ALL_PERMISSIONS
 
-    @property
-    def by_api_key(self) -> bool:
-        return self.session.startswith("apikey:")
-
 
 class Standing(msgspec.Struct, frozen=True):
     """A credential's user as the store had them at one moment: only an active user may

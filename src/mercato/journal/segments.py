@@ -342,7 +342,6 @@ class JournalWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fd = -1
         self._size = 0
-        self._segment_first = 0
         self._force_rotate = False
         self._failed: BaseException | None = None
         self.last_seq = 0
@@ -419,7 +418,6 @@ class JournalWriter:
                 self.last_ts = prev.last_ts
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._size = scan.valid_end
-        self._segment_first = name_seq
         self._force_rotate = scan.schema_version != COMMAND_SCHEMA_VERSION
 
     # -- writing ------------------------------------------------------------------------
@@ -438,7 +436,6 @@ class JournalWriter:
             os.close(self._fd)
         self._fd = fd
         self._size = HEADER_SIZE
-        self._segment_first = first_seq
         self._force_rotate = False
 
     def append_batch(self, payloads: Sequence[bytes]) -> None:
@@ -473,11 +470,6 @@ class JournalWriter:
         self._size += len(buf)
         self.last_seq = last
         self.last_ts = last_ts
-
-    @property
-    def segment_first_seq(self) -> int:
-        """First seq (file name) of the segment being appended to; 0 if none yet."""
-        return self._segment_first
 
     def close(self) -> None:
         if self._fd >= 0:

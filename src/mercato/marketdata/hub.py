@@ -166,9 +166,6 @@ class Hub:
                 self.private_users.pop(client.user, None)
         return True
 
-    def has_subscribers(self, channel: str) -> bool:
-        return channel in self.subscribers
-
     # -- delivery (synchronous: safe to call from the engine's listener) --------------
 
     def publish(self, channel: str, message: str) -> None:
