@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from mercato.core.model import MarketSpec, StpMode
+from mercato.core.model import MarketSpec
 from mercato.store import normalise_url, sqlite_url
 
 SECRET_BYTES = 32
@@ -131,26 +131,34 @@ class AssetConfig(_Section):
     decimals: int
 
 
-class MarketConfig(_Section):
-    symbol: str
-    base: str
-    quote: str
-    tick_size: str
-    step_size: str
-    min_qty: str
-    max_qty: str
-    min_notional: str
-    maker_fee: str = "0.001"
-    taker_fee: str = "0.001"
-    protection_bps: int = 500
-    default_stp: StpMode = "EXPIRE_MAKER"
+# The [[markets]] tables cannot be decoded into core's MarketSpec itself: MarketSpec is
+# array_like (a positional msgpack array in journal records and snapshots, which the
+# state hash covers), and msgspec converts an array_like struct only from an array, never
+# from a TOML table; and its `status` and `allowed_stp` are engine state that admin
+# commands change, not operator configuration (a table naming them is refused as an
+# unknown field, as any typo is). So the table type is derived from MarketSpec's fields
+# (same names, types, defaults and order) minus those two: the two cannot drift apart.
+ENGINE_OWNED_MARKET_FIELDS = frozenset({"status", "allowed_stp"})
 
-    def spec(self) -> MarketSpec:
-        return MarketSpec(
-            self.symbol, self.base, self.quote, self.tick_size, self.step_size, self.min_qty,
-            self.max_qty, self.min_notional, self.maker_fee, self.taker_fee,
-            self.protection_bps, "TRADING", self.default_stp,
-        )  # fmt: skip
+
+def _market_table_type() -> type[msgspec.Struct]:
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(MarketSpec)
+        if f.name not in ENGINE_OWNED_MARKET_FIELDS
+    ]
+    return msgspec.defstruct("MarketTable", fields, bases=(_Section,), module=__name__)
+
+
+if TYPE_CHECKING:  # mypy cannot follow defstruct
+    MarketTable = _Section
+else:
+    MarketTable = _market_table_type()
+
+
+def market_spec(table: MarketTable) -> MarketSpec:
+    """The engine's MarketSpec for one [[markets]] table; a new market starts TRADING."""
+    return MarketSpec(**msgspec.structs.asdict(table))
 
 
 class Config(_Section):
@@ -162,7 +170,7 @@ class Config(_Section):
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     assets: list[AssetConfig] = msgspec.field(default_factory=list)
-    markets: list[MarketConfig] = msgspec.field(default_factory=list)
+    markets: list[MarketTable] = msgspec.field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.mail import Mailer
-from mercato.config import Config, Secrets, load_secrets
+from mercato.config import Config, Secrets, load_secrets, market_spec
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
 from mercato.journal import (
     AsyncSequencer,
@@ -182,9 +182,9 @@ class ExchangeService:
             if asset.symbol not in engine.assets
         ]
         wanted += [
-            (f"market {market.symbol}", UpsertMarket(market.spec()))
-            for market in self.config.markets
-            if market.symbol not in engine.markets
+            (f"market {spec.symbol}", UpsertMarket(spec))
+            for spec in map(market_spec, self.config.markets)
+            if spec.symbol not in engine.markets
         ]
         if not wanted:
             return

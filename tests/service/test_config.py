@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mercato.config import ConfigError, load_config, load_secrets
+from mercato.config import ConfigError, load_config, load_secrets, market_spec
+from mercato.core.model import MarketSpec
 
 
 def test_defaults_ship_the_five_assets_and_four_markets(tmp_path: Path) -> None:
@@ -52,6 +53,39 @@ def test_bad_files_name_what_to_fix(tmp_path: Path, text: str, fragment: str) ->
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=fragment):
+        load_config(path, env={})
+
+
+MARKET_TABLE = """[[markets]]
+symbol = "A-B"
+base = "A"
+quote = "B"
+tick_size = "0.01"
+step_size = "1"
+min_qty = "1"
+max_qty = "2"
+min_notional = "1"
+"""
+
+
+def test_a_markets_table_becomes_the_engines_market_spec(tmp_path: Path) -> None:
+    path = tmp_path / "mercato.toml"
+    chosen = 'maker_fee = "0.002"\nprotection_bps = 10\ndefault_stp = "NONE"\n'
+    path.write_text(MARKET_TABLE + chosen)
+    [spec] = map(market_spec, load_config(path, env={}).markets)
+    assert spec == MarketSpec(
+        "A-B", "A", "B", "0.01", "1", "1", "2", "1", maker_fee="0.002", protection_bps=10,
+        default_stp="NONE",
+    )  # fmt: skip
+    assert (spec.taker_fee, spec.status) == ("0.001", "TRADING")  # MarketSpec's defaults
+
+
+@pytest.mark.parametrize("line", ['status = "HALTED"', 'allowed_stp = ["NONE"]', "typo = 1"])
+def test_engine_owned_market_fields_are_unknown_in_the_file(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "mercato.toml"
+    path.write_text(MARKET_TABLE + line + "\n")
+    name = line.split(" ")[0]
+    with pytest.raises(ConfigError, match=f"unknown field `{name}` - at `\\$.markets\\[0\\]`"):
         load_config(path, env={})
 
 
