@@ -44,3 +44,26 @@ def test_bench_engine_prints_figures_as_json_last_line() -> None:
     # The bench itself refuses to print figures if the durable run diverged; the hash it
     # reports is the engine's after the flow.
     assert len(figures["state_hash"]) == 64
+
+
+def run_cli_without_httpx(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a plain `pip install .` leaves it: httpx (the `bench` extra) absent."""
+    without_httpx = "import sys; sys.modules['httpx'] = None; from mercato.cli import app; app()"
+    return subprocess.run(
+        [sys.executable, "-c", without_httpx, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_bench_api_without_its_extra_names_what_to_install() -> None:
+    run = run_cli_without_httpx("bench", "api", "--seconds", "1")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == "mercato bench api needs httpx: pip install 'mercato[bench]'"
+
+
+def test_the_cli_runs_without_the_bench_extra() -> None:
+    for command in (["--help"], ["serve", "--help"], ["bench", "--help"]):
+        run = run_cli_without_httpx(*command)
+        assert run.returncode == 0, (command, run.stderr)

@@ -1,11 +1,11 @@
 """Crash test: SIGKILL a loaded sequencer at random moments, restart it, check recovery.
 
-A subprocess (``python -m mercato.journal.crashload``) recovers the data directory,
-prints ``READY <last_seq> <state_hash>``, then submits a generated order flow and prints
-``<seq> <digest>`` for each command once its result was released. The test kills it with
-SIGKILL after a random delay (sometimes during startup/recovery), sometimes also tears
-the unacknowledged end of the journal the way a power loss could, and after every kill
-checks that:
+A subprocess (``python tests/crashload.py``, test tooling beside this file) recovers the
+data directory, prints ``READY <last_seq> <state_hash>``, then submits a generated order
+flow and prints ``<seq> <digest>`` for each command once its result was released. The
+test kills it with SIGKILL after a random delay (sometimes during startup/recovery),
+sometimes also tears the unacknowledged end of the journal the way a power loss could,
+and after every kill checks that:
 
 * every acknowledged (seq, digest) is in the journal,
 * recovery (newest valid snapshot + journal tail, as the sequencer does it) gives the
@@ -41,6 +41,7 @@ TIME_BUDGET = 55.0  # seconds for the whole test
 MIN_KILLS = 20
 LOADS = 4  # data directories; each one is killed and restarted several times
 SNAPSHOT_EVERY = 500
+CRASHLOAD = Path(__file__).with_name("crashload.py")
 
 
 def digest(cmd: object) -> str:
@@ -52,7 +53,7 @@ def start(data_dir: Path, out: Path, seed: int, mode: str) -> subprocess.Popen[b
     with out.open("wb") as stdout, (out.with_suffix(".err")).open("wb") as stderr:
         return subprocess.Popen(
             [
-                sys.executable, "-m", "mercato.journal.crashload", str(data_dir),
+                sys.executable, str(CRASHLOAD), str(data_dir),
                 "--seed", str(seed), "--mode", mode, "--count", "40000",
                 "--snapshot-every", str(SNAPSHOT_EVERY), "--segment-bytes", str(64 * 1024),
                 "--max-batch", "128",

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crashload import flow_commands
 from mercato.core.codec import encode_record
 from mercato.core.commands import CancelOrder, Command, PlaceOrder, Tick, UpsertAsset
 from mercato.core.engine import Engine
@@ -37,7 +38,6 @@ from mercato.journal import (
 )
 from mercato.journal import segments as seg
 from mercato.journal import snapshots as snap
-from mercato.journal.crashload import flow_commands
 
 FRAME = seg.FRAME_HEADER_SIZE
 

@@ -9,6 +9,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -23,6 +24,8 @@ from mercato.runtime import tune_gc
 
 FLOW_TS = 2_000  # one fixed timestamp (ms): the durable run must end in the same state
 BACKLOG_BATCHES = 16
+#: The ``bench`` extra of pyproject.toml, imported only by the commands that use it.
+BENCH_EXTRA_MODULES = frozenset({"httpx"})
 
 
 def _flow_clock() -> int:
@@ -30,6 +33,17 @@ def _flow_clock() -> int:
 
 
 bench_app = typer.Typer(help="Benchmarks that print figures.", no_args_is_help=True)
+
+
+def _exit_without_bench_extra(command: str, missing: ModuleNotFoundError) -> NoReturn:
+    """Name the extra to install when a bench command's own dependency is missing; any
+    other missing module is a broken install and keeps its traceback."""
+    if missing.name not in BENCH_EXTRA_MODULES:
+        raise missing
+    typer.echo(
+        f"mercato bench {command} needs {missing.name}: pip install 'mercato[bench]'", err=True
+    )
+    raise typer.Exit(2)
 
 
 def _percentile(sorted_values: Sequence[int], fraction: float) -> int:
@@ -197,7 +211,10 @@ def bench_api(
     """Start a server on a temporary data dir, then place and cancel orders over HTTP from
     many connections: acknowledged (durable) orders/s and latency percentiles; then
     WebSocket subscribers on the busy market: messages/s and event-to-client latency."""
-    from mercato.apibench import run_api_bench
+    try:
+        from mercato.apibench import run_api_bench
+    except ModuleNotFoundError as missing:
+        _exit_without_bench_extra("api", missing)
 
     figures = run_api_bench(seconds, connections, users, subscribers)
     console = Console()

@@ -1,4 +1,4 @@
-"""Load generator for the crash test: ``python -m mercato.journal.crashload DIR --seed S``.
+"""Load generator for the crash test: ``python tests/crashload.py DIR --seed S``.
 
 Opens (recovers) the sequencer on DIR, prints ``READY <last_seq> <state_hash>``, then
 submits a generated order flow and prints one line ``<seq> <digest>`` per command
@@ -100,7 +100,7 @@ def _run_sync(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mercato.journal.crashload")
+    parser = argparse.ArgumentParser(prog="python tests/crashload.py")
     parser.add_argument("dir")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--count", type=int, default=50_000, help="trading commands")
