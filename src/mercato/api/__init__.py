@@ -1,0 +1,1 @@
+"""HTTP and WebSocket adapter: the FastAPI app and its routes (docs/architecture.md)."""
