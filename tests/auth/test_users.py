@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
@@ -18,7 +19,7 @@ from mercato.auth.passwords import PasswordPolicyError, check_policy, verify_pas
 from mercato.auth.standing import set_role
 from mercato.auth.users import UserError, create_user, email_skeleton, list_users, normalize_email
 from mercato.store import create_engine, migrate
-from mercato.store.tables import users
+from mercato.store.tables import PURPOSE_RESET_PASSWORD, users
 
 
 async def _scenario(url: str) -> None:
@@ -138,3 +139,55 @@ def test_admin_commands_manage_users_from_the_command_line(tmp_path: Path) -> No
     assert listed.returncode == 0
     assert "root@example.com" in listed.stdout and "admin" in listed.stdout
     assert "weak@example.com" not in listed.stdout  # the refused user was never stored
+
+
+def test_passwords_are_hashed_and_checked_off_the_event_loop(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """argon2 takes ~0.1-0.4 s of CPU: registration, password reset and password change run
+    it in a thread, so the server's one event loop (order entry) keeps serving meanwhile."""
+    import mercato.auth.accounts as accounts
+    import mercato.auth.users as user_records
+
+    calls: list[tuple[str, bool]] = []
+
+    def on_the_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def spied(real: Any) -> Any:
+        def call(*args: str) -> Any:
+            calls.append((real.__name__, on_the_loop()))
+            return real(*args)
+
+        return call
+
+    monkeypatch.setattr(user_records, "hash_password", spied(user_records.hash_password))
+    monkeypatch.setattr(accounts, "hash_password", spied(accounts.hash_password))
+    monkeypatch.setattr(accounts, "verify_password", spied(accounts.verify_password))
+
+    async def scenario() -> None:
+        await migrate(database_url)
+        db = create_engine(database_url)
+        try:
+            user = await create_user(db, "ann@example.org", "correct-horse-9")
+            token = await accounts.issue_token(db, user.id, PURPOSE_RESET_PASSWORD, 60_000)
+            await accounts.reset_password(db, token, "another-pass-42")
+            await accounts.change_password(db, user.id, "another-pass-42", "third-pass-77",
+                                           master_key=b"k" * 32, totp_code=None)  # fmt: skip
+            async with db.connect() as connection:
+                stored = (await connection.execute(select(users.c.password_hash))).scalar_one()
+            assert verify_password(stored, "third-pass-77")
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
+    assert calls == [
+        ("hash_password", False),  # registration
+        ("hash_password", False),  # reset
+        ("hash_password", False),  # change: the new password
+        ("verify_password", False),  # change: the current one
+    ]
