@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from fractions import Fraction
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -47,7 +46,6 @@ from mercato.store.tables import users
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
 
-VERIFIED_CACHE_SECONDS = 300.0
 FAUCET_MAX_UNITS = 1_000_000  # per call, in whole units of the asset
 
 Str32 = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
@@ -112,17 +110,16 @@ async def decode(request: Request, kind: type[msgspec.Struct]) -> Any:
 
 class Eligibility:
     """Which users may trade: those with a verified email address. A verification is
-    never undone, so positive answers are cached and the order path does not ask the
-    database each time. The user's standing (frozen, deleted) is not cached here: the
-    credential check refuses a user who is not active (auth/sessions.py, within its
-    2 s trust window)."""
+    never undone, so a user found verified is remembered for the life of the process and
+    the order path does not ask the database again. The user's standing (frozen,
+    deleted) is not kept here: the credential check refuses a user who is not active
+    (auth/sessions.py, within its 2 s trust window)."""
 
     def __init__(self) -> None:
-        self._verified: dict[int, float] = {}
+        self._verified: set[int] = set()
 
     async def require_trader(self, service: ExchangeService, user_id: int) -> None:
-        now = time.monotonic()
-        if self._verified.get(user_id, 0.0) > now:
+        if user_id in self._verified:
             return
         async with _reads(service) as connection:
             verified_at = (
@@ -132,7 +129,7 @@ class Eligibility:
             ).scalar_one_or_none()
         if verified_at is None:
             raise ApiError(403, "EMAIL_NOT_VERIFIED", "verify your email address before trading")
-        self._verified[user_id] = now + VERIFIED_CACHE_SECONDS
+        self._verified.add(user_id)
 
 
 def _eligibility(request: Request) -> Eligibility:
