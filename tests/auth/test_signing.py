@@ -13,7 +13,7 @@ from sqlalchemy import event, update
 
 from mercato.auth import api_keys
 from mercato.auth.api_keys import _signature_and_payload, _window
-from mercato.auth.sessions import AuthError
+from mercato.auth.errors import AuthError
 from mercato.auth.users import create_user
 from mercato.store import create_engine, migrate, tables
 

@@ -16,9 +16,7 @@ from starlette.routing import compile_path
 from mercato.api.openapi import components as msgspec_components
 from mercato.api.openapi import error_response as documented_error
 from mercato.api.ratelimit import RateLimited
-from mercato.auth.passwords import PasswordPolicyError
-from mercato.auth.sessions import AuthError
-from mercato.auth.users import UserError
+from mercato.core.errors import CodedError, ErrorKind
 from mercato.journal import CommandEncodeError
 
 log = logging.getLogger(__name__)
@@ -36,23 +34,30 @@ HTTP_CODES = {
 }
 
 
-# Stable codes of the domain errors that are not a 400.
-USER_ERROR_STATUS = {
-    "EMAIL_TAKEN": 409,
-    "INVALID_CREDENTIALS": 401,
-    "TOTP_ALREADY_ENABLED": 409,
-    "UNKNOWN_API_KEY": 404,
+#: The one place where a coded error's kind (core/errors.py) becomes an HTTP status.
+HTTP_STATUS_OF_KIND = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.UNAVAILABLE: 503,
 }
 
 
-class ApiError(Exception):
-    """An error with a stable code; raising it answers ``status`` with the error body."""
+class ApiError(CodedError):
+    """A coded error raised by the HTTP layer itself, with the status it answers."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(code, message)
         self.status = status
-        self.code = code
-        self.message = message
+
+
+def http_status(error: CodedError) -> int:
+    if isinstance(error, ApiError):
+        return error.status
+    return HTTP_STATUS_OF_KIND[error.kind]
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -60,22 +65,11 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message)
-
-    # Domain errors carry their own stable code; they are mapped here, once, for every route.
-    @app.exception_handler(AuthError)
-    async def auth_error(request: Request, error: AuthError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message)
-
-    @app.exception_handler(UserError)
-    async def user_error(request: Request, error: UserError) -> JSONResponse:
-        return error_response(USER_ERROR_STATUS.get(error.code, 400), error.code, error.message)
-
-    @app.exception_handler(PasswordPolicyError)
-    async def weak_password(request: Request, error: PasswordPolicyError) -> JSONResponse:
-        return error_response(400, "WEAK_PASSWORD", str(error))
+    # Every domain error is a CodedError with its own stable code: mapped here, once, for
+    # every route (money parsing, users, sessions, API keys, passwords, this layer's own).
+    @app.exception_handler(CodedError)
+    async def coded_error(request: Request, error: CodedError) -> JSONResponse:
+        return error_response(http_status(error), error.code, error.message)
 
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, error: RateLimited) -> JSONResponse:

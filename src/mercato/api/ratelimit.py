@@ -21,6 +21,7 @@ from typing import Protocol
 
 from mercato.config import Config
 from mercato.config import RateBudget as Budget
+from mercato.core.errors import CodedError, ErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,15 @@ class RedisBuckets:
         await self._client.aclose()
 
 
-class RateLimited(Exception):
+class RateLimited(CodedError):
     """A budget is spent; ``retry_after`` is whole seconds (at least 1)."""
+
+    kind = ErrorKind.RATE_LIMITED
 
     def __init__(self, scope: str, budget: Budget, wait: float) -> None:
         self.retry_after = max(1, math.ceil(wait))
-        self.code = "RATE_LIMITED"
-        self.message = (
-            f"too many requests {scope} ({budget.describe()}); retry in {self.retry_after} s"
-        )
-        super().__init__(self.message)
+        message = f"too many requests {scope} ({budget.describe()}); retry in {self.retry_after} s"
+        super().__init__("RATE_LIMITED", message)
 
 
 class RateLimiter:

@@ -24,11 +24,13 @@ import msgspec
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
+from mercato.api.errors import http_status
 from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import authenticate_signed
 from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LIVE_SESSIONS, Principal, authenticate, live_credentials
 from mercato.auth.users import standing_refusal
+from mercato.core.errors import ErrorKind
 from mercato.marketdata.feed import PRIVATE_CHANNELS, MarketData, encode
 from mercato.marketdata.hub import Client, Hub
 from mercato.service import ExchangeService
@@ -73,10 +75,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         scheme, _, token = header.partition(" ")
         try:
             if scheme.lower() != "bearer" or not token:
-                raise AuthError(401, "UNAUTHORIZED", "send Authorization: Bearer <access token>")
+                raise AuthError("UNAUTHORIZED", "send Authorization: Bearer <access token>")
             principal, expires = await session.by_token(token.strip())
         except AuthError as error:
-            await _deny(websocket, error.status, error.code, error.message)
+            await _deny(websocket, http_status(error), error.code, error.message)
             return
     await websocket.accept()
     hub = market_data.hub
@@ -258,13 +260,17 @@ class Session:
         key, timestamp = request.get("api_key"), request.get("timestamp")
         window, signature = request.get("recv_window"), request.get("signature")
         if not isinstance(key, str) or not key or len(key) > 128:
-            raise AuthError(401, "UNKNOWN_API_KEY", "api_key must be an API key id")
+            raise AuthError("UNKNOWN_API_KEY", "api_key must be an API key id")
         if not isinstance(timestamp, int) or isinstance(timestamp, bool):
-            raise AuthError(400, "INVALID_TIMESTAMP", "timestamp must be an integer (ms)")
+            raise AuthError(
+                "INVALID_TIMESTAMP", "timestamp must be an integer (ms)", kind=ErrorKind.INVALID
+            )
         if window is not None and (not isinstance(window, int) or isinstance(window, bool)):
-            raise AuthError(400, "INVALID_TIMESTAMP", "recv_window must be an integer (ms)")
+            raise AuthError(
+                "INVALID_TIMESTAMP", "recv_window must be an integer (ms)", kind=ErrorKind.INVALID
+            )
         if not isinstance(signature, str) or len(signature) > 128:
-            raise AuthError(401, "INVALID_SIGNATURE", "signature must be a hex HMAC-SHA256")
+            raise AuthError("INVALID_SIGNATURE", "signature must be a hex HMAC-SHA256")
         query = f"apiKey={key}&timestamp={timestamp}"
         if window is not None:
             query += f"&recvWindow={window}"
@@ -274,7 +280,11 @@ class Session:
             query.encode(), b"", self.ip, False,
         )  # fmt: skip
         if "read" not in principal.permissions:
-            raise AuthError(403, "MISSING_PERMISSION", "this API key lacks the read permission")
+            raise AuthError(
+                "MISSING_PERMISSION",
+                "this API key lacks the read permission",
+                kind=ErrorKind.FORBIDDEN,
+            )
         return principal
 
     def sign_in(self, principal: Principal, expires_at: int) -> bool:
@@ -291,12 +301,12 @@ class Session:
             if "token" in request:
                 token = request["token"]
                 if not isinstance(token, str) or not token or len(token) > 2048:
-                    raise AuthError(401, "UNAUTHORIZED", "token must be an access token")
+                    raise AuthError("UNAUTHORIZED", "token must be an access token")
                 principal, expires = await self.by_token(token)
             elif "api_key" in request:
                 principal, expires = await self.by_signature(request), 0
             else:
-                raise AuthError(401, "UNAUTHORIZED", 'send {"op": "auth", "token": ...} '
+                raise AuthError("UNAUTHORIZED", 'send {"op": "auth", "token": ...} '
                                 "or api_key, timestamp and signature")  # fmt: skip
             await self.limiter.check("account", str(principal.user_id), "for this account")
         except AuthError as error:

@@ -19,6 +19,7 @@ from mercato.auth.passwords import check_policy, hash_password, verify_password
 from mercato.auth.sessions import LIVE_SESSIONS
 from mercato.auth.totp import check_second_factor
 from mercato.auth.users import User, UserError, create_user, normalize_email
+from mercato.core.errors import ErrorKind
 from mercato.store.tables import PURPOSE_RESET_PASSWORD as RESET_PASSWORD
 from mercato.store.tables import PURPOSE_VERIFY_EMAIL as VERIFY_EMAIL
 from mercato.store.tables import one_time_tokens, refresh_tokens, users
@@ -165,6 +166,8 @@ async def change_password(
             await connection.execute(select(users.c.password_hash).where(users.c.id == user_id))
         ).scalar_one()
         if not await asyncio.to_thread(verify_password, stored, current):
-            raise UserError("INVALID_CREDENTIALS", "the current password is wrong")
+            raise UserError(
+                "INVALID_CREDENTIALS", "the current password is wrong", ErrorKind.UNAUTHENTICATED
+            )
         await _set_password(connection, user_id, new_hash, now)
     LIVE_SESSIONS.revoked()

@@ -27,6 +27,7 @@ from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LIVE_SESSIONS, Principal
 from mercato.auth.totp import check_second_factor
 from mercato.auth.users import UserError, standing_refusal
+from mercato.core.errors import ErrorKind
 from mercato.store.tables import api_keys, users
 
 PERMISSIONS = ("read", "trade", "withdraw")
@@ -120,7 +121,7 @@ async def delete_key(db: AsyncEngine, user_id: int, key_id: str) -> None:
             .values(deleted_at=_now_ms())
         )  # fmt: skip
         if done.rowcount == 0:
-            raise UserError("UNKNOWN_API_KEY", "no such API key")
+            raise UserError("UNKNOWN_API_KEY", "no such API key", ErrorKind.NOT_FOUND)
     LIVE_SESSIONS.revoked()  # ends the key's open WebSocket private channels
 
 
@@ -133,7 +134,7 @@ def _signature_and_payload(query: bytes, body: bytes) -> tuple[str, bytes]:
             unsigned = part[: found.start()]
             payload = (query + unsigned) if other_first else (unsigned + body)
             return found.group(2).decode(), payload
-    raise AuthError(401, "INVALID_SIGNATURE", "the request carries no signature parameter")
+    raise AuthError("INVALID_SIGNATURE", "the request carries no signature parameter")
 
 
 def _window(params: dict[str, str], now: int) -> None:
@@ -142,13 +143,17 @@ def _window(params: dict[str, str], now: int) -> None:
         window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
     except (KeyError, ValueError):
         raise AuthError(
-            400, "INVALID_TIMESTAMP", "send timestamp (ms) and optionally recvWindow"
+            "INVALID_TIMESTAMP",
+            "send timestamp (ms) and optionally recvWindow",
+            kind=ErrorKind.INVALID,
         ) from None
     if not 0 < window <= MAX_RECV_WINDOW_MS:
-        raise AuthError(400, "INVALID_TIMESTAMP", f"recvWindow is 1..{MAX_RECV_WINDOW_MS} ms")
+        raise AuthError(
+            "INVALID_TIMESTAMP", f"recvWindow is 1..{MAX_RECV_WINDOW_MS} ms", kind=ErrorKind.INVALID
+        )
     if timestamp >= now + 1000 or now - timestamp > window:  # Binance's rule
         message = f"timestamp {timestamp} is outside the {window} ms window around {now}"
-        raise AuthError(400, "TIMESTAMP_OUTSIDE_WINDOW", message)
+        raise AuthError("TIMESTAMP_OUTSIDE_WINDOW", message, kind=ErrorKind.INVALID)
 
 
 class _SigningKey(msgspec.Struct, frozen=True):
@@ -217,17 +222,19 @@ async def authenticate_signed(
     signature, payload = _signature_and_payload(query, body)
     key = await _signing_key(db, master_key, key_id)
     if key is None:
-        raise AuthError(401, "UNKNOWN_API_KEY", "no such API key (X-MBX-APIKEY)")
+        raise AuthError("UNKNOWN_API_KEY", "no such API key (X-MBX-APIKEY)")
     expected = hmac.new(key.secret, payload, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
-        raise AuthError(401, "INVALID_SIGNATURE", "signature does not match query string + body")
+        raise AuthError("INVALID_SIGNATURE", "signature does not match query string + body")
     params = dict(parse_qsl(query.decode("latin-1")))
     if form_body:
         params.update(parse_qsl(body.decode("latin-1")))
     _window(params, _now_ms())
     if key.ip_allowlist and not _allowed(client_ip, key.ip_allowlist):
         raise AuthError(
-            403, "IP_NOT_ALLOWED", f"this key does not accept requests from {client_ip}"
+            "IP_NOT_ALLOWED",
+            f"this key does not accept requests from {client_ip}",
+            kind=ErrorKind.FORBIDDEN,
         )
     refusal = standing_refusal(key.user_status)
     if refusal is not None:

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+from mercato.core.errors import CodedError, ErrorKind
 
-class AuthError(Exception):
-    """Authentication failed; ``status`` and ``code`` are the HTTP answer."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class AuthError(CodedError):
+    """Authentication or authorisation refused. ``kind`` is UNAUTHENTICATED unless given:
+    FORBIDDEN for a known caller who may not act, INVALID for a malformed credential
+    (the HTTP status of each kind is api/errors.py's business)."""
+
+    kind = ErrorKind.UNAUTHENTICATED

@@ -5,14 +5,19 @@ from __future__ import annotations
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from mercato.core.errors import CodedError
+
 MIN_LENGTH = 10
 MAX_LENGTH = 128
 
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 
 
-class PasswordPolicyError(ValueError):
+class PasswordPolicyError(CodedError, ValueError):
     """The password does not meet the policy; the message says what is missing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("WEAK_PASSWORD", message)
 
 
 def check_policy(password: str) -> None:

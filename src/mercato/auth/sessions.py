@@ -24,10 +24,11 @@ from sqlalchemy import and_, case, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mercato.auth.errors import AuthError as AuthError  # re-exported: it used to live here
+from mercato.auth.errors import AuthError
 from mercato.auth.passwords import hash_password, verify_password
 from mercato.auth.totp import second_factor
 from mercato.auth.users import lookup_address, standing_refusal
+from mercato.core.errors import ErrorKind
 from mercato.store.tables import api_keys, login_history, refresh_tokens, users
 
 ACCESS_TTL_SECONDS = 15 * 60
@@ -144,7 +145,11 @@ async def _lockout(connection: AsyncConnection, user_id: int, now: int) -> AuthE
         await connection.execute(select(users.c.locked_until).where(users.c.id == user_id))
     ).scalar_one()
     minutes = max(1, -(-((locked_until or now) - now) // 60_000))
-    return AuthError(403, "ACCOUNT_LOCKED", f"too many failed logins; try again in {minutes} min")
+    return AuthError(
+        "ACCOUNT_LOCKED",
+        f"too many failed logins; try again in {minutes} min",
+        kind=ErrorKind.FORBIDDEN,
+    )
 
 
 async def login(
@@ -202,7 +207,7 @@ async def _take_attempt(
             refusal = await _lockout(connection, user.id, now)
     if user is None:
         await asyncio.to_thread(verify_password, _dummy_hash(), password)  # takes as long
-        raise AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+        raise AuthError("INVALID_CREDENTIALS", "wrong email or password")
     raise refusal
 
 
@@ -215,12 +220,12 @@ async def _checked_credentials(
     if not password_right:
         await _record(connection, user.id, address, client, False, "wrong credentials", now)
         # Word for word the unknown email's answer: no account enumeration.
-        return AuthError(401, "INVALID_CREDENTIALS", "wrong email or password")
+        return AuthError("INVALID_CREDENTIALS", "wrong email or password")
     if not user.totp_enabled:
         return None
     if not totp_code:
         await _record(connection, user.id, address, client, False, "2fa code missing", now)
-        return AuthError(401, "TOTP_REQUIRED", "2FA is on: send totp_code as well")
+        return AuthError("TOTP_REQUIRED", "2FA is on: send totp_code as well")
     outcome = await second_factor(connection, master_key, user, totp_code)
     if outcome == "ok":
         return None
@@ -228,8 +233,8 @@ async def _checked_credentials(
     # A reused code gets its own answer: the caller had the password and a code right a
     # moment ago; wait for the next.
     if outcome == "reused":
-        return AuthError(401, "TOTP_REUSED", "this 2FA code was used already; wait for the next")
-    return AuthError(401, "INVALID_CREDENTIALS", "wrong email, password or 2FA code")
+        return AuthError("TOTP_REUSED", "this 2FA code was used already; wait for the next")
+    return AuthError("INVALID_CREDENTIALS", "wrong email, password or 2FA code")
 
 
 async def _start_over(
@@ -265,14 +270,14 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
             )
         ).first()
         if row is None:
-            raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
+            raise AuthError("INVALID_TOKEN", "unknown, revoked or expired refresh token")
         # Before anything is written (the token stays as it was), and before the token's
         # own checks: a deleted user's tokens are revoked, yet the answer says why.
         refusal = standing_refusal(row.status)
         if refusal is not None:
             raise refusal
         if row.revoked_at is not None or row.expires_at <= now:
-            raise AuthError(401, "INVALID_TOKEN", "unknown, revoked or expired refresh token")
+            raise AuthError("INVALID_TOKEN", "unknown, revoked or expired refresh token")
         spent = await connection.execute(
             update(refresh_tokens)
             .where(refresh_tokens.c.id == row.id, refresh_tokens.c.rotated_at.is_(None))
@@ -286,7 +291,7 @@ async def refresh(db: AsyncEngine, key: bytes, token: str, client: Client) -> To
             fresh = await _new_refresh(connection, row.user_id, row.family_id, client, now)
     if reused:  # committed above: the revocation stands
         LIVE_SESSIONS.revoked()
-        raise AuthError(401, "TOKEN_REUSED", "refresh token used twice; the session is revoked")
+        raise AuthError("TOKEN_REUSED", "refresh token used twice; the session is revoked")
     return Tokens(
         _access_token(key, row.user_id, row.role, row.family_id), fresh, ACCESS_TTL_SECONDS
     )
@@ -376,7 +381,7 @@ def _verified(key: bytes, access_token: str) -> Principal:
         if cached[1] > time.time():
             return cached[0]
         del _VERIFIED[(access_token, key)]
-        raise AuthError(401, "TOKEN_EXPIRED", "access token expired; refresh it")
+        raise AuthError("TOKEN_EXPIRED", "access token expired; refresh it")
     try:
         claims = jwt.decode(
             access_token,
@@ -385,16 +390,16 @@ def _verified(key: bytes, access_token: str) -> Principal:
             options={"require": ["exp", "sub", "sid", "role", "typ"]},
         )
     except jwt.ExpiredSignatureError:
-        raise AuthError(401, "TOKEN_EXPIRED", "access token expired; refresh it") from None
+        raise AuthError("TOKEN_EXPIRED", "access token expired; refresh it") from None
     except jwt.InvalidTokenError:
-        raise AuthError(401, "UNAUTHORIZED", "invalid access token") from None
+        raise AuthError("UNAUTHORIZED", "invalid access token") from None
     if claims["typ"] != "access":
-        raise AuthError(401, "UNAUTHORIZED", "not an access token")
+        raise AuthError("UNAUTHORIZED", "not an access token")
     # Signed with our key, yet not as we sign them (a leaked key, a bug): refused, not 500.
     sub, role, sid = claims["sub"], claims["role"], claims["sid"]
     if not (isinstance(sub, str) and _USER_ID.fullmatch(sub) and isinstance(role, str)
             and isinstance(sid, str) and sid):  # fmt: skip
-        raise AuthError(401, "UNAUTHORIZED", "invalid access token: malformed claims")
+        raise AuthError("UNAUTHORIZED", "invalid access token: malformed claims")
     principal = Principal(int(sub), role, sid)
     if len(_VERIFIED) >= _VERIFIED_CAPACITY:
         _VERIFIED.clear()
@@ -412,9 +417,9 @@ async def authenticate(db: AsyncEngine, key: bytes, access_token: str) -> Princi
     if standing is None:
         standing = await _shared_lookup(db, principal.session)
     if standing is None:
-        raise AuthError(401, "SESSION_REVOKED", "this session was logged out")
+        raise AuthError("SESSION_REVOKED", "this session was logged out")
     if standing.user_id != principal.user_id:
-        raise AuthError(401, "UNAUTHORIZED", "invalid access token: not its user's session")
+        raise AuthError("UNAUTHORIZED", "invalid access token: not its user's session")
     refusal = standing_refusal(standing.status)
     if refusal is not None:
         raise refusal

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mercato.auth.crypto import seal, unseal
 from mercato.auth.errors import AuthError
 from mercato.auth.users import UserError
+from mercato.core.errors import ErrorKind
 from mercato.store.tables import recovery_codes, users
 
 ISSUER = "Mercato"
@@ -64,7 +65,9 @@ async def enroll(db: AsyncEngine, master_key: bytes, user_id: int) -> tuple[str,
     async with db.begin() as connection:
         user = (await connection.execute(select(users).where(users.c.id == user_id))).one()
         if user.totp_enabled:
-            raise UserError("TOTP_ALREADY_ENABLED", "2FA is enabled; disable it first")
+            raise UserError(
+                "TOTP_ALREADY_ENABLED", "2FA is enabled; disable it first", ErrorKind.CONFLICT
+            )
         # A new secret starts a new sequence of codes: the old one's last step is moot.
         await connection.execute(
             update(users).where(users.c.id == user_id).values(
@@ -108,14 +111,18 @@ async def confirm(db: AsyncEngine, master_key: bytes, user_id: int, code: str) -
     async with db.begin() as connection:
         user = (await connection.execute(select(users).where(users.c.id == user_id))).one()
         if user.totp_enabled:
-            raise UserError("TOTP_ALREADY_ENABLED", "2FA is enabled already")
+            raise UserError("TOTP_ALREADY_ENABLED", "2FA is enabled already", ErrorKind.CONFLICT)
         if user.totp_secret_enc is None:
             raise UserError("TOTP_NOT_ENROLLED", "enrol first: POST /api/v1/account/2fa/enroll")
         step = _matching_step(master_key, user, code)
         if step is None:
-            raise AuthError(400, "INVALID_TOTP", "wrong or expired code")
+            raise AuthError("INVALID_TOTP", "wrong or expired code", kind=ErrorKind.INVALID)
         if not await _advance_step(connection, user_id, step):
-            raise AuthError(400, "TOTP_REUSED", "this code was used already; wait for the next")
+            raise AuthError(
+                "TOTP_REUSED",
+                "this code was used already; wait for the next",
+                kind=ErrorKind.INVALID,
+            )
         codes = [f"{secrets.token_hex(3)}-{secrets.token_hex(3)}" for _ in range(RECOVERY_CODES)]
         await connection.execute(delete(recovery_codes).where(recovery_codes.c.user_id == user_id))
         await connection.execute(
@@ -165,13 +172,17 @@ async def check_second_factor(
         return
     if not code:
         raise AuthError(
-            401, "TOTP_REQUIRED", "2FA is on: send totp_code (a current code or a recovery code)"
+            "TOTP_REQUIRED", "2FA is on: send totp_code (a current code or a recovery code)"
         )
     outcome = await second_factor(connection, master_key, user, code)
     if outcome == "reused":
-        raise AuthError(400, "TOTP_REUSED", "this 2FA code was used already; wait for the next one")
+        raise AuthError(
+            "TOTP_REUSED",
+            "this 2FA code was used already; wait for the next one",
+            kind=ErrorKind.INVALID,
+        )
     if outcome == "wrong":
-        raise AuthError(400, "INVALID_TOTP", "wrong or expired 2FA code")
+        raise AuthError("INVALID_TOTP", "wrong or expired 2FA code", kind=ErrorKind.INVALID)
 
 
 async def require_second_factor(

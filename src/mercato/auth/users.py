@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.auth.errors import AuthError
 from mercato.auth.passwords import check_policy, hash_password
+from mercato.core.errors import CodedError, ErrorKind
 from mercato.store.tables import users
 
 ROLES = ("user", "admin", "superadmin")
@@ -24,13 +25,8 @@ STATUSES = ("active", "frozen", "deleted")
 MAX_EMAIL_LENGTH = 254
 
 
-class UserError(ValueError):
-    """A user operation that cannot be done; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class UserError(CodedError, ValueError):
+    """A user operation that cannot be done; ``code`` is stable, ``kind`` says why."""
 
 
 class User(msgspec.Struct, frozen=True):
@@ -99,8 +95,10 @@ def standing_refusal(status: str) -> AuthError | None:
     if status == "active":
         return None
     if status == "deleted":
-        return AuthError(403, "USER_DELETED", "this account was deleted")
-    return AuthError(403, "USER_FROZEN", "this account is frozen; contact support")
+        return AuthError("USER_DELETED", "this account was deleted", kind=ErrorKind.FORBIDDEN)
+    return AuthError(
+        "USER_FROZEN", "this account is frozen; contact support", kind=ErrorKind.FORBIDDEN
+    )
 
 
 def _now_ms() -> int:
@@ -132,7 +130,9 @@ async def create_user(
             result = await connection.execute(insert(users).values(**values))
             user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
     except IntegrityError:
-        raise UserError("EMAIL_TAKEN", f"a user with {address} exists already") from None
+        raise UserError(
+            "EMAIL_TAKEN", f"a user with {address} exists already", ErrorKind.CONFLICT
+        ) from None
     return User(user_id, address, role, "active", verified, now)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from decimal import Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow
 
+from mercato.core.errors import CodedError
+
 FEE_RATE_DENOMINATOR = 1_000_000
 """Fee rates are integers in parts per million: 1000 means 0.1 %."""
 
@@ -22,13 +24,8 @@ MAX_DECIMAL_CHARS = 64
 EXACT = Context(prec=200, traps=[InvalidOperation, Inexact, DivisionByZero, Overflow])
 
 
-class MoneyError(ValueError):
+class MoneyError(CodedError, ValueError):
     """A decimal string that cannot be represented exactly; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def parse_decimal(text: str, what: str = "value") -> Decimal:

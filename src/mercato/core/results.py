@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from mercato.core.errors import CodedError
 from mercato.core.events import Event
 
 ResultStatus = Literal["ACCEPTED", "REJECTED", "DUPLICATE"]
@@ -28,10 +29,5 @@ class Result(msgspec.Struct, array_like=True, gc=False):
         return self.status == "ACCEPTED"
 
 
-class Rejection(Exception):
+class Rejection(CodedError):
     """Raised inside the engine before any state changes; becomes a REJECTED result."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
