@@ -63,6 +63,7 @@ from mercato.core.state import EngineState, known_market, trading_status
 
 
 def require_can_trade(state: EngineState, market: MarketState, user: int) -> None:
+    """Reject unless the market trades (kill switch applied) and the user is not frozen."""
     status = trading_status(state, market)
     if status == "HALTED":
         raise Rejection("MARKET_HALTED", f"market {market.symbol} is halted")
@@ -73,6 +74,7 @@ def require_can_trade(state: EngineState, market: MarketState, user: int) -> Non
 
 
 def order_for(state: EngineState, user: int, order_id: int, client_order_id: str) -> Order:
+    """The user's open order by order id, else by client order id."""
     if order_id:
         order = state.orders.get(order_id)
     elif client_order_id:
@@ -89,6 +91,7 @@ def order_for(state: EngineState, user: int, order_id: int, client_order_id: str
 def place(
     state: EngineState, seq: int, ts: int, cmd: c.PlaceOrder, events: list[e.Event]
 ) -> Result:
+    """Validate a new order and its reservation, lock it, then book, rest or match it."""
     market = state.markets.get(cmd.market)
     if market is None:
         raise Rejection("UNKNOWN_MARKET", f"market {cmd.market!r} does not exist")
@@ -127,25 +130,11 @@ def place(
     if order.time_in_force == "GTD":
         heappush(state.gtd, (order.expire_at, order_id))
     events.append(
-        OrderAccepted(
-            order_id,
-            user,
-            order.market,
-            order.side,
-            order.type,
-            order.quantity,
-            order.price,
-            order.time_in_force,
-            order.client_order_id,
-            order.quote_quantity,
-            order.stop_price,
-            order.expire_at,
-            order.iceberg_quantity,
-            order.stp,
-            order.status,
-            ts,
-        )
-    )
+        OrderAccepted(order_id, user, order.market, order.side, order.type, order.quantity,
+                      order.price, order.time_in_force, order.client_order_id,
+                      order.quote_quantity, order.stop_price, order.expire_at,
+                      order.iceberg_quantity, order.stp, order.status, ts)
+    )  # fmt: skip
     if reserve:
         funds[0] = available - reserve
         funds[1] += reserve
@@ -309,6 +298,7 @@ def validate_iceberg(market: MarketState, cmd: c.PlaceOrder) -> None:
 
 
 def expire_due(state: EngineState, ts: int, events: list[e.Event]) -> None:
+    """Expire every GTD order whose time has come by ``ts`` (the engine runs this first)."""
     gtd = state.gtd
     while gtd and gtd[0][0] <= ts:
         _, order_id = heappop(gtd)
@@ -321,6 +311,7 @@ def expire_due(state: EngineState, ts: int, events: list[e.Event]) -> None:
 
 
 def tick(state: EngineState, seq: int, ts: int, cmd: c.Tick, events: list[e.Event]) -> Result:
+    """Only the passing of time: GTD expiry has run before any handler."""
     return Result(seq, "ACCEPTED", events)
 
 
