@@ -1,8 +1,9 @@
 """Optional mypyc compilation of the engine's hot modules.
 
-`pip install .` compiles `mercato.core.book` and `mercato.core.engine` with mypyc (about
-twice the engine throughput); the pure-Python modules stay the reference and the
-fallback. Editable installs (`pip install -e .`) never compile, so an edited source
+`pip install .` compiles the engine's modules (state, book, matching, accounts, the
+command handlers, snapshot and invariants, the engine itself) with mypyc as one group,
+so calls between them stay native (about twice the engine throughput); the pure-Python
+modules stay the reference and the fallback. Editable installs (`pip install -e .`) never compile, so an edited source
 file is never shadowed by a stale extension. MERCATO_COMPILE=0 forces pure Python,
 MERCATO_COMPILE=1 makes a failed compilation an error instead of a fallback.
 """
@@ -12,7 +13,22 @@ import sys
 
 from setuptools import setup
 
-COMPILED_MODULES = ["src/mercato/core/book.py", "src/mercato/core/engine.py"]
+COMPILED_MODULES = [
+    f"src/mercato/core/{name}.py"
+    for name in (
+        "state",
+        "book",
+        "messages",
+        "accounts",
+        "matching",
+        "handlers_trading",
+        "handlers_funding",
+        "handlers_admin",
+        "snapshot",
+        "invariants",
+        "engine",
+    )
+]
 
 
 def ext_modules() -> list:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from mercato.core.book import BookSide, MarketState
 from mercato.core.model import LIMIT_PRICED_TYPES
-
-if TYPE_CHECKING:
-    from mercato.core.book import BookSide, MarketState
-    from mercato.core.engine import Engine
+from mercato.core.state import EngineState
 
 
-def check_engine(engine: Engine) -> None:
+def check_engine(engine: EngineState) -> None:
     """Raise AssertionError naming the first broken invariant."""
     _check_conservation(engine)
     _check_reservations(engine)
@@ -19,7 +15,7 @@ def check_engine(engine: Engine) -> None:
         _check_book(engine, symbol, market)
 
 
-def _check_conservation(engine: Engine) -> None:
+def _check_conservation(engine: EngineState) -> None:
     for asset, row in engine.total_balances().items():
         assert row["sum"] == 0, f"{asset}: accounts sum to {row['sum']}, not 0: {row}"
         assert row["fees"] >= 0, f"{asset}: negative fee account"
@@ -27,7 +23,7 @@ def _check_conservation(engine: Engine) -> None:
         assert row["external_withdrawals"] >= 0, f"{asset}: withdrawals account below 0"
 
 
-def _check_reservations(engine: Engine) -> None:
+def _check_reservations(engine: EngineState) -> None:
     expected: dict[tuple[int, str], int] = {}
     for order in engine.orders.values():
         market = engine.markets[order.market]
@@ -69,7 +65,7 @@ def _check_reservations(engine: Engine) -> None:
     assert not leftovers, f"reservations without accounts: {leftovers}"
 
 
-def _check_book(engine: Engine, symbol: str, market: MarketState) -> None:
+def _check_book(engine: EngineState, symbol: str, market: MarketState) -> None:
     best_bid, best_ask = market.bids.best(), market.asks.best()
     assert not (best_bid and best_ask and best_bid >= best_ask), (
         f"{symbol} crossed: bid {best_bid} >= ask {best_ask}"
@@ -78,7 +74,7 @@ def _check_book(engine: Engine, symbol: str, market: MarketState) -> None:
         _check_side(engine, symbol, side)
 
 
-def _check_side(engine: Engine, symbol: str, side: BookSide) -> None:
+def _check_side(engine: EngineState, symbol: str, side: BookSide) -> None:
     keys = side.keys
     assert keys == sorted(set(keys)), f"{symbol}: price keys unsorted or repeated"
     assert {k if side.is_bid else -k for k in keys} == set(side.levels), f"{symbol}: keys != levels"

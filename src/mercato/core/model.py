@@ -50,6 +50,7 @@ STP_MODES: tuple[StpMode, ...] = (
 )
 STOP_TYPES = frozenset({"STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"})
 LIMIT_PRICED_TYPES = frozenset({"LIMIT", "LIMIT_MAKER", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"})
+MARKET_TYPES = frozenset({"MARKET", "STOP_LOSS", "TAKE_PROFIT"})
 TERMINAL_STATUSES = frozenset({"FILLED", "CANCELED", "REJECTED", "EXPIRED", "EXPIRED_IN_MATCH"})
 
 # Ledger account kinds. A user account is (kind, user); system accounts use user 0.
@@ -68,6 +69,17 @@ FEE = 3  # user available -> fee account
 DEPOSIT = 4  # external deposits -> user available
 WITHDRAWAL = 5  # user locked -> external withdrawals (or fee account for the withdrawal fee)
 REASON_NAMES = ("reserve", "release", "trade", "fee", "deposit", "withdrawal")
+
+# Limits the engine enforces on every command.
+MAX_PRICE_TICKS = 10**15
+# Every amount must fit a signed 64-bit integer (msgpack, SQL BIGINT). Bounding what
+# was ever deposited of an asset bounds every balance, fee and reservation of it.
+MAX_SUPPLY = 2**63 - 1
+MAX_ASSET_DECIMALS = 30
+# Binance's ICEBERG_PARTS filter, fixed for every market: an iceberg shows at least
+# 1/MAX_ICEBERG_PARTS of its quantity, which bounds the slices (and the fills) one
+# order can produce in a single sweep.
+MAX_ICEBERG_PARTS = 100
 
 
 class Asset(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -7,16 +7,18 @@ entries, zero balances). Two engines with equal canonical states behave the same
 
 from __future__ import annotations
 
+import hashlib
 from heapq import heappush
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from mercato.core.book import BookSide, MarketState, Order
+from mercato.core.matching import add_stop
 from mercato.core.model import Asset, MarketRules, MarketSpec
+from mercato.core.state import EngineState
 
-if TYPE_CHECKING:
-    from mercato.core.engine import Engine
+S = TypeVar("S", bound=EngineState)
 
 STATE_VERSION = 1
 
@@ -35,7 +37,8 @@ def _nonzero(values: dict[str, int]) -> list[list[Any]]:
     return [[k, v] for k, v in sorted(values.items()) if v]
 
 
-def canonical_state(engine: Engine) -> dict[str, Any]:
+def canonical_state(engine: EngineState) -> dict[str, Any]:
+    """Everything that defines the engine, in a canonical order (no derived indexes)."""
     return {
         "version": STATE_VERSION,
         "last_seq": engine.last_seq,
@@ -67,7 +70,22 @@ def canonical_state(engine: Engine) -> dict[str, Any]:
     }
 
 
-def restore_engine(engine: Engine, state: dict[str, Any]) -> Engine:
+def snapshot(engine: EngineState) -> bytes:
+    """The canonical state, encoded: what a snapshot file holds."""
+    return msgspec.msgpack.encode(canonical_state(engine))
+
+
+def state_hash(engine: EngineState) -> str:
+    """SHA-256 over the canonical state: equal hashes, equal engines."""
+    return hashlib.sha256(snapshot(engine)).hexdigest()
+
+
+def restore_into(engine: S, data: bytes) -> S:
+    """Fill a fresh ``engine`` from a snapshot; returns it."""
+    return restore_state(engine, msgspec.msgpack.decode(data))
+
+
+def restore_state(engine: S, state: dict[str, Any]) -> S:
     """Fill a fresh ``engine`` from a decoded canonical state."""
     if state.get("version") != STATE_VERSION:
         raise ValueError(f"snapshot version {state.get('version')} is not {STATE_VERSION}")
@@ -101,7 +119,7 @@ def restore_engine(engine: Engine, state: dict[str, Any]) -> Engine:
         engine.markets[spec.symbol] = market
     for order in orders.values():
         if order.status == "UNTRIGGERED":
-            engine._add_stop(engine.markets[order.market], order)
+            add_stop(engine.markets[order.market], order)
     for user, asset, available, locked in state["balances"]:
         engine.balances.setdefault(user, {})[asset] = [available, locked]
     engine.fees = dict(state["fees"])

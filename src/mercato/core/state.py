@@ -1,0 +1,110 @@
+"""The engine's state: every attribute that defines it, and the queries over it.
+
+The command handlers, matching, snapshots and invariant checks are functions over an
+:class:`EngineState`; :class:`mercato.core.engine.Engine` adds ``apply`` on top. Keeping
+the state in a module of its own lets all of them use its type without importing the
+engine, so core's modules form no import cycle.
+"""
+
+from __future__ import annotations
+
+from mercato.core.book import MarketState, Order
+from mercato.core.model import Asset
+from mercato.core.results import Rejection
+
+
+class EngineState:
+    """Balances, open orders, books, stops, fee tiers and risk switches of all markets."""
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.last_ts = 0
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.assets: dict[str, Asset] = {}
+        self.markets: dict[str, MarketState] = {}
+        # balances[user][asset] = [available, locked]
+        self.balances: dict[int, dict[str, list[int]]] = {}
+        self.fees: dict[str, int] = {}
+        self.external_deposits: dict[str, int] = {}  # minus everything ever deposited
+        self.external_withdrawals: dict[str, int] = {}  # everything ever withdrawn
+        self.orders: dict[int, Order] = {}
+        self.client_ids: dict[tuple[int, str], int] = {}
+        self.fee_tiers: dict[int, tuple[int, int]] = {}
+        self.user_tiers: dict[int, int] = {}
+        self.frozen: set[int] = set()
+        self.kill_switch = "OFF"
+        self.deposit_ids: set[str] = set()
+        self.withdrawals: dict[
+            str, tuple[int, str, int, int]
+        ] = {}  # id -> user, asset, amount, fee
+        self.finished_withdrawals: set[str] = set()
+        self.gtd: list[tuple[int, int]] = []  # heap of (expire_at, order_id)
+
+    # ------------------------------------------------------------------ queries
+
+    def balance(self, user: int, asset: str) -> tuple[int, int]:
+        """(available, locked) atoms of ``asset`` for ``user``."""
+        account = self.balances.get(user, {}).get(asset)
+        return (account[0], account[1]) if account else (0, 0)
+
+    def open_orders(self, user: int | None = None) -> list[Order]:
+        return sorted(
+            (o for o in self.orders.values() if user is None or o.user == user),
+            key=lambda o: o.order_id,
+        )
+
+    def depth(
+        self, market: str, limit: int = 20
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(bids, asks) as (price ticks, visible lots), best first."""
+        state = self.markets[market]
+        return state.bids.depth(limit), state.asks.depth(limit)
+
+    def total_balances(self) -> dict[str, dict[str, int]]:
+        """Per asset: users' available and locked, fees, external accounts, and their sum
+        (which must be 0: the external deposit account holds minus all deposits)."""
+        report: dict[str, dict[str, int]] = {}
+        for asset in sorted(self.assets):
+            available = locked = 0
+            for accounts in self.balances.values():
+                account = accounts.get(asset)
+                if account:
+                    available += account[0]
+                    locked += account[1]
+            row = {
+                "users_available": available,
+                "users_locked": locked,
+                "fees": self.fees.get(asset, 0),
+                "external_deposits": self.external_deposits.get(asset, 0),
+                "external_withdrawals": self.external_withdrawals.get(asset, 0),
+            }
+            row["sum"] = sum(row.values())
+            report[asset] = row
+        return report
+
+
+# Lookups the handlers share: a missing asset or market rejects the command.
+
+
+def known_asset(state: EngineState, symbol: str) -> Asset:
+    asset = state.assets.get(symbol)
+    if asset is None:
+        raise Rejection("UNKNOWN_ASSET", f"asset {symbol!r} does not exist")
+    return asset
+
+
+def known_market(state: EngineState, symbol: str) -> MarketState:
+    market = state.markets.get(symbol)
+    if market is None:
+        raise Rejection("UNKNOWN_MARKET", f"market {symbol!r} does not exist")
+    return market
+
+
+def trading_status(state: EngineState, market: MarketState) -> str:
+    """The market's status after the global kill switch is applied."""
+    if state.kill_switch == "HALT" or market.status == "HALTED":
+        return "HALTED"
+    if state.kill_switch == "CANCEL_ONLY" or market.status == "CANCEL_ONLY":
+        return "CANCEL_ONLY"
+    return "TRADING"
