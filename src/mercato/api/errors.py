@@ -16,10 +16,11 @@ from starlette.routing import compile_path
 from mercato.api.openapi import components as msgspec_components
 from mercato.api.openapi import error_response as documented_error
 from mercato.api.ratelimit import RateLimited
+from mercato.application.errors import ServiceError
 from mercato.auth.passwords import PasswordPolicyError
 from mercato.auth.sessions import AuthError
 from mercato.auth.users import UserError
-from mercato.journal import CommandEncodeError
+from mercato.port import CommandEncodeError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,24 @@ USER_ERROR_STATUS = {
 }
 
 
+# Stable codes of the application services' errors that are not a 400 or, for UNKNOWN_*
+# (an engine rejection too: an unknown market, asset or order), a 404.
+SERVICE_ERROR_STATUS = {
+    "EMAIL_NOT_VERIFIED": 403,
+    "FAUCET_DISABLED": 403,
+    "ORDER_NOT_OPEN": 409,
+    "PROJECTION_LAGGING": 503,
+}
+
+
+def service_error_status(code: str) -> int:
+    """The HTTP status of an application service's (or the engine's) error code."""
+    status = SERVICE_ERROR_STATUS.get(code)
+    if status is not None:
+        return status
+    return 404 if code.startswith("UNKNOWN_") else 400
+
+
 class ApiError(Exception):
     """An error with a stable code; raising it answers ``status`` with the error body."""
 
@@ -65,6 +84,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error.status, error.code, error.message)
 
     # Domain errors carry their own stable code; they are mapped here, once, for every route.
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        return error_response(service_error_status(error.code), error.code, error.message)
+
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, error: AuthError) -> JSONResponse:
         return error_response(error.status, error.code, error.message)
