@@ -2,7 +2,7 @@
 channels, and the queries the REST routes answer from.
 
 It is called synchronously on the event-loop thread after each durable batch is applied
-(``Sequencer.listeners``), before the batch's results are released. It does only
+(``ExchangePort.subscribe``), before the batch's results are released. It does only
 in-memory work proportional to the batch: the depth mirror (exact, O(touched levels)),
 recent trades, candles and tickers, and *enqueuing* encoded messages on the hub. Sockets
 are written by the hub's per-client writers; a slow client never slows the engine.
