@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 from mercato.core.codec import encode_command
 from mercato.core.commands import Command, CreditDeposit
-from mercato.journal.sequencer import AsyncSequencer, Sequencer
+from mercato.journal import AsyncSequencer, Sequencer
 
 # The generated setup deposits 10**20 atoms, more than msgpack's 64-bit integers can
 # carry; deposits are clamped so that repeated setups keep every balance encodable.

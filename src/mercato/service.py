@@ -23,6 +23,9 @@ from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.application.portfolio import Portfolio
+from mercato.application.projection import ProjectionReads
+from mercato.application.trading import Trading
 from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets, market_spec
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
@@ -35,6 +38,8 @@ from mercato.journal import (
 )
 from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Hub
+from mercato.port import ExchangePort
+from mercato.port.in_process import InProcessPort
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, identity, migrate
 from mercato.store.client_ids import KnownClientIds
@@ -81,7 +86,8 @@ class ExchangeService:
         self.config = config
         self._env = env
         self.secrets: Secrets | None = None
-        self.sequencer: AsyncSequencer | None = None
+        self.sequencer: AsyncSequencer | None = None  # owned here: opened, snapshot, closed
+        self.port: ExchangePort | None = None  # what the adapters use (in-process here)
         self.database: AsyncEngine | None = None
         self.mailer: Mailer | None = None
         self.ready = False
@@ -95,6 +101,9 @@ class ExchangeService:
         self.known_client_ids = KnownClientIds()  # every client order id ever used
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
+        self.trading: Trading | None = None  # the application services, from start on
+        self.portfolio: Portfolio | None = None
+        self.projection: ProjectionReads | None = None  # reads of the SQL projection
         self._lock_fd: int | None = None  # the data directory's lock, until the sequencer has it
 
     def reader(self) -> AsyncEngine:
@@ -144,22 +153,26 @@ class ExchangeService:
             snapshot_every=config.engine.snapshot_every,
             lock_fd=lock_fd,
         )
+        self.port = port = InProcessPort(self.sequencer)
         tune_gc()
         # The SQL projection follows every batch from now on and first catches up with
         # what the journal holds beyond its cursor (exactly once: docs/store.md).
         self.reads = create_engine(config.database_url, sqlite_begin="DEFERRED")
         self.projector = ProjectorProcess(config.database_url)
-        self.sequencer.sequencer.listeners.append(self.projector.on_batch)
-        await self.projector.start(config.engine_dir, self.sequencer.last_seq)
+        port.subscribe(self.projector.on_batch)
+        await self.projector.start(config.engine_dir, port.last_seq)
         await self.fill_totals.seed(self.reads)
-        self.sequencer.sequencer.listeners.append(self.fill_totals.on_batch)
+        port.subscribe(self.fill_totals.on_batch)
         await self.known_client_ids.seed(self.reads)
-        self.sequencer.sequencer.listeners.append(self.known_client_ids.on_batch)
+        port.subscribe(self.known_client_ids.on_batch)
         # Market data follows every batch from now on (before the bootstrap submits), and
         # starts from the recent trades and candles of the SQL projection.
-        self.market_data = MarketData(self.sequencer.engine, self.hub)
-        self.sequencer.sequencer.listeners.append(self.market_data.on_batch)
+        self.market_data = MarketData(port.view, self.hub)
+        port.subscribe(self.market_data.on_batch)
         await self.market_data.load_history(self.database)
+        self.projection = projection = ProjectionReads(port, self.projector, self.reads)
+        self.trading = Trading(port, projection, self.known_client_ids, faucet=config.server.dev)
+        self.portfolio = Portfolio(port, projection)
         await self._bootstrap()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")
@@ -169,26 +182,27 @@ class ExchangeService:
             config.data_dir,
             store_id,
             revision,
-            self.sequencer.last_seq,
+            port.last_seq,
         )
 
     async def _bootstrap(self) -> None:
         """Create the configured assets and markets the engine does not have yet."""
-        assert self.sequencer is not None
-        engine = self.sequencer.engine
+        assert self.port is not None
+        port = self.port
+        view = port.view
         wanted: list[tuple[str, Command]] = [
             (f"asset {asset.symbol}", UpsertAsset(asset.symbol, asset.decimals))
             for asset in self.config.assets
-            if asset.symbol not in engine.assets
+            if view.asset(asset.symbol) is None
         ]
         wanted += [
             (f"market {spec.symbol}", UpsertMarket(spec))
             for spec in map(market_spec, self.config.markets)
-            if spec.symbol not in engine.markets
+            if not view.has_market(spec.symbol)
         ]
         if not wanted:
             return
-        results = await self.sequencer.submit_many([command for _, command in wanted])
+        results = await port.submit_many([command for _, command in wanted])
         rejected = [
             f"{label}: {result.message}"
             for (label, _), result in zip(wanted, results, strict=True)
@@ -200,13 +214,15 @@ class ExchangeService:
 
     async def _tick_loop(self) -> None:
         """Submit a Tick when a GTD order is due, so expiry does not wait for traffic."""
-        assert self.sequencer is not None
-        engine = self.sequencer.engine
+        assert self.port is not None
+        port = self.port
+        view = port.view
         while not self.stopping:
             await asyncio.sleep(TICK_CHECK_SECONDS)
-            due = engine.gtd and engine.gtd[0][0] <= int(time.time() * 1000)
+            expiry = view.next_expiry()
+            due = expiry is not None and expiry <= int(time.time() * 1000)
             if due and not self.stopping:
-                await self.sequencer.submit(Tick())
+                await port.submit(Tick())
 
     async def _mail_loop(self) -> None:
         """Retry undelivered outbox mail when due (with backoff, see mercato.auth.mail).

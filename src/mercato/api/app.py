@@ -24,12 +24,7 @@ from mercato.api.fastlane import OrderEntryApp
 from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
-from mercato.api.trading_routes import (
-    ClientOrderIds,
-    Eligibility,
-    cancel_order_direct,
-    place_order_direct,
-)
+from mercato.api.trading_routes import cancel_order_direct, place_order_direct
 from mercato.api.trading_routes import router as trading_router
 from mercato.api.ws import router as ws_router
 from mercato.api.ws import watch_credentials
@@ -74,8 +69,6 @@ def create_app(
     limiter = limiter_for(service.config)
     app.state.service = service
     app.state.limiter = limiter
-    app.state.eligibility = Eligibility()
-    app.state.client_order_ids = ClientOrderIds()
     # No redirect_slashes: a path that matches no route answers 404 NOT_FOUND with the
     # error body, not an empty 307 to a guessed path (which a %2F in a path produced).
     app.router.redirect_slashes = False
@@ -101,9 +94,9 @@ def create_app(
         """Ready once migrations ran, the engine recovered and the markets exist. Also
         says how far the SQL projection (history reads) is behind the engine, and why its
         process last stopped, while it is being replaced (``projection_error``)."""
-        if not service.ready or service.sequencer is None or service.projector is None:
+        if not service.ready or service.port is None or service.projector is None:
             return error_response(503, "NOT_READY", "recovering; try again shortly")
-        last_seq = service.sequencer.last_seq
+        last_seq = service.port.last_seq
         return JSONResponse({
             "status": "ready", "last_seq": last_seq,
             "projected_seq": service.projector.cursor,

@@ -17,7 +17,7 @@ from mercato.api.openapi import components as msgspec_components
 from mercato.api.openapi import error_response as documented_error
 from mercato.api.ratelimit import RateLimited
 from mercato.core.errors import CodedError, ErrorKind
-from mercato.journal import CommandEncodeError
+from mercato.port import CommandEncodeError
 
 log = logging.getLogger(__name__)
 

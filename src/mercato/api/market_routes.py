@@ -125,7 +125,7 @@ def market_data_of(request: Request) -> MarketData:
 
 
 def _known(market_data: MarketData, symbol: str) -> str:
-    if symbol not in market_data.engine.markets:
+    if not market_data.view.has_market(symbol):
         raise ApiError(
             404, "UNKNOWN_MARKET", f"market {symbol!r} does not exist; see GET /api/v1/markets"
         )
@@ -145,8 +145,8 @@ async def server_time() -> Response:
 @router.get("/assets", responses=json_response(list[AssetInfo], 200, "Every asset"))
 async def assets(request: Request) -> Response:
     """Assets and their ledger decimals (the precision of every amount in that asset)."""
-    engine = market_data_of(request).engine
-    return _json([AssetInfo(a.symbol, a.decimals) for _, a in sorted(engine.assets.items())])
+    view = market_data_of(request).view
+    return _json([AssetInfo(a.symbol, a.decimals) for _, a in sorted(view.assets().items())])
 
 
 @router.get(
@@ -156,20 +156,16 @@ async def markets(request: Request) -> Response:
     """Every market with its trading rules: tick and step sizes, quantity bounds, minimum
     notional, fees, price protection, self-trade prevention, order types, and its status
     (TRADING, CANCEL_ONLY or HALTED, the global kill switch included)."""
-    engine = market_data_of(request).engine
+    view = market_data_of(request).view
+    assets = view.assets()
     out = []
-    for symbol in sorted(engine.markets):
-        state = engine.markets[symbol]
-        spec = state.spec
-        status = state.status
-        if engine.kill_switch == "HALT" or status == "HALTED":
-            status = "HALTED"
-        elif engine.kill_switch == "CANCEL_ONLY" or status == "CANCEL_ONLY":
-            status = "CANCEL_ONLY"
+    for symbol in sorted(view.market_symbols()):
+        spec = view.spec(symbol)
+        assert spec is not None
         out.append(MarketInfo(
-            symbol=symbol, base=state.base, quote=state.quote, status=status,
-            base_decimals=engine.assets[state.base].decimals,
-            quote_decimals=engine.assets[state.quote].decimals,
+            symbol=symbol, base=spec.base, quote=spec.quote, status=view.trading_status(symbol),
+            base_decimals=assets[spec.base].decimals,
+            quote_decimals=assets[spec.quote].decimals,
             tick_size=spec.tick_size, step_size=spec.step_size, min_qty=spec.min_qty,
             max_qty=spec.max_qty, min_notional=spec.min_notional, maker_fee=spec.maker_fee,
             taker_fee=spec.taker_fee, protection_bps=spec.protection_bps,
@@ -223,7 +219,7 @@ async def tickers(request: Request) -> Response:
     """The 24-hour ticker of every market."""
     market_data = market_data_of(request)
     now = _now_ms()
-    return _json([market_data.ticker(s, now) for s in sorted(market_data.engine.markets)])
+    return _json([market_data.ticker(s, now) for s in sorted(market_data.view.market_symbols())])
 
 
 @router.get(

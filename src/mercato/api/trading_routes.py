@@ -1,22 +1,20 @@
 """`/api/v1` trading: place, cancel, amend orders; balances; the development faucet.
 
-The order path is lean on purpose: the body is decoded and validated by msgspec, the
-caller's eligibility is cached, and the journal is the durability point, so placing an
-order makes no database round trip. Reads of history (orders, fills, ledger) come from
-the SQL projection, after it has caught up with everything acknowledged so far.
+The handlers parse, authorise, call the application services (mercato.application:
+trading, portfolio) and format the answer. The order path is lean on purpose: the body
+is decoded and validated by msgspec, the caller's eligibility is remembered, and the
+journal is the durability point, so placing an order makes no database round trip.
+Reads of history (orders, fills, ledger) come from the SQL projection, after it has
+caught up with everything acknowledged so far.
 """
 
 from __future__ import annotations
 
-import asyncio
-import secrets
-from fractions import Fraction
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 
 from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
@@ -32,21 +30,20 @@ from mercato.api.views import (
     projected_fill_view,
     trade_fill_view,
 )
+from mercato.application.portfolio import BalanceFigures, HoldingFigures, Portfolio
+from mercato.application.trading import Trading
 from mercato.auth.sessions import Principal
-from mercato.core.commands import AmendOrder, CancelAll, CancelOrder, CreditDeposit, PlaceOrder
-from mercato.core.engine import MAX_PRICE_TICKS, MAX_SUPPLY, Engine
+from mercato.core.commands import AmendOrder, CancelOrder
 from mercato.core.events import OrderUpdated
-from mercato.core.money import MoneyError, format_amount, format_units, parse_amount
+from mercato.core.model import OrderStatus, OrderType, Side, StpMode, TimeInForce
+from mercato.core.money import format_amount, format_units
 from mercato.core.results import Result
 from mercato.marketdata.formats import MarketFormat
+from mercato.port import ExchangeView
 from mercato.service import ExchangeService
 from mercato.store import queries
-from mercato.store.positions import Position
-from mercato.store.tables import users
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
-
-FAUCET_MAX_UNITS = 1_000_000  # per call, in whole units of the asset
 
 Str32 = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 Decimal40 = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
@@ -59,20 +56,17 @@ class OrderRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Decimal strings for every amount; integers are refused, floats never accepted."""
 
     market: Str32
-    side: Literal["BUY", "SELL"]
-    type: Literal[
-        "LIMIT", "MARKET", "LIMIT_MAKER", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT",
-        "TAKE_PROFIT_LIMIT",
-    ] = "LIMIT"  # fmt: skip
+    side: Side
+    type: OrderType = "LIMIT"
     quantity: Decimal40 | None = None
     price: Decimal40 | None = None
     quote_quantity: Decimal40 | None = None
     stop_price: Decimal40 | None = None
     iceberg_quantity: Decimal40 | None = None
-    time_in_force: Literal["GTC", "IOC", "FOK", "GTD"] = "GTC"
+    time_in_force: TimeInForce = "GTC"
     expire_at: Annotated[int, msgspec.Meta(ge=0, le=2**62)] = 0
     client_order_id: ClientOrderId = ""
-    stp: Literal["NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH", "DECREMENT"] | None = None
+    stp: StpMode | None = None
 
 
 class PlacedOrder(msgspec.Struct, kw_only=True):
@@ -108,33 +102,14 @@ async def decode(request: Request, kind: type[msgspec.Struct]) -> Any:
         raise ApiError(400, "INVALID_REQUEST", f"body is not valid JSON: {error}") from None
 
 
-class Eligibility:
-    """Which users may trade: those with a verified email address. A verification is
-    never undone, so a user found verified is remembered for the life of the process and
-    the order path does not ask the database again. The user's standing (frozen,
-    deleted) is not kept here: the credential check refuses a user who is not active
-    (auth/sessions.py, within its 2 s trust window)."""
-
-    def __init__(self) -> None:
-        self._verified: set[int] = set()
-
-    async def require_trader(self, service: ExchangeService, user_id: int) -> None:
-        if user_id in self._verified:
-            return
-        async with _reads(service) as connection:
-            verified_at = (
-                await connection.execute(
-                    select(users.c.email_verified_at).where(users.c.id == user_id)
-                )
-            ).scalar_one_or_none()
-        if verified_at is None:
-            raise ApiError(403, "EMAIL_NOT_VERIFIED", "verify your email address before trading")
-        self._verified.add(user_id)
+def _trading(service: ExchangeService) -> Trading:
+    assert service.trading is not None, "a ready service has its application services"
+    return service.trading
 
 
-def _eligibility(request: Request) -> Eligibility:
-    eligibility: Eligibility = request.app.state.eligibility  # set by create_app
-    return eligibility
+def _portfolio(service: ExchangeService) -> Portfolio:
+    assert service.portfolio is not None, "a ready service has its application services"
+    return service.portfolio
 
 
 async def trader(request: Request) -> Principal:
@@ -142,7 +117,7 @@ async def trader(request: Request) -> Principal:
     caller = await caller_with(request, "trade")
     limiter: RateLimiter = request.app.state.limiter
     await limiter.check("orders", str(caller.user_id), "of order entry for this account")
-    await _eligibility(request).require_trader(service_of(request), caller.user_id)
+    await _trading(service_of(request)).require_trader(caller.user_id)
     return caller
 
 
@@ -155,48 +130,6 @@ def engine_rejection(result: Result) -> ApiError:
     return ApiError(status, result.code, result.message)
 
 
-def _amount(text: str | None, parse: Any, what: str, largest: int = MAX_SUPPLY) -> int:
-    """``parse(text, what)``: the field's name goes into the message of a refusal."""
-    if text is None:
-        return 0
-    try:
-        value: int = parse(text, what)
-    except MoneyError as error:
-        raise ApiError(400, f"INVALID_{what.upper()}", error.message) from None
-    if value > largest:
-        raise ApiError(400, f"INVALID_{what.upper()}", f"{what} {text} is too large")
-    return value
-
-
-def to_command(service: ExchangeService, user: int, body: OrderRequest) -> PlaceOrder:
-    """The engine command for ``body``; amounts must be exact multiples of the market's
-    tick and step sizes (and of the quote asset's atom), never rounded."""
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    state = engine.markets.get(body.market)
-    if state is None:
-        raise ApiError(404, "UNKNOWN_MARKET", f"no market {body.market!r}; see GET /api/v1/markets")
-    rules = state.rules
-    quote_decimals = engine.assets[state.quote].decimals
-    return PlaceOrder(
-        user,
-        body.market,
-        body.side,
-        body.type,
-        _amount(body.quantity, rules.parse_quantity, "quantity"),
-        _amount(body.price, rules.parse_price, "price", MAX_PRICE_TICKS),
-        body.time_in_force,
-        body.client_order_id,
-        _amount(
-            body.quote_quantity, lambda t, w: parse_amount(t, quote_decimals, w), "quote_quantity"
-        ),
-        _amount(body.stop_price, rules.parse_price, "stop_price", MAX_PRICE_TICKS),
-        body.expire_at,
-        _amount(body.iceberg_quantity, rules.parse_quantity, "iceberg_quantity"),
-        body.stp,
-    )
-
-
 def market_format(service: ExchangeService, market: str) -> MarketFormat:
     """The market's formatter, kept by market data (refreshed when the market changes)."""
     assert service.market_data is not None
@@ -204,9 +137,7 @@ def market_format(service: ExchangeService, market: str) -> MarketFormat:
 
 
 def placed_view(service: ExchangeService, user: int, result: Result) -> PlacedOrder:
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    state = fold_order(result.events, result.order_id, engine.last_ts)
+    state = fold_order(result.events, result.order_id, _view(service).last_ts)
     assert state is not None, "an accepted order always has its OrderAccepted event"
     fmt = market_format(service, state.market)
     fills = [
@@ -230,109 +161,25 @@ async def place_order(caller: Trader, request: Request) -> Response:
     market's tick and step sizes. ``client_order_id`` is an idempotency key: the same id
     again answers 200 with the original order (``duplicate: true``), never a second one."""
     service = service_of(request)
+    trading = _trading(service)
     body: OrderRequest = await decode(request, OrderRequest)
-    command = to_command(service, caller.user_id, body)
-    assert service.sequencer is not None
-    if not command.client_order_id:
-        result = await service.sequencer.submit(command)
-        if result.status != "ACCEPTED":
-            raise engine_rejection(result)
-        return _json(placed_view(service, caller.user_id, result), 201)
-    outcome = await _client_ids(request).place_once(service, command)
+    outcome = await trading.place(trading.order_command(caller.user_id, body))
     if isinstance(outcome, Result):
         return _json(placed_view(service, caller.user_id, outcome), 201)
-    return _json(await _original(service, caller.user_id, *outcome))
-
-
-async def _original(service: ExchangeService, user: int, order_id: int, seq: int) -> PlacedOrder:
-    """The order a repeated client_order_id refers to, as it is now, with all its fills."""
-    await caught_up(service, max(seq, _engine(service).last_seq))
-    order = await _one_order(service, user, order_id=order_id)
-    async with _reads(service) as connection:
-        page = await queries.user_fills(
-            connection, user, order_id=order_id, limit=queries.MAX_LIMIT
-        )
+    order, fills = await trading.original(caller.user_id, *outcome)
     fmt = market_format(service, order.market)
-    fills = [projected_fill_view(fmt, f) for f in reversed(page.items)]
-    return PlacedOrder(order=order, fills=fills, duplicate=True)
+    return _json(
+        PlacedOrder(
+            order=order_view(fmt, order),
+            fills=[projected_fill_view(fmt, f) for f in fills],
+            duplicate=True,
+        )
+    )
 
 
-def _engine(service: ExchangeService) -> Engine:
-    assert service.sequencer is not None
-    return service.sequencer.engine
-
-
-class ClientOrderIds:
-    """Makes ``client_order_id`` an idempotency key: a (user, id) places at most one order.
-
-    A placement claims its key before its first await, so a concurrent repeat waits for it
-    rather than racing it. Orders placed since the start are remembered here until the
-    projection holds them; older ones are found in the projection, which caught up with
-    the journal before the service became ready, and only asked when the Bloom filter of
-    used ids says the key may have been used. A rejected placement leaves the key free.
-    """
-
-    KEEP = 50_000  # remembered keys before those already projected are dropped
-
-    def __init__(self) -> None:
-        self._placed: dict[tuple[int, str], tuple[int, int]] = {}  # -> (order_id, seq)
-        self._pending: dict[tuple[int, str], asyncio.Future[tuple[int, int] | None]] = {}
-
-    async def place_once(
-        self, service: ExchangeService, command: PlaceOrder
-    ) -> Result | tuple[int, int]:
-        """The new order's result, or (order id, seq) of the order that has the key."""
-        key = (command.user, command.client_order_id)
-        while True:
-            pending = self._pending.get(key)
-            if pending is None:
-                break
-            found = await asyncio.shield(pending)
-            if found is not None:
-                return found
-        if key in self._placed:
-            return self._placed[key]
-        claim: asyncio.Future[tuple[int, int] | None] = asyncio.get_running_loop().create_future()
-        self._pending[key] = claim
-        try:
-            found = await self._projected(service, key)
-            if found is not None:
-                claim.set_result(found)
-                return found
-            assert service.sequencer is not None
-            result = await service.sequencer.submit(command)
-            if result.status != "ACCEPTED":
-                claim.set_result(None)
-                raise engine_rejection(result)
-            self._remember(service, key, (result.order_id, result.seq))
-            claim.set_result((result.order_id, result.seq))
-            return result
-        finally:
-            if not claim.done():
-                claim.set_result(None)
-            del self._pending[key]
-
-    async def _projected(
-        self, service: ExchangeService, key: tuple[int, str]
-    ) -> tuple[int, int] | None:
-        if not service.known_client_ids.may_contain(*key):
-            return None  # never used: the common case needs no database read
-        async with _reads(service) as connection:
-            record = await queries.get_order(connection, key[0], client_order_id=key[1])
-        return None if record is None else (record.order_id, record.created_seq)
-
-    def _remember(
-        self, service: ExchangeService, key: tuple[int, str], placed: tuple[int, int]
-    ) -> None:
-        if len(self._placed) >= self.KEEP and service.projector is not None:
-            projected = service.projector.cursor
-            self._placed = {k: v for k, v in self._placed.items() if v[1] > projected}
-        self._placed[key] = placed
-
-
-def _client_ids(request: Request) -> ClientOrderIds:
-    ids: ClientOrderIds = request.app.state.client_order_ids  # set by create_app
-    return ids
+def _view(service: ExchangeService) -> ExchangeView:
+    assert service.port is not None
+    return service.port.view
 
 
 @router.get(
@@ -341,16 +188,15 @@ def _client_ids(request: Request) -> ClientOrderIds:
 )
 async def balances(request: Request, caller: Caller) -> Response:
     """Available and locked balance of every asset, live from the engine."""
-    service = service_of(request)
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    return _json([balance_of(engine, caller.user_id, asset) for asset in sorted(engine.assets)])
+    portfolio = _portfolio(service_of(request))
+    return _json([balance_view(b) for b in portfolio.balances(caller.user_id)])
 
 
-def balance_of(engine: Engine, user: int, asset: str) -> Balance:
-    decimals = engine.assets[asset].decimals
-    available, locked = engine.balance(user, asset)
-    return Balance(asset, format_amount(available, decimals), format_amount(locked, decimals),
+def balance_view(figures: BalanceFigures) -> Balance:
+    decimals = figures.decimals
+    available, locked = figures.available, figures.locked
+    return Balance(figures.asset, format_amount(available, decimals),
+                   format_amount(locked, decimals),
                    format_amount(available + locked, decimals))  # fmt: skip
 
 
@@ -366,32 +212,14 @@ async def faucet(request: Request, caller: Trader) -> Response:
     """Test funds, only when the server runs with ``--dev`` (refused otherwise): credits
     up to 1,000,000 units of an asset to the caller, through the engine like a deposit."""
     service = service_of(request)
-    if not service.config.server.dev:
-        raise ApiError(403, "FAUCET_DISABLED", "the faucet exists only on servers run with --dev")
+    trading = _trading(service)
+    trading.require_faucet()
     body: FaucetRequest = await decode(request, FaucetRequest)
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    known = engine.assets.get(body.asset)
-    if known is None:
-        raise ApiError(404, "UNKNOWN_ASSET", f"no asset {body.asset!r}; see GET /api/v1/assets")
-    decimals = known.decimals
-    atoms = _amount(body.amount, lambda t, w: parse_amount(t, decimals, w), "amount")
-    if atoms > FAUCET_MAX_UNITS * 10**decimals:
-        raise ApiError(
-            400, "INVALID_AMOUNT", f"the faucet gives at most {FAUCET_MAX_UNITS} {body.asset}"
-        )
-    external_id = f"faucet:{secrets.token_hex(12)}"
-    result = await service.sequencer.submit(
-        CreditDeposit(caller.user_id, body.asset, atoms, external_id)
-    )
-    if result.status != "ACCEPTED":
-        raise engine_rejection(result)
-    return _json(balance_of(engine, caller.user_id, body.asset))
+    await trading.faucet(caller.user_id, body.asset, body.amount)
+    return _json(balance_view(_portfolio(service).balance(caller.user_id, body.asset)))
 
 
 # -- reads of the projection -------------------------------------------------------------
-
-PROJECTION_WAIT_SECONDS = 5.0
 
 
 class OrderPage(msgspec.Struct):
@@ -423,14 +251,13 @@ class LedgerPage(msgspec.Struct):
 async def caught_up(service: ExchangeService, seq: int | None = None) -> None:
     """Wait until the projection holds every command acknowledged so far (or ``seq``):
     a client reads what it has been told happened."""
-    assert service.sequencer is not None and service.projector is not None
-    wanted = service.sequencer.last_seq if seq is None else seq
-    if not await service.projector.wait_for(wanted, PROJECTION_WAIT_SECONDS):
-        raise ApiError(503, "PROJECTION_LAGGING", "history is catching up; retry shortly")
+    assert service.projection is not None
+    await service.projection.caught_up(seq)
 
 
 def _reads(service: ExchangeService) -> Any:
-    return service.reader().connect()
+    assert service.projection is not None
+    return service.projection.connect()
 
 
 def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -> list[OrderView]:
@@ -438,10 +265,7 @@ def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -
 
 
 def _market_filter(service: ExchangeService, market: str | None) -> str | None:
-    assert service.sequencer is not None
-    if market is not None and market not in service.sequencer.engine.markets:
-        raise ApiError(404, "UNKNOWN_MARKET", f"no market {market!r}; see GET /api/v1/markets")
-    return market
+    return _trading(service).check_market(market)
 
 
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)]
@@ -469,12 +293,6 @@ async def list_open_orders(
     return _json(_order_views(service, records))
 
 
-OrderStatusName = Literal[
-    "UNTRIGGERED", "NEW", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REJECTED", "EXPIRED",
-    "EXPIRED_IN_MATCH",
-]  # fmt: skip
-
-
 @router.get(
     "/orders/history",
     responses={**json_response(OrderPage, 200, "Newest first"), **errors(*SIGNED_IN, 404)},
@@ -483,7 +301,7 @@ async def order_history(
     caller: Caller,
     request: Request,
     market: MarketFilter = None,
-    status: OrderStatusName | None = None,
+    status: OrderStatus | None = None,
     start_time: Millis = None,
     end_time: Millis = None,
     before: Before = None,
@@ -509,12 +327,9 @@ async def _one_order(
     order_id: int | None = None,
     client_order_id: str | None = None,
 ) -> OrderView:
-    async with _reads(service) as connection:
-        record = await queries.get_order(
-            connection, user, order_id=order_id, client_order_id=client_order_id
-        )
-    if record is None:  # someone else's order is not found either
-        raise ApiError(404, "UNKNOWN_ORDER", "you have no such order")
+    record = await _trading(service).order_record(
+        user, order_id=order_id, client_order_id=client_order_id
+    )
     return _order_views(service, [record])[0]
 
 
@@ -561,14 +376,7 @@ async def _not_open(
 ) -> NoReturn:
     """Why an order cannot be changed: 409 if it is the caller's and finished, else 404
     (another user's order is indistinguishable from no order)."""
-    await caught_up(service)
-    async with _reads(service) as connection:
-        record = await queries.get_order(
-            connection, user, order_id=order_id or None, client_order_id=client_order_id or None
-        )
-    if record is not None:
-        raise ApiError(409, "ORDER_NOT_OPEN", f"the order is {record.status} already")
-    raise ApiError(404, "UNKNOWN_ORDER", "you have no such open order")
+    await _trading(service).why_not_open(user, order_id, client_order_id)
 
 
 async def _changed_order(
@@ -576,11 +384,11 @@ async def _changed_order(
 ) -> Response:
     """Submit a cancel or an amend; answer the order as it left it, from the engine's
     order and the in-memory fill totals (no wait for the projection)."""
-    engine = _engine(service)
-    order_id = command.order_id or engine.client_ids.get((user, command.client_order_id), 0)
-    order = engine.orders.get(order_id)
-    assert service.sequencer is not None
-    result = await service.sequencer.submit(command)
+    view = _view(service)
+    order_id = command.order_id or view.order_id_of(user, command.client_order_id)
+    order = view.order(order_id)
+    assert service.port is not None
+    result = await service.port.submit(command)
     if result.status != "ACCEPTED":
         if result.code == "UNKNOWN_ORDER":
             await _not_open(service, user, command.order_id, command.client_order_id)
@@ -588,7 +396,7 @@ async def _changed_order(
     if order is None or order.order_id != result.order_id:  # a different order by now
         await caught_up(service, result.seq)
         return _json(await _one_order(service, user, order_id=result.order_id))
-    order = engine.orders.get(order_id) or order  # an amend may replace the object
+    order = view.order(order_id) or order  # an amend may replace the object
     updates = [e for e in result.events if isinstance(e, OrderUpdated) and e.order_id == order_id]
     filled_base, filled_quote, fee, created_at = service.fill_totals.totals(order_id)
     state = OrderState(
@@ -600,7 +408,7 @@ async def _changed_order(
         status=updates[-1].status if updates else order.status,
         reason=updates[-1].reason if updates else "", filled_base=filled_base,
         filled_quote=filled_quote, fee=fee, created_at=created_at or order.ts,
-        updated_at=engine.last_ts,
+        updated_at=view.last_ts,
     )  # fmt: skip
     return _json(order_view(market_format(service, order.market), state))
 
@@ -641,18 +449,7 @@ class Cancelled(msgspec.Struct):
 )
 async def cancel_all(caller: Trader, request: Request, market: MarketFilter = None) -> Response:
     """Cancel all the caller's open orders, or those of one market."""
-    service = service_of(request)
-    _market_filter(service, market)
-    assert service.sequencer is not None
-    result = await service.sequencer.submit(CancelAll(caller.user_id, market or ""))
-    if result.status != "ACCEPTED":
-        raise engine_rejection(result)
-    ids = [
-        event.order_id
-        for event in result.events
-        if isinstance(event, OrderUpdated) and event.user == caller.user_id
-        and event.status == "CANCELED"
-    ]  # fmt: skip
+    ids = await _trading(service_of(request)).cancel_all(caller.user_id, market)
     return _json(Cancelled(ids))
 
 
@@ -684,17 +481,9 @@ async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Re
     body: AmendRequest = await decode(request, AmendRequest)
     if body.price is None and body.quantity is None:
         raise ApiError(400, "INVALID_REQUEST", "give price, quantity or both")
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    order = engine.orders.get(order_id)
-    if order is None or order.user != caller.user_id:
-        await _not_open(service, caller.user_id, order_id, "")
-    rules = engine.markets[order.market].rules
-    command = AmendOrder(
-        caller.user_id, order_id,
-        quantity=_amount(body.quantity, rules.parse_quantity, "quantity"),
-        price=_amount(body.price, rules.parse_price, "price", MAX_PRICE_TICKS),
-    )  # fmt: skip
+    command = await _trading(service).amend_command(
+        caller.user_id, order_id, body.price, body.quantity
+    )
     return await _changed_order(service, caller.user_id, command)
 
 
@@ -744,19 +533,11 @@ async def ledger(
 ) -> Response:
     """Every change of the caller's balances: the account (available or locked), the
     signed amount, the balance after it, the reason and its reference (order or trade id)."""
-    service = service_of(request)
-    assert service.sequencer is not None
-    engine = service.sequencer.engine
-    if asset is not None and asset not in engine.assets:
-        raise ApiError(404, "UNKNOWN_ASSET", f"no asset {asset!r}; see GET /api/v1/assets")
-    await caught_up(service)
-    async with _reads(service) as connection:
-        page = await queries.ledger_history(
-            connection, caller.user_id, asset=asset, before=before, limit=limit
-        )
+    portfolio = _portfolio(service_of(request))
+    page = await portfolio.ledger(caller.user_id, asset, before, limit)
     items = []
     for entry in page.items:
-        decimals = engine.assets[entry.asset].decimals
+        decimals = portfolio.decimals(entry.asset)
         items.append(LedgerEntry(
             id=entry.id, asset=entry.asset, account=entry.account,
             delta=format_amount(entry.delta, decimals),
@@ -778,31 +559,17 @@ class Holding(msgspec.Struct, kw_only=True):
     unrealised_pnl: str | None
 
 
-def _quote_atoms(value: Fraction | int, decimals: int) -> str:
-    return format_amount(round(value), decimals)  # round() on a Fraction is half-even
-
-
-def _holding(engine: Engine, user: int, market: str, position: Position) -> Holding:
-    state = engine.markets[market]
-    base_decimals = engine.assets[state.base].decimals
-    quote_decimals = engine.assets[state.quote].decimals
-    last = state.last_price or None  # ticks; 0 before the market's first trade
-    # quote atoms per base atom, from a price in ticks
-    scale = Fraction(state.rules.tick_size) * 10**quote_decimals / 10**base_decimals
-    last_price = None if last is None else last * scale
-    average = position.average_cost
-    unrealised = position.unrealised(last_price)
-    available, locked = engine.balance(user, state.base)
-    unit = Fraction(10**base_decimals, 10**quote_decimals)  # atoms/atom -> units/unit
+def holding_view(figures: HoldingFigures) -> Holding:
+    base_decimals, quote_decimals = figures.base_decimals, figures.quote_decimals
+    average, last, unrealised = figures.average_cost, figures.last_price, figures.unrealised_pnl
     return Holding(
-        asset=state.base, market=market, quote_asset=state.quote,
-        balance=format_amount(available + locked, base_decimals),
-        position=format_amount(position.quantity, base_decimals),
-        average_cost=None if average is None
-        else _quote_atoms(average * unit * 10**quote_decimals, quote_decimals),
-        last_price=None if last is None else format_units(last, state.rules.tick_size),
-        realised_pnl=_quote_atoms(position.realised, quote_decimals),
-        unrealised_pnl=None if unrealised is None else _quote_atoms(unrealised, quote_decimals),
+        asset=figures.base, market=figures.market, quote_asset=figures.quote,
+        balance=format_amount(figures.balance, base_decimals),
+        position=format_amount(figures.position, base_decimals),
+        average_cost=None if average is None else format_amount(average, quote_decimals),
+        last_price=None if last is None else format_units(last, figures.tick_size),
+        realised_pnl=format_amount(figures.realised_pnl, quote_decimals),
+        unrealised_pnl=None if unrealised is None else format_amount(unrealised, quote_decimals),
     )  # fmt: skip
 
 
@@ -817,12 +584,8 @@ async def portfolio_view(caller: Caller, request: Request) -> Response:
     """Per market the caller has traded: the base balance, the position bought there, its
     weighted average cost, realised P&L and unrealised P&L at the last price, all in the
     market's quote asset (method in docs/trading.md)."""
-    service = service_of(request)
-    engine = _engine(service)
-    await caught_up(service)
-    async with _reads(service) as connection:
-        held = await queries.user_positions(connection, caller.user_id)
-    return _json([_holding(engine, caller.user_id, m, p) for m, p in held.items()])
+    holdings = await _portfolio(service_of(request)).holdings(caller.user_id)
+    return _json([holding_view(h) for h in holdings])
 
 
 async def place_order_direct(request: Request) -> Response:

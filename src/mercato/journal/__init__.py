@@ -3,6 +3,7 @@
 See docs/journal.md for the file formats and the recovery procedure.
 """
 
+from mercato.journal.async_sequencer import AsyncSequencer
 from mercato.journal.segments import (
     DEFAULT_SEGMENT_BYTES,
     JournalCorruptError,
@@ -14,8 +15,8 @@ from mercato.journal.segments import (
 )
 from mercato.journal.sequencer import (
     AppliedBatch,
-    AsyncSequencer,
     CommandEncodeError,
+    Listener,
     RecoveryError,
     Sequencer,
     SequencerClosedError,
@@ -39,6 +40,7 @@ __all__ = [
     "JournalCorruptError",
     "JournalError",
     "JournalWriter",
+    "Listener",
     "RecoveryError",
     "Sequencer",
     "SequencerClosedError",

@@ -9,13 +9,12 @@ Order of operations for a batch, which is what makes a result safe to act on:
 
 A result is therefore never released before its command is durable, and recovery
 (newest valid snapshot, then the journal records after it) rebuilds exactly the state
-the results described. See docs/journal.md.
+the results described. See docs/journal.md. The asyncio driver of the same phases is
+:mod:`mercato.journal.async_sequencer`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -45,11 +44,14 @@ from mercato.journal.snapshots import SnapshotStore
 
 __all__ = [
     "AppliedBatch",
-    "AsyncSequencer",
     "CommandEncodeError",
+    "Listener",
     "RecoveryError",
     "Sequencer",
     "SequencerClosedError",
+    "StampedBatch",
+    "check_command",
+    "encode_error",
     "journal_dir",
     "journal_last_seq",
     "journal_ts",
@@ -82,6 +84,17 @@ class AppliedBatch:
 
 
 Listener = Callable[[AppliedBatch], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StampedBatch:
+    """A batch given its seqs and timestamp and framed for the journal, not durable yet."""
+
+    seq0: int
+    ts: int
+    framed: FramedBatch
+
+
 JOURNAL_SUBDIR: Final = "journal"
 SNAPSHOT_SUBDIR: Final = "snapshots"
 LOCK_FILE: Final = "LOCK"
@@ -221,7 +234,8 @@ def replay_dir(data_dir: str | os.PathLike[str], use_snapshots: bool = False) ->
     return recover_engine(data_dir, use_snapshots=use_snapshots)[0]
 
 
-def _encode_error(cmd: Command) -> Exception | None:
+def encode_error(cmd: Command) -> Exception | None:
+    """Why ``cmd`` cannot be encoded for the journal, or None."""
     try:
         encode_record(0, 0, cmd)
     except Exception as exc:
@@ -229,10 +243,10 @@ def _encode_error(cmd: Command) -> Exception | None:
     return None
 
 
-def _check_commands(commands: Sequence[object]) -> None:
-    for cmd in commands:
-        if not isinstance(cmd, _COMMAND_TYPES):
-            raise TypeError(f"not a command: {cmd!r}")
+def check_command(cmd: object) -> None:
+    """Raise TypeError unless ``cmd`` is a command."""
+    if not isinstance(cmd, _COMMAND_TYPES):
+        raise TypeError(f"not a command: {cmd!r}")
 
 
 class Sequencer:
@@ -332,11 +346,17 @@ class Sequencer:
         if self._closed:
             raise SequencerClosedError("the sequencer is closed")
 
-    # -- the three phases of a batch (also driven by AsyncSequencer) ---------------------
+    # -- the phases of a batch: the public API of a driver (Sequencer.process and
+    # AsyncSequencer, which runs the commit on its own thread and the rest on the loop)
 
-    def _stamp(self, commands: Sequence[Command]) -> tuple[int, int, list[bytes]]:
-        """Assign seqs and the batch timestamp; encode. Nothing is durable yet, and if a
-        command cannot be encoded (e.g. an integer beyond 64 bits) nothing changes."""
+    def stamp(self, commands: Sequence[Command]) -> StampedBatch:
+        """Assign seqs and the batch timestamp; encode and frame. Nothing is durable yet,
+        and if a command cannot be encoded (e.g. an integer beyond 64 bits) nothing
+        changes: :class:`CommandEncodeError` names the first such command."""
+        seq0, ts, payloads = self._stamp_payloads(commands)
+        return StampedBatch(seq0, ts, FramedBatch.of(payloads))
+
+    def _stamp_payloads(self, commands: Sequence[Command]) -> tuple[int, int, list[bytes]]:
         ts = self.clock()
         if ts < self._last_ts:
             ts = self._last_ts  # the clock went back: time never does
@@ -344,21 +364,24 @@ class Sequencer:
         try:
             payloads = [encode_record(seq0 + i, ts, cmd) for i, cmd in enumerate(commands)]
         except Exception as exc:
-            bad = next(i for i, cmd in enumerate(commands) if _encode_error(cmd) is not None)
+            bad = next(i for i, cmd in enumerate(commands) if encode_error(cmd) is not None)
             raise CommandEncodeError(bad, commands[bad], exc) from exc
         self._next_seq = seq0 + len(payloads)
         self._last_ts = ts
         return seq0, ts, payloads
 
-    def _commit(self, batch: FramedBatch) -> None:
-        """One write + one fdatasync. Runs on the journal thread: frame on the caller's."""
+    def commit(self, batch: FramedBatch) -> None:
+        """One write + one fdatasync (releases the GIL: run it on a journal thread, frame
+        on the caller's). A failure stops the sequencer for good."""
         try:
             self.writer.append_framed(batch)
         except BaseException as exc:
             self._failed = exc
             raise
 
-    def _apply(self, seq0: int, ts: int, commands: Sequence[Command]) -> list[Result]:
+    def apply_batch(self, seq0: int, ts: int, commands: Sequence[Command]) -> list[Result]:
+        """Apply a durable batch to the engine, tell the listeners, return the results.
+        Call it only once :meth:`commit` of the batch (and of all before it) returned."""
         apply = self.engine.apply
         try:
             results = [apply(seq0 + i, ts, cmd) for i, cmd in enumerate(commands)]
@@ -372,6 +395,10 @@ class Sequencer:
             self._notify(AppliedBatch(seq0, ts, commands, results))
         return results
 
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every batch applied from now on (see :attr:`listeners`)."""
+        self.listeners.append(listener)
+
     def _notify(self, batch: AppliedBatch) -> None:
         # Listeners run on the applying thread, in seq order, before any result is
         # released; they must be quick and must not raise (a failure is logged only:
@@ -382,15 +409,18 @@ class Sequencer:
             except Exception:
                 log.exception("listener %r failed on batch at seq %d", listener, batch.seq0)
 
-    def _snapshot_due(self) -> bool:
+    @property
+    def snapshot_due(self) -> bool:
+        """``snapshot_every`` commands were applied since the last snapshot was taken."""
         return self.snapshot_every > 0 and self._since_snapshot >= self.snapshot_every
 
-    def _take_snapshot(self) -> tuple[int, bytes]:
-        """Serialize the engine now (consistent: no batch is being applied)."""
+    def take_snapshot(self) -> tuple[int, bytes]:
+        """Serialize the engine now (consistent: call it between batches): (seq, data)."""
         self._since_snapshot = 0
         return self.engine.last_seq, self.engine.snapshot()
 
-    def _store_snapshot(self, seq: int, data: bytes) -> None:
+    def store_snapshot(self, seq: int, data: bytes) -> None:
+        """Write a snapshot taken by :meth:`take_snapshot` (may run on another thread)."""
         self.snapshots.write(seq, data)
         self.snapshot_seq = max(self.snapshot_seq, seq)
 
@@ -403,29 +433,30 @@ class Sequencer:
         ``write`` and one ``fdatasync``, and is applied only after that returned.
         """
         self._check_usable()
-        _check_commands(commands)
+        for cmd in commands:
+            check_command(cmd)
         # Encode everything first: a command that cannot be encoded fails the call
         # before anything is sequenced.
-        seq0, ts, payloads = self._stamp(commands)
+        seq0, ts, payloads = self._stamp_payloads(commands)
         step = self.max_batch
         starts = range(0, len(commands), step)
         if len(starts) == 1:
-            self._commit(FramedBatch.of(payloads))
-            results = self._apply(seq0, ts, commands)
+            self.commit(FramedBatch.of(payloads))
+            results = self.apply_batch(seq0, ts, commands)
             self._snapshot_if_due()
             return results
         # Several batches: commit the next one on the journal thread (fdatasync releases
         # the GIL) while this one, already durable, is applied.
         results = []
         journal = self._journal_thread()
-        commit = journal.submit(self._commit, FramedBatch.of(payloads[:step]))
+        commit = journal.submit(self.commit, FramedBatch.of(payloads[:step]))
         for start in starts:
             following = payloads[start + step : start + 2 * step]
             framed = FramedBatch.of(following) if following else None
             commit.result()  # this batch, and all before it, are durable
             if framed is not None:
-                commit = journal.submit(self._commit, framed)
-            results.extend(self._apply(seq0 + start, ts, commands[start : start + step]))
+                commit = journal.submit(self.commit, framed)
+            results.extend(self.apply_batch(seq0 + start, ts, commands[start : start + step]))
             self._snapshot_if_due()
         return results
 
@@ -437,17 +468,17 @@ class Sequencer:
         return self._journal_executor
 
     def _snapshot_if_due(self) -> None:
-        if self._snapshot_due():
+        if self.snapshot_due:
             try:
-                self._store_snapshot(*self._take_snapshot())
+                self.store_snapshot(*self.take_snapshot())
             except Exception:
                 log.exception("automatic snapshot failed; will retry later")
 
     def snapshot_now(self) -> int:
         """Write a snapshot of the current state; return its seq."""
         self._check_usable()
-        seq, data = self._take_snapshot()
-        self._store_snapshot(seq, data)
+        seq, data = self.take_snapshot()
+        self.store_snapshot(seq, data)
         return seq
 
     def close(self) -> None:
@@ -486,282 +517,3 @@ def lock_directory(data_dir: str | os.PathLike[str]) -> int:
         os.close(fd)
         raise JournalError(f"{path.parent} is already open by another sequencer") from None
     return fd
-
-
-_Pending = tuple[Command, "asyncio.Future[Result]"]
-
-
-@dataclasses.dataclass(slots=True)
-class _Batch:
-    """A stamped batch whose commit has been handed to the journal thread."""
-
-    seq0: int
-    ts: int
-    commands: list[Command]
-    futures: list[asyncio.Future[Result]]
-    commit: asyncio.Future[None]
-
-
-class AsyncSequencer:
-    """An asyncio front for a :class:`Sequencer`: ``await submit(cmd)`` gives the result.
-
-    A background task drains the queue in batches of up to ``max_batch`` commands (after
-    the first command of a batch arrives it waits at most ``max_wait_us`` for more, and
-    not at all once the batch is full), makes the batch durable in a worker thread, so
-    that the next batch queues up meanwhile, then applies it and resolves the futures.
-    A result is never released before its batch is durable.
-    """
-
-    def __init__(self, sequencer: Sequencer, *, max_wait_us: int | None = None) -> None:
-        if max_wait_us is None:
-            max_wait_us = sequencer.max_wait_us
-        if max_wait_us < 0:
-            raise ValueError("max_wait_us must be >= 0")
-        self.sequencer = sequencer
-        self.max_wait = max_wait_us / 1_000_000
-        self._pending: collections.deque[_Pending] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._snapshot_task: asyncio.Task[None] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._closing = False
-        self._closed = False
-        self._error: BaseException | None = None
-        self.batches = 0
-        """Number of batches committed (each one write + one fdatasync)."""
-
-    @classmethod
-    async def open(
-        cls,
-        data_dir: str | os.PathLike[str],
-        *,
-        max_batch: int = 1024,
-        max_wait_us: int = 0,
-        snapshot_every: int = 100_000,
-        clock: Clock = wall_clock_ms,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-        keep_snapshots: int = 3,
-        lock_fd: int | None = None,
-    ) -> AsyncSequencer:
-        """Recover ``data_dir`` in a worker thread and return a started sequencer."""
-        sequencer = await asyncio.to_thread(
-            Sequencer,
-            data_dir,
-            max_batch=max_batch,
-            max_wait_us=max_wait_us,
-            snapshot_every=snapshot_every,
-            clock=clock,
-            segment_bytes=segment_bytes,
-            keep_snapshots=keep_snapshots,
-            lock_fd=lock_fd,
-        )
-        front = cls(sequencer)
-        front._start()
-        return front
-
-    @property
-    def engine(self) -> Engine:
-        return self.sequencer.engine
-
-    @property
-    def last_seq(self) -> int:
-        return self.sequencer.last_seq
-
-    def _start(self) -> None:
-        if self._task is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="mercato-journal"
-            )
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="mercato-sequencer"
-            )
-
-    def _check_open(self) -> None:
-        if self._error is not None:
-            raise SequencerClosedError(
-                "the sequencer stopped after a fatal error; reopen it to recover"
-            ) from self._error
-        if self._closing:
-            raise SequencerClosedError("the sequencer is closing")
-
-    def submit_nowait(self, cmd: Command) -> asyncio.Future[Result]:
-        """Queue ``cmd``; the future resolves to its result once it is durable."""
-        self._check_open()
-        if not isinstance(cmd, _COMMAND_TYPES):
-            raise TypeError(f"not a command: {cmd!r}")
-        self._start()
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        pending = self._pending
-        pending.append((cmd, fut))
-        self._wakeup.set()
-        if len(pending) >= self.sequencer.max_batch:
-            self._full.set()
-        return fut
-
-    async def submit(self, cmd: Command) -> Result:
-        """Sequence ``cmd`` and return its result, once its batch is durable and applied.
-
-        Cancelling the call before the command is taken into a batch withdraws it;
-        afterwards the command is committed anyway."""
-        return await self.submit_nowait(cmd)
-
-    async def submit_many(self, commands: Sequence[Command]) -> list[Result]:
-        futures = [self.submit_nowait(cmd) for cmd in commands]
-        return list(await asyncio.gather(*futures))
-
-    async def _run(self) -> None:
-        """Pipeline: while one batch's write + fdatasync runs on the journal thread (which
-        releases the GIL), the previous batch, already durable, is applied and its
-        results released. Commits run one at a time, in order, on that single thread, so
-        a batch is applied only after its own commit, and every batch before it, is
-        durable."""
-        pending = self._pending
-        loop = asyncio.get_running_loop()
-        in_flight: _Batch | None = None
-        while True:
-            if not pending and in_flight is None:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            wait_for_more = self.max_wait > 0 and len(pending) < self.sequencer.max_batch
-            if in_flight is None and wait_for_more and not self._closing:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_wait)
-            following = self._begin_batch(loop) if pending else None
-            if in_flight is not None and not await self._finish_batch(in_flight, following):
-                return
-            in_flight = following
-
-    def _begin_batch(self, loop: asyncio.AbstractEventLoop) -> _Batch | None:
-        """Take up to ``max_batch`` queued commands, stamp them, start their commit."""
-        sequencer = self.sequencer
-        pending = self._pending
-        commands: list[Command] = []
-        futures: list[asyncio.Future[Result]] = []
-        while pending and len(commands) < sequencer.max_batch:
-            cmd, fut = pending.popleft()
-            if not fut.cancelled():
-                commands.append(cmd)
-                futures.append(fut)
-        if not commands:
-            return None
-        try:
-            seq0, ts, payloads = sequencer._stamp(commands)
-        except CommandEncodeError:
-            # Fail only the commands that cannot be encoded; sequence the others.
-            kept: list[tuple[Command, asyncio.Future[Result]]] = []
-            for cmd, fut in zip(commands, futures, strict=True):
-                error = _encode_error(cmd)
-                if error is None:
-                    kept.append((cmd, fut))
-                elif not fut.done():
-                    fut.set_exception(CommandEncodeError(0, cmd, error))
-            commands = [cmd for cmd, _ in kept]
-            futures = [fut for _, fut in kept]
-            if not commands:
-                return None
-            seq0, ts, payloads = sequencer._stamp(commands)
-        framed = FramedBatch.of(payloads)
-        commit = loop.run_in_executor(self._executor, sequencer._commit, framed)
-        return _Batch(seq0, ts, commands, futures, commit)
-
-    async def _finish_batch(self, batch: _Batch, following: _Batch | None) -> bool:
-        """Wait for ``batch`` to be durable, apply it, release its results. False after a
-        fatal error (``batch``, ``following`` and everything queued are failed)."""
-        sequencer = self.sequencer
-        try:
-            await batch.commit
-            results = sequencer._apply(batch.seq0, batch.ts, batch.commands)
-        except BaseException as exc:
-            futures = batch.futures
-            if following is not None:
-                # Its commit was queued behind this batch; it is never acknowledged.
-                futures = futures + following.futures
-                with contextlib.suppress(BaseException):
-                    await following.commit
-            self._fail(exc, futures)
-            if not isinstance(exc, Exception):
-                raise
-            return False
-        self.batches += 1
-        for fut, result in zip(batch.futures, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
-        if sequencer._snapshot_due() and self._snapshot_task is None:
-            self._start_snapshot()
-        return True
-
-    def _fail(self, exc: BaseException, futures: list[asyncio.Future[Result]]) -> None:
-        """A fatal error: the batch's outcome is unknown; fail it and everything queued."""
-        log.error("sequencer stopped: %r", exc)
-        self._error = exc
-        error = SequencerClosedError("the sequencer stopped after a fatal error")
-        error.__cause__ = exc
-        for fut in futures:
-            if not fut.done():
-                fut.set_exception(error)
-        while self._pending:
-            _, fut = self._pending.popleft()
-            if not fut.done():
-                fut.set_exception(error)
-
-    def _start_snapshot(self) -> None:
-        seq, data = self.sequencer._take_snapshot()
-        self._snapshot_task = asyncio.get_running_loop().create_task(
-            self._write_snapshot(seq, data)
-        )
-
-    async def _write_snapshot(self, seq: int, data: bytes) -> None:
-        try:
-            await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
-        except Exception:
-            log.exception("automatic snapshot at seq %d failed; will retry later", seq)
-        finally:
-            self._snapshot_task = None
-
-    async def snapshot_now(self) -> int:
-        """Snapshot the state as of now (commands applied so far); return its seq."""
-        self._check_open()
-        if self._snapshot_task is not None:
-            await self._snapshot_task
-        seq, data = self.sequencer._take_snapshot()
-        await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
-        return seq
-
-    async def close(self, *, snapshot: bool = False) -> None:
-        """Stop accepting commands, commit and apply everything queued, optionally take a
-        final snapshot, then close the journal (idempotent)."""
-        if self._closed:
-            return
-        self._closing = True
-        self._wakeup.set()
-        self._full.set()
-        try:
-            if self._task is not None:
-                await self._task
-            if self._snapshot_task is not None:
-                await self._snapshot_task
-            if snapshot and self._error is None:
-                seq, data = self.sequencer._take_snapshot()
-                await asyncio.to_thread(self.sequencer._store_snapshot, seq, data)
-        finally:
-            self._closed = True
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-            self.sequencer.close()
-
-    async def __aenter__(self) -> AsyncSequencer:
-        self._start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

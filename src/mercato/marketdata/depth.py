@@ -26,7 +26,6 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from mercato.core.engine import Engine
 from mercato.core.events import (
     Event,
     MarketUpserted,
@@ -38,6 +37,8 @@ from mercato.core.events import (
     Transfer,
 )
 from mercato.core.model import LIMIT_PRICED_TYPES, RELEASE, TERMINAL_STATUSES
+from mercato.core.view import view_of
+from mercato.port import ExchangeView
 
 RESTING_TIME_IN_FORCE = frozenset({"GTC", "GTD"})
 
@@ -110,17 +111,19 @@ class DepthTracker:
     it has not seen), then for each applied batch call :meth:`touch` on every event and
     :meth:`commit` once; or :meth:`apply` for a whole list of results."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, view: ExchangeView) -> None:
+        self.view: ExchangeView = view_of(view)  # tests build it on an Engine
+        view = self.view
         self.books: dict[str, L2Book] = {}
         self.orders: dict[int, tuple[str, bool, int]] = {}
-        for symbol, state in engine.markets.items():
-            book = self.books[symbol] = L2Book(symbol, engine.last_seq)
-            for price, level in state.bids.levels.items():
-                book.set(True, price, level.qty)
-            for price, level in state.asks.levels.items():
-                book.set(False, price, level.qty)
-        for order in engine.orders.values():
+        for symbol in view.market_symbols():
+            book = self.books[symbol] = L2Book(symbol, view.last_seq)
+            bids, asks = view.levels(symbol)
+            for price, qty in bids:
+                book.set(True, price, qty)
+            for price, qty in asks:
+                book.set(False, price, qty)
+        for order in view.open_orders():
             if order.type in LIMIT_PRICED_TYPES and order.time_in_force in RESTING_TIME_IN_FORCE:
                 self.orders[order.order_id] = (order.market, order.side == "BUY", order.price)
 
@@ -158,20 +161,18 @@ class DepthTracker:
             if found is not None:
                 touched.add(found)
         elif isinstance(event, MarketUpserted) and event.spec.symbol not in self.books:
-            self.books[event.spec.symbol] = L2Book(event.spec.symbol, self.engine.last_seq)
+            self.books[event.spec.symbol] = L2Book(event.spec.symbol, self.view.last_seq)
 
     def commit(self, touched: Touched, ts: int) -> list[DepthChange]:
         """Read the engine at the touched levels; update the mirrors; one change per
         market whose book changed, with its next sequence number."""
         if not touched:
             return []
-        markets = self.engine.markets
+        level_qty = self.view.level_qty
         books = self.books
         changed: dict[str, tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
         for market, is_bid, price in touched:
-            state = markets[market]
-            level = (state.bids if is_bid else state.asks).levels.get(price)
-            qty = level.qty if level is not None else 0
+            qty = level_qty(market, is_bid, price)
             book = books[market]
             if (book.bids if is_bid else book.asks).get(price, 0) == qty:
                 continue

@@ -2,7 +2,7 @@
 channels, and the queries the REST routes answer from.
 
 It is called synchronously on the event-loop thread after each durable batch is applied
-(``Sequencer.listeners``), before the batch's results are released. It does only
+(``ExchangePort.subscribe``), before the batch's results are released. It does only
 in-memory work proportional to the batch: the depth mirror (exact, O(touched levels)),
 recent trades, candles and tickers, and *enqueuing* encoded messages on the hub. Sockets
 are written by the hub's per-client writers; a slow client never slows the engine.
@@ -24,7 +24,6 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.core.book import Order
-from mercato.core.engine import Engine
 from mercato.core.events import (
     AssetUpserted,
     MarketUpserted,
@@ -37,13 +36,13 @@ from mercato.core.events import (
 )
 from mercato.core.model import LOCKED
 from mercato.core.money import format_amount
-from mercato.journal.sequencer import AppliedBatch
 from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.marketdata.depth import DepthChange, DepthTracker, Touched
 from mercato.marketdata.formats import MarketFormat
 from mercato.marketdata.history import recent_history
 from mercato.marketdata.hub import Client, Hub
 from mercato.marketdata.stats import MarketStats, TickerStats
+from mercato.port import AppliedBatch, ExchangeView
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +81,17 @@ class _Pending:
 
 
 class MarketData:
-    """Market data of one engine. ``on_batch`` is the sequencer listener."""
+    """Market data of one engine, read through its ``view``. ``on_batch`` is the listener
+    of the port's durable batches."""
 
-    def __init__(self, engine: Engine, hub: Hub | None = None) -> None:
-        self.engine = engine
+    def __init__(self, view: ExchangeView, hub: Hub | None = None) -> None:
+        self.view = view
         self.hub = hub if hub is not None else Hub()
-        self.depth = DepthTracker(engine)
-        self.decimals: dict[str, int] = {s: a.decimals for s, a in engine.assets.items()}
+        self.depth = DepthTracker(view)
+        self.decimals: dict[str, int] = {s: a.decimals for s, a in view.assets().items()}
         self.stats: dict[str, MarketStats] = {}
         self.formats: dict[str, MarketFormat] = {}
-        for symbol in engine.markets:
+        for symbol in view.market_symbols():
             self._add_market(symbol)
         self._pending: dict[str, _Pending] = {}
         self._stats_dirty: set[str] = set()
@@ -100,8 +100,9 @@ class MarketData:
         self.batches = 0
 
     def _add_market(self, symbol: str) -> None:
-        state = self.engine.markets[symbol]
-        self.formats[symbol] = MarketFormat.of(state, self.decimals)
+        spec, rules = self.view.spec(symbol), self.view.rules(symbol)
+        assert spec is not None and rules is not None, f"no market {symbol}"
+        self.formats[symbol] = MarketFormat.of(spec, rules, self.decimals)
         if symbol not in self.stats:
             self.stats[symbol] = MarketStats(symbol)
 
@@ -294,7 +295,7 @@ class MarketData:
 
     def _publish_balances(self, touched: set[tuple[int, str]], seq: int, ts: int) -> None:
         subscribers = self.hub.subscribers
-        balance = self.engine.balance
+        balance = self.view.balance
         for user, asset in sorted(touched):
             channel = f"balances:{user}"
             if channel in subscribers:
@@ -355,7 +356,7 @@ class MarketData:
         stats: TickerStats = self.stats[market].ticker(now_ms)
         fmt = self.formats[market]
         book = self.depth.books[market]
-        last = self.engine.markets[market].last_price
+        last = self.view.last_price(market)
         bid, ask = book.best_bid(), book.best_ask()
         traded = stats.trades > 0
         change = stats.close - stats.open if traded else 0
@@ -403,16 +404,16 @@ class MarketData:
             if candle is not None:
                 yield encode(self._candle_message(candle, channel))
         elif channel == "orders":
-            orders = [self.order_row(o) for o in self.engine.open_orders(client.user)]
-            yield encode({"channel": "orders", "type": "snapshot", "seq": self.engine.last_seq,
+            orders = [self.order_row(o) for o in self.view.open_orders(client.user)]
+            yield encode({"channel": "orders", "type": "snapshot", "seq": self.view.last_seq,
                           "orders": orders})  # fmt: skip
         elif channel == "balances":
             # Every asset the exchange lists, zeros included, as REST /balances answers:
             # the engine keeps no rows for assets a user never held.
-            balance = self.engine.balance
+            balance = self.view.balance
             rows = [self.balance_row(a, *balance(client.user, a)) for a in sorted(self.decimals)]
             yield encode({"channel": "balances", "type": "snapshot",
-                          "seq": self.engine.last_seq, "balances": rows})  # fmt: skip
+                          "seq": self.view.last_seq, "balances": rows})  # fmt: skip
 
     def channel_error(self, channel: str) -> tuple[str, str] | None:
         """Why ``channel`` cannot be subscribed to, as (code, message), or None."""
@@ -429,7 +430,7 @@ class MarketData:
             if interval not in INTERVALS:
                 return ("INVALID_REQUEST", f"{channel!r}: interval must be one of "
                         + ", ".join(INTERVALS))  # fmt: skip
-        if market not in self.engine.markets:
+        if not self.view.has_market(market):
             return ("UNKNOWN_MARKET", f"market {market!r} does not exist")
         return None
 
@@ -445,7 +446,7 @@ class MarketData:
         Call it before any trading command is applied, once the projection has caught up
         with the journal; a store without the tables only logs a warning."""
         try:
-            history = await recent_history(db, self.engine)
+            history = await recent_history(db, self.view)
         except Exception as error:
             log.warning("market data starts without history: %s", error)
             return

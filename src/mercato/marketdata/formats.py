@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from mercato.core.book import MarketState
+from mercato.core.model import MarketRules, MarketSpec
 from mercato.core.money import format_amount, format_units
 
 PRICE_CACHE_LIMIT = 65_536
@@ -32,9 +32,10 @@ class MarketFormat:
         self._prices: dict[int, str] = {}
 
     @classmethod
-    def of(cls, state: MarketState, asset_decimals: dict[str, int]) -> MarketFormat:
-        base, quote = state.base, state.quote
-        return cls(state.rules.tick_size, state.rules.step_size, base, asset_decimals[base],
+    def of(cls, spec: MarketSpec, rules: MarketRules,
+           asset_decimals: dict[str, int]) -> MarketFormat:  # fmt: skip
+        base, quote = spec.base, spec.quote
+        return cls(rules.tick_size, rules.step_size, base, asset_decimals[base],
                    quote, asset_decimals[quote])  # fmt: skip
 
     def price(self, ticks: int) -> str:

@@ -9,10 +9,10 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mercato.core.engine import Engine
 from mercato.core.events import Trade
 from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.marketdata.stats import CANDLES_KEPT, RECENT_TRADES
+from mercato.port import ExchangeView
 from mercato.store.tables import candles as candles_table
 from mercato.store.tables import trades as trades_table
 
@@ -26,15 +26,17 @@ def _candle(market: str, interval: str, row: sa.Row[tuple[object, ...]]) -> Cand
 
 
 async def recent_history(
-    db: AsyncEngine, engine: Engine
+    db: AsyncEngine, view: ExchangeView
 ) -> dict[str, tuple[list[Trade], dict[str, list[Candle]]]]:
-    """Per market of ``engine``: its newest trades and newest candles of every interval
-    (time order), as the projection holds them."""
+    """Per market of the engine ``view`` reads: its newest trades and newest candles of
+    every interval (time order), as the projection holds them."""
     out: dict[str, tuple[list[Trade], dict[str, list[Candle]]]] = {}
     t = trades_table.c
     k = candles_table.c
     async with db.connect() as connection:
-        for symbol, market in engine.markets.items():
+        for symbol in view.market_symbols():
+            market = view.spec(symbol)
+            assert market is not None
             rows = (
                 await connection.execute(
                     sa.select(trades_table).where(t.market == symbol)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.core.events import OrderAccepted
-from mercato.journal import AppliedBatch
+from mercato.port import AppliedBatch
 from mercato.store.tables import orders
 
 FALSE_POSITIVE_RATE = 0.01

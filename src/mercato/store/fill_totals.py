@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mercato.core.events import OrderAccepted, OrderUpdated, Trade
 from mercato.core.model import TERMINAL_STATUSES
-from mercato.journal import AppliedBatch
+from mercato.port import AppliedBatch
 from mercato.store.tables import OPEN_ORDER_STATUSES, orders
 
 RECENTLY_CLOSED = 10_000

@@ -1,6 +1,6 @@
 """The projector: the engine's event stream into SQL tables, exactly once.
 
-A :class:`Projector` listens to the sequencer (``Sequencer.listeners``) and writes the
+A :class:`Projector` listens to the durable batches (``ExchangePort.subscribe``) and writes the
 orders, trades, fills, ledger entries and balances, and candles of every applied command
 into the SQL store (tables in :mod:`mercato.store.tables`, see docs/store.md), many
 batches per transaction. Its cursor (``projection_cursor``: the last seq projected) is
@@ -12,8 +12,8 @@ live batches.
 Usage (the service)::
 
     projector = Projector(db)
-    sequencer.sequencer.listeners.append(projector.on_batch)  # first: nothing is missed
-    await projector.start(config.engine_dir, sequencer.last_seq)
+    port.subscribe(projector.on_batch)  # first: nothing is missed
+    await projector.start(config.engine_dir, port.last_seq)
     ...
     if await projector.wait_for(result.seq, timeout=2.0):  # read-your-writes
         rows = await queries.open_orders(connection, user_id)
@@ -50,8 +50,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
-from mercato.journal.sequencer import AppliedBatch, replay_applied
+from mercato.journal import replay_applied
 from mercato.marketdata.candles import INTERVALS, Candle, fold, open_time
+from mercato.port import AppliedBatch
 from mercato.store.positions import Position
 from mercato.store.tables import (
     OPEN_ORDER_STATUSES,

@@ -38,7 +38,7 @@ import msgspec
 
 from mercato.core.commands import Command
 from mercato.core.results import Result
-from mercato.journal.sequencer import AppliedBatch
+from mercato.port import AppliedBatch
 from mercato.runtime import run_fast, tune_gc
 from mercato.store.database import create_engine
 from mercato.store.projector import ProjectionError, ProjectionProgress, Projector
