@@ -33,7 +33,6 @@ import dataclasses
 import heapq
 import itertools
 import logging
-import operator
 import os
 import sqlite3
 import threading
@@ -50,11 +49,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
+from mercato.core.order_state import OrderState, accepted, amended, filled, triggered, updated
+from mercato.core.positions import Position
 from mercato.journal.sequencer import AppliedBatch, replay_applied
 from mercato.marketdata.candles import INTERVALS, Candle, fold, open_time
-from mercato.store.positions import Position
+from mercato.store.order_rows import (
+    ORDER_COLUMNS,
+    ORDER_MUTABLE_COLUMNS,
+    insert_row,
+    open_order_states,
+    update_row,
+)
 from mercato.store.tables import (
-    OPEN_ORDER_STATUSES,
     candles,
     fills,
     ledger_balances,
@@ -92,31 +98,12 @@ THREAD_PLAN_COMMANDS: Final = 256
 #: Users per ``IN (...)`` when loading balances.
 LOAD_CHUNK: Final = 500
 
-#: The ``orders`` columns an order's events change after it was accepted.
-ORDER_MUTABLE_COLUMNS: Final[tuple[str, ...]] = (
-    "status",
-    "filled",
-    "quantity",
-    "price",
-    "filled_base",
-    "filled_quote",
-    "fee",
-    "fee_asset",
-    "reason",
-    "updated_at",
-    "triggered_at",
-    "updated_seq",
-)
 _TERMINAL: Final = frozenset(TERMINAL_STATUSES)
 _USER_ACCOUNTS: Final = frozenset(ACCOUNT_NAMES[: LOCKED + 1])  # available, locked
 #: Column order of the bulk inserts (database-generated ids left out).
-ORDER_COLUMNS: Final = tuple(c.name for c in orders.c)
 TRADE_COLUMNS: Final = tuple(c.name for c in trades.c)
 FILL_COLUMNS: Final = tuple(c.name for c in fills.c if c.name != "id")
 ENTRY_COLUMNS: Final = tuple(c.name for c in ledger_entries.c if c.name != "id")
-_order_tuple: Final = operator.itemgetter(*ORDER_COLUMNS)
-#: An order update's parameters: the mutable columns, then the order id (the WHERE).
-_order_update_tuple: Final = operator.itemgetter(*ORDER_MUTABLE_COLUMNS)
 
 #: Rows the database refuses (a duplicate key, a value out of range): retrying cannot help,
 #: it is a bug or a second writer. The projector stops (fatal), the cursor stays put.
@@ -141,7 +128,6 @@ RETRYABLE_ERRORS: Final = (
     TimeoutError,
 )
 
-Row = dict[str, Any]
 BalanceKey = tuple[int, str, str]  # (user, asset, account name)
 _T = TypeVar("_T")
 
@@ -344,7 +330,7 @@ class Projector(ProjectionProgress):
         self._stopping = False
         self._closed = False
         # In-memory state, seeded from the tables on start (see docs/store.md):
-        self._open: dict[int, Row] = {}  # open orders: their mutable columns (or full row)
+        self._open: dict[int, OrderState] = {}  # open orders, folded (core.order_state)
         self._candles: dict[tuple[str, str], Candle] = {}  # current candle per (market, iv)
         self._balances: dict[BalanceKey, int] = {}  # accounts of loaded users
         self._positions: dict[tuple[int, str], Position] = {}  # (user, market), loaded users
@@ -482,12 +468,7 @@ class Projector(ProjectionProgress):
                 )
             ).one()
             self._cursor, self._last_ts = row.last_seq, row.last_ts
-            columns = [orders.c.order_id, *(orders.c[name] for name in ORDER_MUTABLE_COLUMNS)]
-            result = await connection.execute(
-                sa.select(*columns).where(orders.c.status.in_(OPEN_ORDER_STATUSES))
-            )
-            for order in result.mappings():
-                self._open[order["order_id"]] = {k: order[k] for k in ORDER_MUTABLE_COLUMNS}
+            self._open = await open_order_states(connection)
             if self._last_ts:
                 # Only the candle that holds the last projected time can still grow: every
                 # later trade is at least that late (sequencer time never goes back).
@@ -678,8 +659,8 @@ class Projector(ProjectionProgress):
         candles in memory: a plan is built once and written until it commits."""
         plan = _Plan(prev_seq=self._cursor)
         open_orders = self._open
-        inserted: dict[int, Row] = {}
-        updated: dict[int, Row] = {}
+        inserted: dict[int, OrderState] = {}
+        changed: dict[int, OrderState] = {}
         touched_candles: dict[tuple[str, str, int], Candle] = {}
         current_candles = self._candles
         intervals = tuple(INTERVALS)
@@ -688,18 +669,17 @@ class Projector(ProjectionProgress):
         trade_rows = plan.trades
         fill_rows = plan.fills
 
-        def touch(order_id: int, seq: int, ts: int) -> Row:
-            row = open_orders.get(order_id)
-            if row is None:
+        def touch(order_id: int, seq: int) -> OrderState:
+            """The open order an event changes (it is to be written)."""
+            state = open_orders.get(order_id)
+            if state is None:
                 raise ProjectionError(
                     f"seq {seq}: an event for order {order_id}, which the projection "
                     "neither holds open nor saw accepted"
                 )
             if order_id not in inserted:
-                updated[order_id] = row
-            row["updated_at"] = ts
-            row["updated_seq"] = seq
-            return row
+                changed[order_id] = state
+            return state
 
         for batch, start in items:
             ts = batch.ts
@@ -710,37 +690,9 @@ class Projector(ProjectionProgress):
                 for event in result.events:
                     kind = type(event)
                     if kind is OrderAccepted:
-                        event = cast(OrderAccepted, event)
-                        row = {
-                            "order_id": event.order_id,
-                            "user_id": event.user,
-                            "market": event.market,
-                            "side": event.side,
-                            "type": event.type,
-                            "time_in_force": event.time_in_force,
-                            "client_order_id": event.client_order_id,
-                            "price": event.price,
-                            "stop_price": event.stop_price,
-                            "quantity": event.quantity,
-                            "iceberg_quantity": event.iceberg_quantity,
-                            "quote_quantity": event.quote_quantity,
-                            "expire_at": event.expire_at,
-                            "stp": event.stp,
-                            "status": event.status,
-                            "filled": 0,
-                            "filled_base": 0,
-                            "filled_quote": 0,
-                            "fee": 0,
-                            "fee_asset": None,
-                            "reason": "",
-                            "created_at": event.ts,
-                            "updated_at": ts,
-                            "triggered_at": None,
-                            "created_seq": seq,
-                            "updated_seq": seq,
-                        }
-                        open_orders[event.order_id] = row
-                        inserted[event.order_id] = row
+                        state = accepted(cast(OrderAccepted, event), seq, ts)
+                        open_orders[state.order_id] = state
+                        inserted[state.order_id] = state
                         continue
                     legs = postings(event)
                     if legs:
@@ -757,7 +709,7 @@ class Projector(ProjectionProgress):
                             changes.append((key, amount, reason, ref, seq, ts))
                     if kind is Trade:
                         event = cast(Trade, event)
-                        self._trade(event, seq, touch, trade_rows, fill_rows)
+                        self._trade(event, seq, ts, touch, trade_rows, fill_rows)
                         for interval in intervals:
                             series = (event.market, interval)
                             candle = fold(current_candles.get(series), event, interval)
@@ -765,33 +717,22 @@ class Projector(ProjectionProgress):
                             touched_candles[(event.market, interval, candle.open_time)] = candle
                     elif kind is OrderUpdated:
                         event = cast(OrderUpdated, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["status"] = event.status
-                        row["filled"] = event.filled
-                        row["quantity"] = event.quantity
-                        row["reason"] = event.reason
+                        updated(touch(event.order_id, seq), event, seq, ts)
                     elif kind is OrderAmended:
                         event = cast(OrderAmended, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["price"] = event.price
-                        row["quantity"] = event.quantity
+                        amended(touch(event.order_id, seq), event, seq, ts)
                     elif kind is OrderTriggered:
-                        # A stop's condition held: it is a live MARKET or LIMIT order now
-                        # (status NEW; the row keeps the type it was placed with).
+                        # A stop's condition held: a live MARKET or LIMIT order now.
                         event = cast(OrderTriggered, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["status"] = "NEW"
-                        row["triggered_at"] = ts
+                        triggered(touch(event.order_id, seq), event, seq, ts)
             plan.last_seq = batch.last_seq
             plan.last_ts = ts
             plan.commands += len(batch.commands) - start
 
-        plan.order_inserts = [_order_tuple(row) for row in inserted.values()]
-        plan.order_updates = [
-            (*_order_update_tuple(row), order_id) for order_id, row in updated.items()
-        ]
-        for order_id, row in itertools.chain(inserted.items(), updated.items()):
-            if row["status"] in _TERMINAL:
+        plan.order_inserts = [insert_row(state) for state in inserted.values()]
+        plan.order_updates = [update_row(state) for state in changed.values()]
+        for order_id, state in itertools.chain(inserted.items(), changed.items()):
+            if state.status in _TERMINAL:
                 del open_orders[order_id]  # a finished order never changes again
         plan.candles = [_candle_row(candle) for candle in touched_candles.values()]
         return plan
@@ -800,11 +741,11 @@ class Projector(ProjectionProgress):
     def _trade(
         event: Trade,
         seq: int,
-        touch: Callable[[int, int, int], Row],
+        ts: int,
+        touch: Callable[[int, int], OrderState],
         trade_rows: list[tuple[Any, ...]],
         fill_rows: list[tuple[Any, ...]],
     ) -> None:
-        ts = event.ts
         taker_buys = event.taker_side == "BUY"
         maker_side = "SELL" if taker_buys else "BUY"
         # Each side pays its fee in the asset it receives: the buyer base, the seller quote.
@@ -813,7 +754,7 @@ class Projector(ProjectionProgress):
         trade_rows.append(  # in the order of TRADE_COLUMNS
             (event.trade_id, event.market, event.price, event.quantity, event.base_amount,
              event.quote_amount, event.taker_side, event.maker_order_id, event.taker_order_id,
-             ts, seq)
+             event.ts, seq)
         )  # fmt: skip
         for role, user, order_id, side, fee, fee_asset in (
             ("MAKER", event.maker_user, event.maker_order_id, maker_side, event.maker_fee,
@@ -823,14 +764,10 @@ class Projector(ProjectionProgress):
         ):  # fmt: skip
             fill_rows.append(  # in the order of FILL_COLUMNS
                 (user, event.trade_id, order_id, event.market, side, role, event.price,
-                 event.quantity, event.base_amount, event.quote_amount, fee, fee_asset, ts, seq)
+                 event.quantity, event.base_amount, event.quote_amount, fee, fee_asset, event.ts,
+                 seq)
             )  # fmt: skip
-            row = touch(order_id, seq, ts)
-            row["filled"] += event.quantity  # a resting order's later fills: no OrderUpdated
-            row["filled_base"] += event.base_amount
-            row["filled_quote"] += event.quote_amount
-            row["fee"] += fee
-            row["fee_asset"] = fee_asset
+            filled(touch(order_id, seq), event, seq, ts)
 
     def _finish(self, plan: _Plan) -> None:
         """Running balances (the plan's users are loaded): ``balance_after`` of every entry
