@@ -1,8 +1,9 @@
 """``orders`` rows and :class:`~mercato.core.order_state.OrderState`: one to one.
 
 The state's fields are the table's columns in their order (``user`` is ``user_id``), so a
-row to insert is the state as a tuple; the projector and the in-memory read models load
-the open orders back into states with :func:`open_order_states`.
+row to insert is the state as a tuple and a selected row is a state's arguments; the
+projector and the in-memory read models load the open orders with
+:func:`open_order_states`.
 """
 
 from __future__ import annotations
@@ -49,15 +50,9 @@ def update_row(state: OrderState) -> tuple[Any, ...]:
     return (*_mutable(state), state.order_id)
 
 
-def state_of(row: Any) -> OrderState:
-    """A state from an ``orders`` row (a mapping of every column)."""
-    pairs = zip(_FIELDS, ORDER_COLUMNS, strict=True)
-    return OrderState(**{field: row[name] for field, name in pairs})
-
-
 async def open_order_states(connection: AsyncConnection) -> dict[int, OrderState]:
     """Every order still open in the projection, by id."""
     result = await connection.execute(
         sa.select(orders).where(orders.c.status.in_(OPEN_ORDER_STATUSES))
     )
-    return {row["order_id"]: state_of(row) for row in result.mappings()}
+    return {row.order_id: OrderState(*row) for row in result}
