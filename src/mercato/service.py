@@ -40,10 +40,10 @@ from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Hub
 from mercato.port import ExchangePort
 from mercato.port.in_process import InProcessPort
+from mercato.readmodels.client_ids import KnownClientIds
+from mercato.readmodels.fill_totals import FillTotals
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, identity, migrate
-from mercato.store.client_ids import KnownClientIds
-from mercato.store.fill_totals import FillTotals
 from mercato.store.projector_process import ProjectorProcess
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import asyncio
 
 from sqlalchemy import insert
 
+from mercato.readmodels.client_ids import FIRST_CAPACITY, KnownClientIds
 from mercato.store import create_engine, migrate
-from mercato.store.client_ids import FIRST_CAPACITY, KnownClientIds
 from mercato.store.tables import orders
 
 

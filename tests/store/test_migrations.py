@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from mercato.auth.users import email_skeleton
+from mercato.core.positions import Position
 from mercato.store import (
     alembic_config,
     create_engine,
@@ -29,7 +30,6 @@ from mercato.store import (
     sqlite_url,
     users,
 )
-from mercato.store.positions import Position
 
 # The schema as specified (independent of tables.py): table -> column -> nullable.
 EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {

@@ -41,13 +41,13 @@ from mercato.core.engine import Engine
 from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, MarketSpec
+from mercato.core.positions import Position
 from mercato.core.results import Result
 from mercato.flow import generate_flow
 from mercato.journal import AppliedBatch, Sequencer
 from mercato.marketdata.candles import INTERVALS, Candle, fold, merge
 from mercato.store import create_engine
 from mercato.store import tables as t
-from mercato.store.positions import Position
 from mercato.store.projector import CursorConflictError, Projector
 
 DAY_MS = 86_400_000

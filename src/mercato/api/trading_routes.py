@@ -20,28 +20,26 @@ from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
 from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
 from mercato.api.ratelimit import RateLimiter
-from mercato.api.views import (
-    FillView,
-    OrderState,
-    OrderView,
-    fills_of,
-    fold_order,
-    order_view,
-    projected_fill_view,
-    trade_fill_view,
-)
 from mercato.application.portfolio import BalanceFigures, HoldingFigures, Portfolio
 from mercato.application.trading import Trading
 from mercato.auth.sessions import Principal
 from mercato.core.commands import AmendOrder, CancelOrder
-from mercato.core.events import OrderUpdated
 from mercato.core.model import OrderStatus, OrderType, Side, StpMode, TimeInForce
 from mercato.core.money import format_amount, format_units
+from mercato.core.order_state import fills_of
+from mercato.core.order_state import fold as fold_order
 from mercato.core.results import Result
-from mercato.marketdata.formats import MarketFormat
 from mercato.port import ExchangeView
 from mercato.service import ExchangeService
 from mercato.store import queries
+from mercato.wire.decimals import MarketFormat
+from mercato.wire.native import (
+    FillView,
+    OrderView,
+    order_view,
+    projected_fill_view,
+    trade_fill_view,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["trading"])
 
@@ -382,8 +380,8 @@ async def _not_open(
 async def _changed_order(
     service: ExchangeService, user: int, command: CancelOrder | AmendOrder
 ) -> Response:
-    """Submit a cancel or an amend; answer the order as it left it, from the engine's
-    order and the in-memory fill totals (no wait for the projection)."""
+    """Submit a cancel or an amend; answer the order as it left it, from the in-memory
+    order states (the projection's fold, with no wait for the projection)."""
     view = _view(service)
     order_id = command.order_id or view.order_id_of(user, command.client_order_id)
     order = view.order(order_id)
@@ -393,24 +391,12 @@ async def _changed_order(
         if result.code == "UNKNOWN_ORDER":
             await _not_open(service, user, command.order_id, command.client_order_id)
         raise engine_rejection(result)
-    if order is None or order.order_id != result.order_id:  # a different order by now
+    state = service.fill_totals.state(order_id)
+    if order is None or order.order_id != result.order_id or state is None:
+        # a different order by now (or, never seen, one the read model does not hold)
         await caught_up(service, result.seq)
         return _json(await _one_order(service, user, order_id=result.order_id))
-    order = view.order(order_id) or order  # an amend may replace the object
-    updates = [e for e in result.events if isinstance(e, OrderUpdated) and e.order_id == order_id]
-    filled_base, filled_quote, fee, created_at = service.fill_totals.totals(order_id)
-    state = OrderState(
-        order_id=order_id, client_order_id=order.client_order_id, market=order.market,
-        side=order.side, type=order.type, time_in_force=order.time_in_force,
-        price=order.price, stop_price=order.stop_price, quantity=order.quantity,
-        quote_quantity=order.quote_quantity, iceberg_quantity=order.iceberg_quantity,
-        expire_at=order.expire_at, stp=order.stp,
-        status=updates[-1].status if updates else order.status,
-        reason=updates[-1].reason if updates else "", filled_base=filled_base,
-        filled_quote=filled_quote, fee=fee, created_at=created_at or order.ts,
-        updated_at=view.last_ts,
-    )  # fmt: skip
-    return _json(order_view(market_format(service, order.market), state))
+    return _json(order_view(market_format(service, state.market), state))
 
 
 @router.delete(

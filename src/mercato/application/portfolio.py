@@ -13,9 +13,9 @@ from fractions import Fraction
 
 from mercato.application.errors import ServiceError
 from mercato.application.projection import ProjectionReads
+from mercato.core.positions import Position
 from mercato.port import ExchangePort
 from mercato.store import queries
-from mercato.store.positions import Position
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

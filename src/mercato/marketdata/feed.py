@@ -7,9 +7,10 @@ in-memory work proportional to the batch: the depth mirror (exact, O(touched lev
 recent trades, candles and tickers, and *enqueuing* encoded messages on the hub. Sockets
 are written by the hub's per-client writers; a slow client never slows the engine.
 
-Channel payloads (docs/websocket.md) are built here, in decimal strings: prices are
-ticks x ``tick_size``, quantities lots x ``step_size``, amounts atoms at the asset's
-ledger decimals.
+Public channel payloads (docs/websocket.md) are built here, in decimal strings: prices
+are ticks x ``tick_size``, quantities lots x ``step_size``, amounts atoms at the asset's
+ledger decimals; the private ones (orders, fills, balances) in :mod:`mercato.wire.native`,
+with REST's.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mercato.core.book import Order
 from mercato.core.events import (
     AssetUpserted,
     MarketUpserted,
@@ -35,14 +35,14 @@ from mercato.core.events import (
     Transfer,
 )
 from mercato.core.model import LOCKED
-from mercato.core.money import format_amount
 from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.marketdata.depth import DepthChange, DepthTracker, Touched
-from mercato.marketdata.formats import MarketFormat
 from mercato.marketdata.history import recent_history
 from mercato.marketdata.hub import Client, Hub
 from mercato.marketdata.stats import MarketStats, TickerStats
 from mercato.port import AppliedBatch, ExchangeView
+from mercato.wire.decimals import MarketFormat
+from mercato.wire.native import balance_row, ws_fill, ws_open_order, ws_order_event
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,9 @@ class MarketData:
                 elif kind in _ORDER_EVENTS:
                     user = event.user  # type: ignore[union-attr]
                     if user in private and f"orders:{user}" in subscribers:
-                        message = self._order_event(event, seq, batch.ts)
-                        hub.publish(f"orders:{user}", encode(message))
+                        fmt = self.formats.get(event.market)  # type: ignore[union-attr]
+                        hub.publish(f"orders:{user}", encode(ws_order_event(fmt, event, seq,
+                                                                            batch.ts)))  # fmt: skip
                 elif kind is MarketUpserted:
                     assert isinstance(event, MarketUpserted)
                     self._add_market(event.spec.symbol)
@@ -169,7 +170,8 @@ class MarketData:
                     balances.add((user, trade.base))
                     balances.add((user, trade.quote))
                     if f"fills:{user}" in subscribers:
-                        self.hub.publish(f"fills:{user}", encode(self._fill(trade, maker, seq)))
+                        fill = ws_fill(self.formats[trade.market], trade, maker, seq)
+                        self.hub.publish(f"fills:{user}", encode(fill))
 
     def _pend(self, change: DepthChange) -> None:
         pending = self._pending.get(change.market)
@@ -233,66 +235,6 @@ class MarketData:
             "time": trade.ts,
         }
 
-    def _fill(self, trade: Trade, maker: bool, seq: int) -> dict[str, Any]:
-        """The fill of one side of ``trade`` (a self-trade gives its user both sides)."""
-        fmt = self.formats[trade.market]
-        side = trade.taker_side if not maker else ("SELL" if trade.taker_side == "BUY" else "BUY")
-        fee = trade.maker_fee if maker else trade.taker_fee
-        # Each side pays its fee in the asset it receives: buyers base, sellers quote.
-        fee_asset = trade.base if side == "BUY" else trade.quote
-        return {
-            "channel": "fills", "type": "fill", "seq": seq,
-            "trade_id": trade.trade_id, "order_id": trade.maker_order_id if maker
-            else trade.taker_order_id, "market": trade.market,
-            "side": side, "role": "MAKER" if maker else "TAKER",
-            "price": fmt.price(trade.price), "quantity": fmt.qty(trade.quantity),
-            "quote_amount": fmt.quote_amount(trade.quote_amount),
-            "fee": fmt.amount(fee, fee_asset), "fee_asset": fee_asset, "time": trade.ts,
-        }  # fmt: skip
-
-    def _order_event(self, event: Any, seq: int, ts: int) -> dict[str, Any]:
-        fmt = self.formats.get(event.market)
-        message: dict[str, Any] = {"channel": "orders", "type": "order", "seq": seq, "ts": ts,
-                                   "order_id": event.order_id, "market": event.market}  # fmt: skip
-        if fmt is None:  # pragma: no cover - an order names a market the engine knows
-            return message
-        if isinstance(event, OrderAccepted):
-            message.update(
-                event="ACCEPTED", status=event.status, side=event.side, order_type=event.type,
-                time_in_force=event.time_in_force, client_order_id=event.client_order_id,
-                price=fmt.price(event.price) if event.price else None,
-                quantity=fmt.qty(event.quantity) if event.quantity else None,
-                quote_quantity=fmt.quote_amount(event.quote_quantity)
-                if event.quote_quantity else None,
-                stop_price=fmt.price(event.stop_price) if event.stop_price else None,
-                iceberg_quantity=fmt.qty(event.iceberg_quantity)
-                if event.iceberg_quantity else None,
-                expire_at=event.expire_at or None, stp=event.stp,
-            )  # fmt: skip
-        elif isinstance(event, OrderUpdated):
-            message.update(event="UPDATED", status=event.status, filled=fmt.qty(event.filled),
-                           quantity=fmt.qty(event.quantity), reason=event.reason)  # fmt: skip
-        elif isinstance(event, OrderAmended):
-            message.update(event="AMENDED", price=fmt.price(event.price),
-                           quantity=fmt.qty(event.quantity),
-                           kept_priority=event.kept_priority)  # fmt: skip
-        elif isinstance(event, OrderTriggered):
-            message.update(event="TRIGGERED", status="NEW",
-                           last_price=fmt.price(event.last_price))  # fmt: skip
-        return message
-
-    def order_row(self, order: Order) -> dict[str, Any]:
-        fmt = self.formats[order.market]
-        return {
-            "order_id": order.order_id, "client_order_id": order.client_order_id,
-            "market": order.market, "side": order.side, "order_type": order.type,
-            "time_in_force": order.time_in_force, "status": order.status,
-            "price": fmt.price(order.price) if order.price else None,
-            "stop_price": fmt.price(order.stop_price) if order.stop_price else None,
-            "quantity": fmt.qty(order.quantity), "filled": fmt.qty(order.filled),
-            "ts": order.ts,
-        }  # fmt: skip
-
     def _publish_balances(self, touched: set[tuple[int, str]], seq: int, ts: int) -> None:
         subscribers = self.hub.subscribers
         balance = self.view.balance
@@ -304,11 +246,7 @@ class MarketData:
                      **self.balance_row(asset, *balance(user, asset))}))  # fmt: skip
 
     def balance_row(self, asset: str, available: int, locked: int) -> dict[str, Any]:
-        """The fields of REST /balances' entries (api/trading_routes.py ``Balance``)."""
-        decimals = self.decimals[asset]
-        return {"asset": asset, "available": format_amount(available, decimals),
-                "locked": format_amount(locked, decimals),
-                "total": format_amount(available + locked, decimals)}  # fmt: skip
+        return balance_row(asset, available, locked, self.decimals[asset])
 
     def _depth_update(self, market: str, update: _Pending) -> dict[str, Any]:
         fmt = self.formats[market]
@@ -404,7 +342,9 @@ class MarketData:
             if candle is not None:
                 yield encode(self._candle_message(candle, channel))
         elif channel == "orders":
-            orders = [self.order_row(o) for o in self.view.open_orders(client.user)]
+            formats = self.formats
+            opened = self.view.open_orders(client.user)
+            orders = [ws_open_order(formats[o.market], o) for o in opened]
             yield encode({"channel": "orders", "type": "snapshot", "seq": self.view.last_seq,
                           "orders": orders})  # fmt: skip
         elif channel == "balances":

@@ -1,6 +1,6 @@
 """The projector: the engine's event stream into SQL tables, exactly once.
 
-A :class:`Projector` listens to the durable batches (``ExchangePort.subscribe``) and writes the
+A :class:`Projector` listens to the sequencer (``Sequencer.listeners``) and writes the
 orders, trades, fills, ledger entries and balances, and candles of every applied command
 into the SQL store (tables in :mod:`mercato.store.tables`, see docs/store.md), many
 batches per transaction. Its cursor (``projection_cursor``: the last seq projected) is
@@ -9,11 +9,17 @@ exactly the effects of the commands up to the cursor: a new projector reads the 
 catches up from the journal (:func:`mercato.journal.replay_applied`) before it projects
 live batches.
 
-Usage (the service)::
+It is three modules: this one (the queue, catch-up from the journal, retries),
+:mod:`~mercato.store.projector_plan` (events into rows, pure, over
+:mod:`mercato.core.order_state`) and :mod:`~mercato.store.projector_sql` (rows and the
+cursor into the tables, one transaction); :mod:`~mercato.store.projector_process` runs
+it in a child process for the service.
+
+Usage::
 
     projector = Projector(db)
-    port.subscribe(projector.on_batch)  # first: nothing is missed
-    await projector.start(config.engine_dir, port.last_seq)
+    sequencer.sequencer.listeners.append(projector.on_batch)  # first: nothing is missed
+    await projector.start(config.engine_dir, sequencer.last_seq)
     ...
     if await projector.wait_for(result.seq, timeout=2.0):  # read-your-writes
         rows = await queries.open_orders(connection, user_id)
@@ -33,37 +39,28 @@ import dataclasses
 import heapq
 import itertools
 import logging
-import operator
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Final, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
-from mercato.core.ledger import postings
-from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
 from mercato.journal import replay_applied
-from mercato.marketdata.candles import INTERVALS, Candle, fold, open_time
 from mercato.port import AppliedBatch
-from mercato.store.positions import Position
-from mercato.store.tables import (
-    OPEN_ORDER_STATUSES,
-    candles,
-    fills,
-    ledger_balances,
-    ledger_entries,
-    orders,
-    positions,
-    projection_cursor,
-    trades,
+from mercato.store.order_rows import ORDER_MUTABLE_COLUMNS
+from mercato.store.projector_plan import Plan, Planner, ProjectionError
+from mercato.store.projector_sql import (
+    CursorConflictError,
+    load_balances,
+    load_state,
+    move_cursor,
+    write_rows,
 )
 
 __all__ = [
@@ -90,34 +87,6 @@ DEFAULT_MAX_BACKLOG: Final = 200_000
 #: Groups at least this large are folded into rows on a worker thread (the GIL still
 #: switches every few ms, so the event loop keeps answering meanwhile).
 THREAD_PLAN_COMMANDS: Final = 256
-#: Users per ``IN (...)`` when loading balances.
-LOAD_CHUNK: Final = 500
-
-#: The ``orders`` columns an order's events change after it was accepted.
-ORDER_MUTABLE_COLUMNS: Final[tuple[str, ...]] = (
-    "status",
-    "filled",
-    "quantity",
-    "price",
-    "filled_base",
-    "filled_quote",
-    "fee",
-    "fee_asset",
-    "reason",
-    "updated_at",
-    "triggered_at",
-    "updated_seq",
-)
-_TERMINAL: Final = frozenset(TERMINAL_STATUSES)
-_USER_ACCOUNTS: Final = frozenset(ACCOUNT_NAMES[: LOCKED + 1])  # available, locked
-#: Column order of the bulk inserts (database-generated ids left out).
-ORDER_COLUMNS: Final = tuple(c.name for c in orders.c)
-TRADE_COLUMNS: Final = tuple(c.name for c in trades.c)
-FILL_COLUMNS: Final = tuple(c.name for c in fills.c if c.name != "id")
-ENTRY_COLUMNS: Final = tuple(c.name for c in ledger_entries.c if c.name != "id")
-_order_tuple: Final = operator.itemgetter(*ORDER_COLUMNS)
-#: An order update's parameters: the mutable columns, then the order id (the WHERE).
-_order_update_tuple: Final = operator.itemgetter(*ORDER_MUTABLE_COLUMNS)
 
 #: Rows the database refuses (a duplicate key, a value out of range): retrying cannot help,
 #: it is a bug or a second writer. The projector stops (fatal), the cursor stays put.
@@ -142,20 +111,7 @@ RETRYABLE_ERRORS: Final = (
     TimeoutError,
 )
 
-Row = dict[str, Any]
-BalanceKey = tuple[int, str, str]  # (user, asset, account name)
 _T = TypeVar("_T")
-
-
-class ProjectionError(RuntimeError):
-    """The event stream cannot be projected (a gap the journal cannot fill, an event for an
-    order the projection does not know). Fatal: the projector stops; the tables stay as of
-    the last committed cursor."""
-
-
-class CursorConflictError(ProjectionError):
-    """The cursor in the database is not where this projector left it: another projector
-    with the same name is writing. Fatal."""
 
 
 class ProjectionProgress:
@@ -227,68 +183,12 @@ class ProjectorStats:
     caught_up: int = 0  # commands projected from the journal rather than live
 
 
-@dataclasses.dataclass(slots=True)
-class _Plan:
-    """The rows of a group of commands, built once and written (retried) until committed."""
-
-    prev_seq: int
-    last_seq: int = 0
-    last_ts: int = 0
-    commands: int = 0
-    attempts: int = 0
-    order_inserts: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    order_updates: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    trades: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    fills: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    entries: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    # Every balance change in stream order, (account, delta, reason, ref, seq, ts): the
-    # ledger entries (user accounts) and the system totals, made in _finish.
-    changes: list[tuple[BalanceKey, int, str, int, int, int]] = dataclasses.field(
-        default_factory=list
-    )
-    users: set[int] = dataclasses.field(default_factory=set)
-    balances: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    positions: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-    candles: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        return (
-            len(self.order_inserts)
-            + len(self.order_updates)
-            + len(self.trades)
-            + len(self.fills)
-            + len(self.entries)
-            + len(self.balances)
-            + len(self.positions)
-            + len(self.candles)
-        )
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def _take(iterator: Iterator[_T], count: int) -> list[_T]:
     return list(itertools.islice(iterator, count))
-
-
-def _candle_row(candle: Candle) -> tuple[Any, ...]:
-    """A candle in the order of the ``candles`` columns."""
-    return (
-        candle.market,
-        candle.interval,
-        candle.open_time,
-        candle.open,
-        candle.high,
-        candle.low,
-        candle.close,
-        str(candle.volume),
-        str(candle.quote_volume),
-        candle.trades,
-        candle.first_trade_id,
-        candle.last_trade_id,
-    )
 
 
 class Projector(ProjectionProgress):
@@ -345,11 +245,7 @@ class Projector(ProjectionProgress):
         self._stopping = False
         self._closed = False
         # In-memory state, seeded from the tables on start (see docs/store.md):
-        self._open: dict[int, Row] = {}  # open orders: their mutable columns (or full row)
-        self._candles: dict[tuple[str, str], Candle] = {}  # current candle per (market, iv)
-        self._balances: dict[BalanceKey, int] = {}  # accounts of loaded users
-        self._positions: dict[tuple[int, str], Position] = {}  # (user, market), loaded users
-        self._loaded_users: set[int] = set()
+        self._planner = Planner()
 
     # -- what the service reads --------------------------------------------------------
 
@@ -417,12 +313,12 @@ class Projector(ProjectionProgress):
         self._loop_thread = threading.get_ident()
         self._wakeup = asyncio.Event()
         self._data_dir = Path(journal_data_dir)
-        await self._load_state()
+        self._cursor, self._last_ts = await load_state(self.db, self.name, self._planner)
         log.info(
             "projector %s at seq %d (%d open orders), engine at seq %d",
             self.name,
             self._cursor,
-            len(self._open),
+            len(self._planner.open_orders),
             live_last_seq,
         )
         if live_last_seq > self._cursor:
@@ -466,80 +362,6 @@ class Projector(ProjectionProgress):
         self._answer_waiters()
 
     # -- state -------------------------------------------------------------------------
-
-    async def _load_state(self) -> None:
-        async with self.db.begin() as connection:
-            insert = _dialect_insert(connection)
-            await connection.execute(
-                insert(projection_cursor)
-                .values(name=self.name, last_seq=0, last_ts=0, updated_at=_now_ms())
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
-            row = (
-                await connection.execute(
-                    sa.select(projection_cursor.c.last_seq, projection_cursor.c.last_ts).where(
-                        projection_cursor.c.name == self.name
-                    )
-                )
-            ).one()
-            self._cursor, self._last_ts = row.last_seq, row.last_ts
-            columns = [orders.c.order_id, *(orders.c[name] for name in ORDER_MUTABLE_COLUMNS)]
-            result = await connection.execute(
-                sa.select(*columns).where(orders.c.status.in_(OPEN_ORDER_STATUSES))
-            )
-            for order in result.mappings():
-                self._open[order["order_id"]] = {k: order[k] for k in ORDER_MUTABLE_COLUMNS}
-            if self._last_ts:
-                # Only the candle that holds the last projected time can still grow: every
-                # later trade is at least that late (sequencer time never goes back).
-                current = [
-                    sa.and_(
-                        candles.c.interval == interval,
-                        candles.c.open_time == open_time(self._last_ts, interval),
-                    )
-                    for interval in INTERVALS
-                ]
-                result = await connection.execute(sa.select(candles).where(sa.or_(*current)))
-                for c in result.mappings():
-                    self._candles[(c["market"], c["interval"])] = Candle(
-                        c["market"], c["interval"], c["open_time"], c["open"], c["high"],
-                        c["low"], c["close"], int(c["volume"]), int(c["quote_volume"]),
-                        c["trades"], c["first_trade_id"], c["last_trade_id"],
-                    )  # fmt: skip
-
-    async def _load_balances(self, users: set[int]) -> None:
-        """Seed the running balances of ``users`` (0: the system accounts) and their
-        positions from the tables."""
-        wanted = sorted(users - self._loaded_users)
-        found: dict[BalanceKey, int] = {}
-        held: dict[tuple[int, str], Position] = {}
-        async with self.db.begin() as connection:
-            for start in range(0, len(wanted), LOAD_CHUNK):
-                chunk = wanted[start : start + LOAD_CHUNK]
-                result = await connection.execute(
-                    sa.select(
-                        ledger_balances.c.user_id,
-                        ledger_balances.c.asset,
-                        ledger_balances.c.account,
-                        ledger_balances.c.balance,
-                    ).where(ledger_balances.c.user_id.in_(chunk))
-                )
-                for user_id, asset, account, balance in result:
-                    found[(user_id, asset, account)] = balance
-                rows = await connection.execute(
-                    sa.select(
-                        positions.c.user_id,
-                        positions.c.market,
-                        positions.c.quantity,
-                        positions.c.cost,
-                        positions.c.realised,
-                    ).where(positions.c.user_id.in_(chunk))
-                )
-                for user_id, market, quantity, cost, realised in rows:
-                    held[(user_id, market)] = Position(quantity, int(cost), int(realised))
-        self._balances.update(found)
-        self._positions.update(held)
-        self._loaded_users.update(wanted)
 
     # -- the drain task ----------------------------------------------------------------
 
@@ -630,13 +452,17 @@ class Projector(ProjectionProgress):
     async def _project(self, items: list[tuple[AppliedBatch, int]], *, live: bool) -> None:
         commands = sum(len(batch.commands) - start for batch, start in items)
         large = commands >= THREAD_PLAN_COMMANDS
-        plan = await asyncio.to_thread(self._plan, items) if large else self._plan(items)
-        if plan.users - self._loaded_users:
+        planner = self._planner
+        if large:
+            plan = await asyncio.to_thread(planner.plan, items, self._cursor)
+        else:
+            plan = planner.plan(items, self._cursor)
+        if plan.users - planner.loaded_users:
             await self._retrying("loading balances", self._load_balances, plan.users)
         if large:
-            await asyncio.to_thread(self._finish, plan)
+            await asyncio.to_thread(planner.finish, plan)
         else:
-            self._finish(plan)
+            planner.finish(plan)
         await self._retrying("writing", self._write, plan)
         self._last_ts = plan.last_ts
         stats = self.stats
@@ -672,354 +498,18 @@ class Projector(ProjectionProgress):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
 
-    # -- events into rows --------------------------------------------------------------
-
-    def _plan(self, items: Sequence[tuple[AppliedBatch, int]]) -> _Plan:
-        """Fold the commands of ``items`` into rows. Updates the open orders and current
-        candles in memory: a plan is built once and written until it commits."""
-        plan = _Plan(prev_seq=self._cursor)
-        open_orders = self._open
-        inserted: dict[int, Row] = {}
-        updated: dict[int, Row] = {}
-        touched_candles: dict[tuple[str, str, int], Candle] = {}
-        current_candles = self._candles
-        intervals = tuple(INTERVALS)
-        changes = plan.changes
-        users = plan.users
-        trade_rows = plan.trades
-        fill_rows = plan.fills
-
-        def touch(order_id: int, seq: int, ts: int) -> Row:
-            row = open_orders.get(order_id)
-            if row is None:
-                raise ProjectionError(
-                    f"seq {seq}: an event for order {order_id}, which the projection "
-                    "neither holds open nor saw accepted"
-                )
-            if order_id not in inserted:
-                updated[order_id] = row
-            row["updated_at"] = ts
-            row["updated_seq"] = seq
-            return row
-
-        for batch, start in items:
-            ts = batch.ts
-            seq = batch.seq0 + start - 1
-            for result in batch.results[start:]:
-                seq += 1
-                # Every result counts, REJECTED ones too: GTD expiries lead their events.
-                for event in result.events:
-                    kind = type(event)
-                    if kind is OrderAccepted:
-                        event = cast(OrderAccepted, event)
-                        row = {
-                            "order_id": event.order_id,
-                            "user_id": event.user,
-                            "market": event.market,
-                            "side": event.side,
-                            "type": event.type,
-                            "time_in_force": event.time_in_force,
-                            "client_order_id": event.client_order_id,
-                            "price": event.price,
-                            "stop_price": event.stop_price,
-                            "quantity": event.quantity,
-                            "iceberg_quantity": event.iceberg_quantity,
-                            "quote_quantity": event.quote_quantity,
-                            "expire_at": event.expire_at,
-                            "stp": event.stp,
-                            "status": event.status,
-                            "filled": 0,
-                            "filled_base": 0,
-                            "filled_quote": 0,
-                            "fee": 0,
-                            "fee_asset": None,
-                            "reason": "",
-                            "created_at": event.ts,
-                            "updated_at": ts,
-                            "triggered_at": None,
-                            "created_seq": seq,
-                            "updated_seq": seq,
-                        }
-                        open_orders[event.order_id] = row
-                        inserted[event.order_id] = row
-                        continue
-                    legs = postings(event)
-                    if legs:
-                        for leg in legs:
-                            asset, amount = leg.asset, leg.amount
-                            reason, ref = REASON_NAMES[leg.reason], leg.ref
-                            user = leg.debit_user
-                            users.add(user)
-                            key = (user, asset, ACCOUNT_NAMES[leg.debit_kind])
-                            changes.append((key, -amount, reason, ref, seq, ts))
-                            user = leg.credit_user
-                            users.add(user)
-                            key = (user, asset, ACCOUNT_NAMES[leg.credit_kind])
-                            changes.append((key, amount, reason, ref, seq, ts))
-                    if kind is Trade:
-                        event = cast(Trade, event)
-                        self._trade(event, seq, touch, trade_rows, fill_rows)
-                        for interval in intervals:
-                            series = (event.market, interval)
-                            candle = fold(current_candles.get(series), event, interval)
-                            current_candles[series] = candle
-                            touched_candles[(event.market, interval, candle.open_time)] = candle
-                    elif kind is OrderUpdated:
-                        event = cast(OrderUpdated, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["status"] = event.status
-                        row["filled"] = event.filled
-                        row["quantity"] = event.quantity
-                        row["reason"] = event.reason
-                    elif kind is OrderAmended:
-                        event = cast(OrderAmended, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["price"] = event.price
-                        row["quantity"] = event.quantity
-                    elif kind is OrderTriggered:
-                        # A stop's condition held: it is a live MARKET or LIMIT order now
-                        # (status NEW; the row keeps the type it was placed with).
-                        event = cast(OrderTriggered, event)
-                        row = touch(event.order_id, seq, ts)
-                        row["status"] = "NEW"
-                        row["triggered_at"] = ts
-            plan.last_seq = batch.last_seq
-            plan.last_ts = ts
-            plan.commands += len(batch.commands) - start
-
-        plan.order_inserts = [_order_tuple(row) for row in inserted.values()]
-        plan.order_updates = [
-            (*_order_update_tuple(row), order_id) for order_id, row in updated.items()
-        ]
-        for order_id, row in itertools.chain(inserted.items(), updated.items()):
-            if row["status"] in _TERMINAL:
-                del open_orders[order_id]  # a finished order never changes again
-        plan.candles = [_candle_row(candle) for candle in touched_candles.values()]
-        return plan
-
-    @staticmethod
-    def _trade(
-        event: Trade,
-        seq: int,
-        touch: Callable[[int, int, int], Row],
-        trade_rows: list[tuple[Any, ...]],
-        fill_rows: list[tuple[Any, ...]],
-    ) -> None:
-        ts = event.ts
-        taker_buys = event.taker_side == "BUY"
-        maker_side = "SELL" if taker_buys else "BUY"
-        # Each side pays its fee in the asset it receives: the buyer base, the seller quote.
-        taker_fee_asset = event.base if taker_buys else event.quote
-        maker_fee_asset = event.quote if taker_buys else event.base
-        trade_rows.append(  # in the order of TRADE_COLUMNS
-            (event.trade_id, event.market, event.price, event.quantity, event.base_amount,
-             event.quote_amount, event.taker_side, event.maker_order_id, event.taker_order_id,
-             ts, seq)
-        )  # fmt: skip
-        for role, user, order_id, side, fee, fee_asset in (
-            ("MAKER", event.maker_user, event.maker_order_id, maker_side, event.maker_fee,
-             maker_fee_asset),
-            ("TAKER", event.taker_user, event.taker_order_id, event.taker_side, event.taker_fee,
-             taker_fee_asset),
-        ):  # fmt: skip
-            fill_rows.append(  # in the order of FILL_COLUMNS
-                (user, event.trade_id, order_id, event.market, side, role, event.price,
-                 event.quantity, event.base_amount, event.quote_amount, fee, fee_asset, ts, seq)
-            )  # fmt: skip
-            row = touch(order_id, seq, ts)
-            row["filled"] += event.quantity  # a resting order's later fills: no OrderUpdated
-            row["filled_base"] += event.base_amount
-            row["filled_quote"] += event.quote_amount
-            row["fee"] += fee
-            row["fee_asset"] = fee_asset
-
-    def _finish(self, plan: _Plan) -> None:
-        """Running balances (the plan's users are loaded): ``balance_after`` of every entry
-        and the new balance of every account touched."""
-        balances = self._balances
-        touched: dict[BalanceKey, tuple[int, int]] = {}
-        entries = plan.entries
-        for key, delta, reason, ref, seq, ts in plan.changes:
-            balance = balances.get(key, 0) + delta
-            balances[key] = balance
-            touched[key] = (balance, seq)
-            user, asset, account = key
-            if account in _USER_ACCOUNTS:  # fees and external accounts: totals only
-                entries.append((user, asset, account, delta, balance, reason, ref, seq, ts))
-        plan.balances = [(u, a, k, b, s) for (u, a, k), (b, s) in touched.items()]
-        plan.changes = []
-        plan.positions = self._fold_positions(plan.fills)
-
-    def _fold_positions(self, fill_rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Fold the plan's fills (their users are loaded) into the users' positions."""
-        held = self._positions
-        touched: dict[tuple[int, str], int] = {}
-        for user, _, _, market, side, _, _, _, base, quote, fee, _, _, seq in fill_rows:
-            key = (user, market)
-            position = held.get(key)
-            if position is None:
-                position = held[key] = Position()
-            position.add(side, base, quote, fee)
-            touched[key] = seq
-        rows = []
-        for (user, market), seq in touched.items():
-            position = held[(user, market)]
-            cost, realised = str(position.cost), str(position.realised)
-            rows.append((user, market, position.quantity, cost, realised, seq))
-        return rows
+    async def _load_balances(self, users: set[int]) -> None:
+        await load_balances(self.db, self._planner, users)
 
     # -- rows into the database --------------------------------------------------------
 
-    async def _write(self, plan: _Plan) -> None:
-        """One transaction: move the cursor from where this plan starts to where it ends,
-        and write its rows. If an earlier attempt committed without us hearing of it (the
-        connection failed during COMMIT), the cursor already stands at the plan's end and
-        nothing is written again."""
+    async def _write(self, plan: Plan) -> None:
+        """One transaction: the cursor moves from where the plan starts to where it ends,
+        and its rows are written (nothing, if an earlier attempt already committed)."""
         plan.attempts += 1
         async with self.db.begin() as connection:
-            moved = await connection.execute(
-                _CURSOR_MOVE,
-                {
-                    "projection": self.name,
-                    "prev_seq": plan.prev_seq,
-                    "new_seq": plan.last_seq,
-                    "new_ts": plan.last_ts,
-                    "now": _now_ms(),
-                },
-            )
-            if moved.rowcount != 1:
-                actual = (
-                    await connection.execute(
-                        sa.select(projection_cursor.c.last_seq).where(
-                            projection_cursor.c.name == self.name
-                        )
-                    )
-                ).scalar_one_or_none()
-                if plan.attempts > 1 and actual == plan.last_seq:
-                    log.warning(
-                        "projector %s: seq %d..%d was committed by an earlier attempt",
-                        self.name,
-                        plan.prev_seq + 1,
-                        plan.last_seq,
-                    )
-                    return
-                raise CursorConflictError(
-                    f"projection {self.name!r}: cursor is at {actual}, expected "
-                    f"{plan.prev_seq}: is another projector with this name running?"
-                )
-            await self._write_rows(connection, plan)
+            if await move_cursor(connection, self.name, plan):
+                await self._write_rows(connection, plan)
 
-    async def _write_rows(self, connection: AsyncConnection, plan: _Plan) -> None:
-        # The cursor UPDATE ran first, so the driver connection is inside the transaction.
-        await _bulk_insert(connection, orders, ORDER_COLUMNS, plan.order_inserts)
-        await _bulk_write(connection, _ORDER_UPDATE, plan.order_updates)
-        await _bulk_insert(connection, trades, TRADE_COLUMNS, plan.trades)
-        await _bulk_insert(connection, fills, FILL_COLUMNS, plan.fills)
-        await _bulk_insert(connection, ledger_entries, ENTRY_COLUMNS, plan.entries)
-        await _bulk_write(connection, _BALANCE_UPSERT, plan.balances)
-        await _bulk_write(connection, _POSITION_UPSERT, plan.positions)
-        await _bulk_write(connection, _CANDLE_UPSERT, plan.candles)
-
-
-async def _bulk_insert(
-    connection: AsyncConnection,
-    table: sa.Table,
-    columns: tuple[str, ...],
-    rows: list[tuple[Any, ...]],
-) -> None:
-    """INSERT ``rows`` (tuples in ``columns`` order) inside the connection's transaction
-    through the driver's bulk path: binary COPY on PostgreSQL (asyncpg), ``executemany``
-    on SQLite. About 4x (PostgreSQL) and 1.5x (SQLite) the rows per second of the same
-    INSERT through SQLAlchemy, whose per-row parameter handling dominates here. The
-    transaction is still SQLAlchemy's: a failure rolls all of it back."""
-    if not rows:
-        return
-    dialect = connection.dialect.name
-    raw = (await connection.get_raw_connection()).driver_connection
-    if dialect == "postgresql" and raw is not None:
-        await raw.copy_records_to_table(table.name, records=rows, columns=columns)
-    elif dialect == "sqlite" and raw is not None:
-        names = ", ".join(columns)
-        marks = ", ".join("?" * len(columns))
-        await raw.executemany(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
-    else:
-        await connection.execute(table.insert(), [dict(zip(columns, r, strict=True)) for r in rows])
-
-
-def _dialect_insert(connection: AsyncConnection) -> Any:
-    """``insert`` of the connection's dialect (both have ON CONFLICT)."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Statement:
-    """One UPDATE or upsert in the SQL both SQLite and PostgreSQL speak, with ``?``
-    placeholders (SQLite) and ``$n`` ones (asyncpg), made once at import: the live
-    projection writes a small transaction every turn of the event loop, and building
-    these through SQLAlchemy (column collections, ``excluded``, compilation) took more
-    of the server's time than running them."""
-
-    sqlite: str
-    postgresql: str
-
-    @classmethod
-    def of(cls, sql: str, columns: tuple[str, ...]) -> _Statement:
-        """``sql`` with ``{}`` where parameter i goes, i counted from 1."""
-        numbered = sql.format(*(f"${i}" for i in range(1, len(columns) + 1)))
-        return cls(sql.format(*("?" * len(columns))), numbered)
-
-
-def _update_statement(table: sa.Table, key: str, columns: tuple[str, ...]) -> _Statement:
-    assignments = ", ".join(f"{name} = {{}}" for name in columns)
-    sql = f"UPDATE {table.name} SET {assignments} WHERE {key} = {{}}"
-    return _Statement.of(sql, (*columns, key))
-
-
-def _upsert_statement(table: sa.Table, keys: tuple[str, ...]) -> _Statement:
-    columns = tuple(c.name for c in table.c)
-    names = ", ".join(f'"{name}"' for name in columns)  # "interval" is a keyword
-    marks = ", ".join("{}" for _ in columns)
-    updates = ", ".join(f'"{n}" = excluded."{n}"' for n in columns if n not in keys)
-    conflict = ", ".join(f'"{name}"' for name in keys)
-    sql = (
-        f"INSERT INTO {table.name} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
-    )
-    return _Statement.of(sql, columns)
-
-
-#: Moves a projection's cursor from where a plan starts to where it ends (0 rows: it stood
-#: elsewhere). Built once: it runs in every transaction.
-_CURSOR_MOVE: Final = (
-    projection_cursor.update()
-    .where(projection_cursor.c.name == sa.bindparam("projection"))
-    .where(projection_cursor.c.last_seq == sa.bindparam("prev_seq"))
-    .values(
-        last_seq=sa.bindparam("new_seq"),
-        last_ts=sa.bindparam("new_ts"),
-        updated_at=sa.bindparam("now"),
-    )
-)
-_ORDER_UPDATE: Final = _update_statement(orders, "order_id", ORDER_MUTABLE_COLUMNS)
-_BALANCE_UPSERT: Final = _upsert_statement(ledger_balances, ("user_id", "asset", "account"))
-_POSITION_UPSERT: Final = _upsert_statement(positions, ("user_id", "market"))
-_CANDLE_UPSERT: Final = _upsert_statement(candles, ("market", "interval", "open_time"))
-
-
-async def _bulk_write(
-    connection: AsyncConnection, statement: _Statement, rows: list[tuple[Any, ...]]
-) -> None:
-    """Run ``statement`` once per row (tuples in its parameters' order) inside the
-    connection's transaction, through the driver as :func:`_bulk_insert` does."""
-    if not rows:
-        return
-    raw = (await connection.get_raw_connection()).driver_connection
-    dialect = connection.dialect.name
-    if dialect == "postgresql" and raw is not None:
-        await raw.executemany(statement.postgresql, rows)
-    elif dialect == "sqlite" and raw is not None:
-        await raw.executemany(statement.sqlite, rows)
-    else:
-        raise ProjectionError(f"no bulk write for the {dialect} dialect")
+    async def _write_rows(self, connection: AsyncConnection, plan: Plan) -> None:
+        await write_rows(connection, plan)

@@ -337,7 +337,7 @@ ledger_balances: Final = Table(
 )
 
 #: Each user's position per market traded, folded from their fills by
-#: mercato.store.positions (weighted average cost, whole atoms) as the fills are projected.
+#: mercato.core.positions (weighted average cost, whole atoms) as the fills are projected.
 positions: Final = Table(
     "positions",
     metadata,

@@ -8,7 +8,7 @@ from fractions import Fraction
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mercato.store.positions import Position, divide_half_even
+from mercato.core.positions import Position, divide_half_even
 
 
 @dataclass

@@ -2,17 +2,20 @@
 
 Prices are ticks x ``tick_size``, quantities lots x ``step_size``, amounts (volumes, fees,
 balances) atoms of the asset at its ledger decimals: always through
-:mod:`mercato.core.money`, which is exact (no floats, no rounding).
+:mod:`mercato.core.money`, which is exact (no floats, no rounding). The one division,
+an average price, rounds half-even to the quote asset's precision.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 
 from mercato.core.model import MarketRules, MarketSpec
-from mercato.core.money import format_amount, format_units
+from mercato.core.money import EXACT, format_amount, format_units
 
 PRICE_CACHE_LIMIT = 65_536
+# Averages are the one division here: rounded, never trapping as EXACT would.
+AVERAGE = Context(prec=60, rounding=ROUND_HALF_EVEN)
 
 
 class MarketFormat:
@@ -58,3 +61,23 @@ class MarketFormat:
     def amount(self, atoms: int, asset: str) -> str:
         decimals = self.base_decimals if asset == self.base else self.quote_decimals
         return format_amount(atoms, decimals)
+
+
+def fee_asset(fmt: MarketFormat, side: str) -> str:
+    """Fees are taken from what a side receives: base for buys, quote for sells."""
+    return fmt.base if side == "BUY" else fmt.quote
+
+
+def fee_amount(fmt: MarketFormat, side: str, atoms: int) -> str:
+    return fmt.base_amount(atoms) if side == "BUY" else fmt.quote_amount(atoms)
+
+
+def average_price(fmt: MarketFormat, base_atoms: int, quote_atoms: int) -> str | None:
+    """Quote per base of the fills so far, to the quote asset's precision (half even)."""
+    if base_atoms == 0:
+        return None
+    quote = EXACT.scaleb(Decimal(quote_atoms), -fmt.quote_decimals)
+    base = EXACT.scaleb(Decimal(base_atoms), -fmt.base_decimals)
+    exponent = Decimal(1).scaleb(-fmt.quote_decimals)
+    average = AVERAGE.divide(quote, base).quantize(exponent, context=AVERAGE)
+    return f"{average.normalize(AVERAGE):f}"
