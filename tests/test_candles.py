@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mercato.core.candles import INTERVALS, Candle, fold, merge, open_time
 from mercato.core.events import Trade
-from mercato.marketdata.candles import INTERVALS, Candle, fold, merge, open_time
 
 DAY = INTERVALS["1d"]
 

@@ -12,8 +12,8 @@ import httpx
 import sqlalchemy as sa
 
 from marketdata.live import live_exchange
+from mercato.core.candles import open_time
 from mercato.core.commands import PlaceOrder
-from mercato.marketdata.candles import open_time
 from mercato.store import create_engine, sqlite_url
 from mercato.store.tables import candles, trades
 

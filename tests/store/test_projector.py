@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mercato.core.candles import INTERVALS, Candle, fold, merge
 from mercato.core.commands import (
     AmendOrder,
     CancelAll,
@@ -45,7 +46,6 @@ from mercato.core.positions import Position
 from mercato.core.results import Result
 from mercato.flow import generate_flow
 from mercato.journal import AppliedBatch, Sequencer
-from mercato.marketdata.candles import INTERVALS, Candle, fold, merge
 from mercato.store import create_engine
 from mercato.store import tables as t
 from mercato.store.projector import CursorConflictError, Projector

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mercato.core.candles import INTERVALS
 from mercato.core.commands import CancelOrder, PlaceOrder
-from mercato.marketdata.candles import INTERVALS
 from mercato.store import create_engine, migrate, queries
 from mercato.store.queries import Page
 from store.test_projector import Run, check_projection, live_projection, scenario

@@ -18,8 +18,8 @@ from fastapi.responses import Response
 
 from mercato.api.errors import ApiError
 from mercato.api.openapi import json_response
+from mercato.core.candles import INTERVALS
 from mercato.core.model import OrderType, TimeInForce
-from mercato.marketdata.candles import INTERVALS
 from mercato.marketdata.feed import MAX_DEPTH, MarketData
 from mercato.marketdata.history import merge_candles, stored_candles
 from mercato.marketdata.stats import RECENT_TRADES

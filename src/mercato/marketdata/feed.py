@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.core.candles import INTERVALS, Candle
 from mercato.core.events import (
     AssetUpserted,
     MarketUpserted,
@@ -35,7 +36,6 @@ from mercato.core.events import (
     Transfer,
 )
 from mercato.core.model import LOCKED
-from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.marketdata.depth import DepthChange, DepthTracker, Touched
 from mercato.marketdata.history import recent_history
 from mercato.marketdata.hub import Client, Hub

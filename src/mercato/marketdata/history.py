@@ -9,8 +9,8 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.core.candles import INTERVALS, Candle
 from mercato.core.events import Trade
-from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.marketdata.stats import CANDLES_KEPT, RECENT_TRADES
 from mercato.port import ExchangeView
 from mercato.store.tables import candles as candles_table

@@ -1,7 +1,7 @@
 """Per-market trade statistics in memory: recent trades, candles of every interval, and
 the rolling 24-hour ticker.
 
-Candles are folded from trades with :func:`mercato.marketdata.candles.fold`, the same
+Candles are folded from trades with :func:`mercato.core.candles.fold`, the same
 function the SQL projection uses, so memory and SQL cannot disagree on a candle.
 
 The ticker's window is the current UTC minute and the 1439 minutes before it: it is
@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
+from mercato.core.candles import INTERVALS, MINUTE_MS, Candle, fold, open_time
 from mercato.core.events import Trade
-from mercato.marketdata.candles import INTERVALS, MINUTE_MS, Candle, fold, open_time
 
 RECENT_TRADES = 1000
 """Trades kept per market for ``/trades`` (and seeded from SQL at start)."""

@@ -27,7 +27,7 @@ Usage::
     await projector.stop()  # on shutdown: projects what is queued
 
 Unlike the rest of :mod:`mercato.store`, this module depends on the core (events, ledger
-postings), the journal (catch-up) and :mod:`mercato.marketdata.candles` (one candle fold
+postings), the journal (catch-up) and :mod:`mercato.core.candles` (one candle fold
 for SQL and memory).
 """
 

@@ -15,12 +15,12 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
+from mercato.core.candles import INTERVALS, Candle, fold
 from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
 from mercato.core.order_state import OrderState, accepted, amended, filled, triggered, updated
 from mercato.core.positions import Position
-from mercato.marketdata.candles import INTERVALS, Candle, fold
 from mercato.port import AppliedBatch
 from mercato.store.order_rows import insert_row, update_row
 

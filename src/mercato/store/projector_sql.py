@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mercato.core.candles import INTERVALS, Candle, open_time
 from mercato.core.positions import Position
-from mercato.marketdata.candles import INTERVALS, Candle, open_time
 from mercato.store.order_rows import ORDER_COLUMNS, ORDER_MUTABLE_COLUMNS, open_order_states
 from mercato.store.projector_plan import BalanceKey, Plan, Planner, ProjectionError
 from mercato.store.tables import (

@@ -23,8 +23,8 @@ from typing import Any, Final, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mercato.core.candles import INTERVALS, Candle
 from mercato.core.positions import Position
-from mercato.marketdata.candles import INTERVALS, Candle
 from mercato.store.tables import (
     OPEN_ORDER_STATUSES,
     candles,

@@ -350,7 +350,7 @@ positions: Final = Table(
     Column("updated_seq", ENGINE_INT, nullable=False),
 )
 
-#: OHLCV candles of every interval of mercato.marketdata.candles, folded from the trades.
+#: OHLCV candles of every interval of mercato.core.candles, folded from the trades.
 candles: Final = Table(
     "candles",
     metadata,
