@@ -1,9 +1,10 @@
 """Mercato's native API dialect: the JSON of orders, fills and balances.
 
-REST (``/api/v1``: :class:`OrderView`, :class:`FillView`, :class:`Balance`) and the
-private WebSocket channels (``orders``, ``fills``, ``balances``: the ``ws_*`` messages)
-read their numbers through the same :class:`~mercato.wire.decimals.MarketFormat`, so a
-number never reads differently in two places. The two keep the shapes their clients know
+REST (``/api/v1``: :class:`OrderView`, :class:`FillView`; its ``/balances`` entries have
+the fields of :func:`balance_row`) and the private WebSocket channels (``orders``,
+``fills``, ``balances``: the ``ws_*`` messages) read their numbers through the same
+:class:`~mercato.wire.decimals.MarketFormat`, so a number never reads differently in two
+places. The two keep the shapes their clients know
 (docs/trading.md, docs/websocket.md), which differ on purpose: REST answers an order's
 state (:class:`~mercato.core.order_state.OrderState`, folded from events or read from
 the SQL projection), a WebSocket ``orders`` message is one event of the order (a change,
@@ -46,13 +47,6 @@ class OrderView(msgspec.Struct, kw_only=True):
     reason: str
     created_at: int
     updated_at: int
-
-
-class Balance(msgspec.Struct):
-    asset: str
-    available: str
-    locked: str
-    total: str
 
 
 class FillView(msgspec.Struct, kw_only=True):
@@ -226,7 +220,8 @@ def trade_fill_view(fmt: MarketFormat, trade: Trade, user: int) -> FillView:
 
 
 def balance_row(asset: str, available: int, locked: int, decimals: int) -> dict[str, Any]:
-    """One asset's balance: the fields of REST /balances' entries (:class:`Balance`)."""
+    """One asset's balance: the fields of REST /balances' entries (``Balance`` in
+    mercato.api.trading_routes) and of the ``balances`` channel's messages."""
     return {"asset": asset, "available": format_amount(available, decimals),
             "locked": format_amount(locked, decimals),
             "total": format_amount(available + locked, decimals)}  # fmt: skip
