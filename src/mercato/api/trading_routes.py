@@ -34,8 +34,10 @@ from mercato.service import ExchangeService
 from mercato.store import queries
 from mercato.wire.decimals import MarketFormat
 from mercato.wire.native import (
+    Balance,
     FillView,
     OrderView,
+    balance,
     order_view,
     projected_fill_view,
     trade_fill_view,
@@ -76,13 +78,6 @@ class PlacedOrder(msgspec.Struct, kw_only=True):
 class FaucetRequest(msgspec.Struct, forbid_unknown_fields=True):
     asset: Str32
     amount: Decimal40
-
-
-class Balance(msgspec.Struct):
-    asset: str
-    available: str
-    locked: str
-    total: str
 
 
 def _json(value: object, status: int = 200) -> Response:
@@ -191,11 +186,7 @@ async def balances(request: Request, caller: Caller) -> Response:
 
 
 def balance_view(figures: BalanceFigures) -> Balance:
-    decimals = figures.decimals
-    available, locked = figures.available, figures.locked
-    return Balance(figures.asset, format_amount(available, decimals),
-                   format_amount(locked, decimals),
-                   format_amount(available + locked, decimals))  # fmt: skip
+    return balance(figures.asset, figures.available, figures.locked, figures.decimals)
 
 
 @router.post(

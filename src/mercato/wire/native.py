@@ -219,12 +219,23 @@ def trade_fill_view(fmt: MarketFormat, trade: Trade, user: int) -> FillView:
     )
 
 
+# One asset's balance, as REST /balances' entries and the ``balances`` channel give it (no
+# docstring: it would become the OpenAPI schema's description).
+class Balance(msgspec.Struct):
+    asset: str
+    available: str
+    locked: str
+    total: str
+
+
+def balance(asset: str, available: int, locked: int, decimals: int) -> Balance:
+    return Balance(asset, format_amount(available, decimals), format_amount(locked, decimals),
+                   format_amount(available + locked, decimals))  # fmt: skip
+
+
 def balance_row(asset: str, available: int, locked: int, decimals: int) -> dict[str, Any]:
-    """One asset's balance: the fields of REST /balances' entries (``Balance`` in
-    mercato.api.trading_routes) and of the ``balances`` channel's messages."""
-    return {"asset": asset, "available": format_amount(available, decimals),
-            "locked": format_amount(locked, decimals),
-            "total": format_amount(available + locked, decimals)}  # fmt: skip
+    """:func:`balance` as a dict, for the ``balances`` channel's messages."""
+    return msgspec.structs.asdict(balance(asset, available, locked, decimals))
 
 
 # -- the private WebSocket channels (docs/websocket.md) ---------------------------------------
