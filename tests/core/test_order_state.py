@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 
 import msgspec
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,8 +118,7 @@ def test_folded_states_are_the_engines_orders(seed: int, count: int) -> None:
         assert (state.status, state.filled, state.price) == (
             order.status, order.filled, order.price,
         )  # fmt: skip
-        if state.stp != "DECREMENT":  # see test_a_decremented_taker_says_so below
-            assert state.quantity == order.quantity
+        assert state.quantity == order.quantity
         assert (state.user, state.market, state.side, state.client_order_id) == (
             order.user, order.market, order.side, order.client_order_id,
         )  # fmt: skip
@@ -199,12 +197,6 @@ def test_fold_is_none_without_the_acceptance_and_fills_of_picks_the_order() -> N
     assert folded is not None and (folded.filled, folded.updated_at) == (4, 9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap in the engine's events (for the lead / the engine split): when "
-    "self-trade prevention (DECREMENT) shrinks the *taker*, no event says so, so every "
-    "fold (the SQL projection, REST answers) keeps the taker's old quantity",
-)
 def test_a_decremented_taker_says_so() -> None:
     mid = MIDS["ETH-USDT"]
     engine, states, _ = _run([

@@ -391,6 +391,23 @@ def prevent_self_trade(
     return "STP" if mode in ("EXPIRE_TAKER", "EXPIRE_BOTH") else ""
 
 
+def _say_decremented(order: Order, events: list[e.Event]) -> None:
+    """An order that DECREMENT shrank and that stays: an event says so, or everything that
+    follows the events (the projection, REST answers, private streams) would keep its old
+    quantity."""
+    events.append(
+        OrderUpdated(
+            order.order_id,
+            order.user,
+            order.market,
+            order.status,
+            order.filled,
+            order.quantity,
+            "SELF_TRADE_DECREMENTED",
+        )
+    )
+
+
 def _decrement(
     state: EngineState,
     market: MarketState,
@@ -416,25 +433,15 @@ def _decrement(
     else:
         taker.quantity -= cut
         expired = taker.quantity == taker.filled
+        if not expired:  # (an expiring taker's EXPIRED update carries its new quantity)
+            _say_decremented(taker, events)
     if maker.quantity == maker.filled:
         level.orders.popleft()
         maker.in_book = False
         level.live -= 1
         finish_removed(state, market, maker, "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED", events)
         return expired
-    # The maker stays, smaller: an event says so, or everything that follows the
-    # events (the projection, private streams) would keep its old quantity.
-    events.append(
-        OrderUpdated(
-            maker.order_id,
-            maker.user,
-            maker.market,
-            maker.status,
-            maker.filled,
-            maker.quantity,
-            "SELF_TRADE_DECREMENTED",
-        )
-    )
+    _say_decremented(maker, events)
     if maker.display == 0:
         level.orders.popleft()
         maker.display = min(maker.iceberg_quantity, maker.quantity - maker.filled)
