@@ -278,15 +278,6 @@ class AsyncSequencer:
         finally:
             self._snapshot_task = None
 
-    async def snapshot_now(self) -> int:
-        """Snapshot the state as of now (commands applied so far); return its seq."""
-        self._check_open()
-        if self._snapshot_task is not None:
-            await self._snapshot_task
-        seq, data = self.sequencer.take_snapshot()
-        await asyncio.to_thread(self.sequencer.store_snapshot, seq, data)
-        return seq
-
     async def close(self, *, snapshot: bool = False) -> None:
         """Stop accepting commands, commit and apply everything queued, optionally take a
         final snapshot, then close the journal (idempotent)."""
