@@ -20,6 +20,7 @@ from mercato.api.auth_routes import Caller, caller_with, service_of
 from mercato.api.errors import ApiError
 from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
 from mercato.api.ratelimit import RateLimiter
+from mercato.application.errors import ServiceError
 from mercato.application.portfolio import BalanceFigures, HoldingFigures, Portfolio
 from mercato.application.trading import Trading
 from mercato.auth.sessions import Principal
@@ -115,12 +116,6 @@ async def trader(request: Request) -> Principal:
 
 
 Trader = Annotated[Principal, Depends(trader)]
-
-
-def engine_rejection(result: Result) -> ApiError:
-    """An engine rejection as an HTTP error with the engine's stable code."""
-    status = 404 if result.code.startswith("UNKNOWN_") else 400
-    return ApiError(status, result.code, result.message)
 
 
 def market_format(service: ExchangeService, market: str) -> MarketFormat:
@@ -381,7 +376,7 @@ async def _changed_order(
     if result.status != "ACCEPTED":
         if result.code == "UNKNOWN_ORDER":
             await _not_open(service, user, command.order_id, command.client_order_id)
-        raise engine_rejection(result)
+        raise ServiceError.rejected(result)
     state = service.fill_totals.state(order_id)
     if order is None or order.order_id != result.order_id or state is None:
         # a different order by now (or, never seen, one the read model does not hold)
