@@ -41,7 +41,7 @@ from mercato.marketdata.hub import Hub
 from mercato.port import ExchangePort
 from mercato.port.in_process import InProcessPort
 from mercato.readmodels.client_ids import KnownClientIds
-from mercato.readmodels.fill_totals import FillTotals
+from mercato.readmodels.order_states import OrderStates
 from mercato.runtime import tune_gc
 from mercato.store import create_engine, identity, migrate
 from mercato.store.projector_process import ProjectorProcess
@@ -97,7 +97,7 @@ class ExchangeService:
         self._mail_task: asyncio.Task[None] | None = None
         self.market_data: MarketData | None = None
         self.projector: ProjectorProcess | None = None
-        self.fill_totals = FillTotals()  # open orders' fills, for cancel and amend answers
+        self.order_states = OrderStates()  # open orders folded, for cancel and amend answers
         self.known_client_ids = KnownClientIds()  # every client order id ever used
         self.reads: AsyncEngine | None = None  # queries of the projection (DEFERRED on SQLite)
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
@@ -161,8 +161,8 @@ class ExchangeService:
         self.projector = ProjectorProcess(config.database_url)
         port.subscribe(self.projector.on_batch)
         await self.projector.start(config.engine_dir, port.last_seq)
-        await self.fill_totals.seed(self.reads)
-        port.subscribe(self.fill_totals.on_batch)
+        await self.order_states.seed(self.reads)
+        port.subscribe(self.order_states.on_batch)
         await self.known_client_ids.seed(self.reads)
         port.subscribe(self.known_client_ids.on_batch)
         # Market data follows every batch from now on (before the bootstrap submits), and

@@ -377,7 +377,7 @@ async def _changed_order(
         if result.code == "UNKNOWN_ORDER":
             await _not_open(service, user, command.order_id, command.client_order_id)
         raise ServiceError.rejected(result)
-    state = service.fill_totals.state(order_id)
+    state = service.order_states.state(order_id)
     if order is None or order.order_id != result.order_id or state is None:
         # a different order by now (or, never seen, one the read model does not hold)
         await caught_up(service, result.seq)

@@ -25,7 +25,7 @@ from mercato.store.order_rows import open_order_states
 RECENTLY_CLOSED = 10_000
 
 
-class FillTotals:
+class OrderStates:
     """Open orders' states by id (and the last ``RECENTLY_CLOSED`` finished ones)."""
 
     def __init__(self) -> None:
