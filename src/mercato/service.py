@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.application.history import History
 from mercato.application.portfolio import Portfolio
 from mercato.application.projection import ProjectionReads
 from mercato.application.trading import Trading
@@ -103,6 +104,7 @@ class ExchangeService:
         self.hub = Hub()  # WebSocket fan-out of the market data (replaceable before start)
         self.trading: Trading | None = None  # the application services, from start on
         self.portfolio: Portfolio | None = None
+        self.history: History | None = None
         self.projection: ProjectionReads | None = None  # reads of the SQL projection
         self._lock_fd: int | None = None  # the data directory's lock, until the sequencer has it
 
@@ -173,6 +175,7 @@ class ExchangeService:
         self.projection = projection = ProjectionReads(port, self.projector, self.reads)
         self.trading = Trading(port, projection, self.known_client_ids, faucet=config.server.dev)
         self.portfolio = Portfolio(port, projection)
+        self.history = History(projection)
         await self._bootstrap()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")

@@ -21,6 +21,7 @@ from mercato.api.errors import ApiError
 from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
 from mercato.api.ratelimit import RateLimiter
 from mercato.application.errors import ServiceError
+from mercato.application.history import History
 from mercato.application.portfolio import BalanceFigures, HoldingFigures, Portfolio
 from mercato.application.trading import Trading
 from mercato.auth.sessions import Principal
@@ -99,6 +100,11 @@ async def decode(request: Request, kind: type[msgspec.Struct]) -> Any:
 def _trading(service: ExchangeService) -> Trading:
     assert service.trading is not None, "a ready service has its application services"
     return service.trading
+
+
+def _history(service: ExchangeService) -> History:
+    assert service.history is not None, "a ready service has its application services"
+    return service.history
 
 
 def _portfolio(service: ExchangeService) -> Portfolio:
@@ -239,11 +245,6 @@ async def caught_up(service: ExchangeService, seq: int | None = None) -> None:
     await service.projection.caught_up(seq)
 
 
-def _reads(service: ExchangeService) -> Any:
-    assert service.projection is not None
-    return service.projection.connect()
-
-
 def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -> list[OrderView]:
     return [order_view(market_format(service, r.market), r) for r in records]
 
@@ -271,9 +272,7 @@ async def list_open_orders(
     """The caller's open orders (resting, partially filled, untriggered stops)."""
     service = service_of(request)
     _market_filter(service, market)
-    await caught_up(service)
-    async with _reads(service) as connection:
-        records = await queries.open_orders(connection, caller.user_id, market=market)
+    records = await _history(service).open_orders(caller.user_id, market=market)
     return _json(_order_views(service, records))
 
 
@@ -295,12 +294,10 @@ async def order_history(
     next page."""
     service = service_of(request)
     _market_filter(service, market)
-    await caught_up(service)
-    async with _reads(service) as connection:
-        page = await queries.order_history(
-            connection, caller.user_id, market=market, status=status, start_time=start_time,
-            end_time=end_time, before=before, limit=limit,
-        )  # fmt: skip
+    page = await _history(service).orders(
+        caller.user_id, market=market, status=status, start_time=start_time,
+        end_time=end_time, before=before, limit=limit,
+    )  # fmt: skip
     return _json(OrderPage(_order_views(service, page.items), page.next_before))
 
 
@@ -479,12 +476,10 @@ async def my_trades(
     """The caller's fills with price, quantity, fee and fee asset, maker or taker."""
     service = service_of(request)
     _market_filter(service, market)
-    await caught_up(service)
-    async with _reads(service) as connection:
-        page = await queries.user_fills(
-            connection, caller.user_id, market=market, order_id=order_id,
-            start_time=start_time, end_time=end_time, before=before, limit=limit,
-        )  # fmt: skip
+    page = await _history(service).fills(
+        caller.user_id, market=market, order_id=order_id,
+        start_time=start_time, end_time=end_time, before=before, limit=limit,
+    )  # fmt: skip
     items = [projected_fill_view(market_format(service, f.market), f) for f in page.items]
     return _json(FillPage(items, page.next_before))
 
