@@ -94,6 +94,10 @@ class OrderRecord:
     created_seq: int
     updated_seq: int
 
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_ORDER_STATUSES
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TradeRecord:
