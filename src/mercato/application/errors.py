@@ -30,6 +30,14 @@ class ServiceError(CodedError):
         super().__init__(code, message, kind_of(code))
 
     @classmethod
+    def unknown_market(cls, symbol: str) -> ServiceError:
+        return cls("UNKNOWN_MARKET", f"no market {symbol!r}; see GET /api/v1/markets")
+
+    @classmethod
+    def unknown_asset(cls, symbol: str) -> ServiceError:
+        return cls("UNKNOWN_ASSET", f"no asset {symbol!r}; see GET /api/v1/assets")
+
+    @classmethod
     def rejected(cls, result: Result) -> ServiceError:
         """The engine's rejection, with the engine's code."""
         return cls(result.code, result.message)

@@ -16,9 +16,7 @@ class History:
 
     async def open_orders(self, user: int, *, market: str | None = None) -> list[OrderRecord]:
         """Resting, partially filled and untriggered orders, oldest first."""
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            return await queries.open_orders(connection, user, market=market)
+        return await self._projection.current(queries.open_orders, user, market=market)
 
     async def orders(
         self,
@@ -32,12 +30,10 @@ class History:
         limit: int = queries.DEFAULT_LIMIT,
     ) -> Page[OrderRecord]:
         """Every order of the user, newest first (``before``: an order id, exclusive)."""
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            return await queries.order_history(
-                connection, user, market=market, status=status, start_time=start_time,
-                end_time=end_time, before=before, limit=limit,
-            )  # fmt: skip
+        return await self._projection.current(
+            queries.order_history, user, market=market, status=status, start_time=start_time,
+            end_time=end_time, before=before, limit=limit,
+        )  # fmt: skip
 
     async def fills(
         self,
@@ -51,9 +47,7 @@ class History:
         limit: int = queries.DEFAULT_LIMIT,
     ) -> Page[FillRecord]:
         """The user's fills, newest first."""
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            return await queries.user_fills(
-                connection, user, market=market, order_id=order_id,
-                start_time=start_time, end_time=end_time, before=before, limit=limit,
-            )  # fmt: skip
+        return await self._projection.current(
+            queries.user_fills, user, market=market, order_id=order_id,
+            start_time=start_time, end_time=end_time, before=before, limit=limit,
+        )  # fmt: skip

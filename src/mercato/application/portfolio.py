@@ -70,9 +70,7 @@ class Portfolio:
 
     async def holdings(self, user: int) -> list[HoldingFigures]:
         """Per market the user has traded (from the projection, once it caught up)."""
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            held = await queries.user_positions(connection, user)
+        held = await self._projection.current(queries.user_positions, user)
         return [self._holding(user, market, position) for market, position in held.items()]
 
     def _holding(self, user: int, market: str, position: Position) -> HoldingFigures:
@@ -105,9 +103,7 @@ class Portfolio:
     ) -> queries.Page[queries.LedgerEntryRecord]:
         """The user's balance changes (of one asset), newest first."""
         if asset is not None and self._view.asset(asset) is None:
-            raise ServiceError("UNKNOWN_ASSET", f"no asset {asset!r}; see GET /api/v1/assets")
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            return await queries.ledger_history(
-                connection, user, asset=asset, before=before, limit=limit
-            )
+            raise ServiceError.unknown_asset(asset)
+        return await self._projection.current(
+            queries.ledger_history, user, asset=asset, before=before, limit=limit
+        )

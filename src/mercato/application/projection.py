@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -10,6 +11,8 @@ from mercato.application.errors import ServiceError
 from mercato.port import ExchangePort
 
 PROJECTION_WAIT_SECONDS = 5.0
+
+_T = TypeVar("_T")
 
 
 class ProjectionCursor(Protocol):
@@ -43,3 +46,10 @@ class ProjectionReads:
     def connect(self) -> AsyncConnection:
         """A read connection (``async with``)."""
         return self._reads.connect()
+
+    async def current(self, query: Callable[..., Awaitable[_T]], *args: Any, **filters: Any) -> _T:
+        """``query(connection, *args, **filters)`` once the projection holds everything
+        acknowledged so far: what a client reads after it was told something happened."""
+        await self.caught_up()
+        async with self._reads.connect() as connection:
+            return await query(connection, *args, **filters)

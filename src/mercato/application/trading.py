@@ -190,9 +190,7 @@ class Trading:
         rules = view.rules(ticket.market)
         spec = view.spec(ticket.market)
         if rules is None or spec is None:
-            raise ServiceError(
-                "UNKNOWN_MARKET", f"no market {ticket.market!r}; see GET /api/v1/markets"
-            )
+            raise ServiceError.unknown_market(ticket.market)
         quote = view.asset(spec.quote)
         assert quote is not None, "a market's assets exist"
         quote_decimals = quote.decimals
@@ -259,12 +257,10 @@ class Trading:
         """Why an order cannot be changed: ORDER_NOT_OPEN if it is the user's and
         finished, else UNKNOWN_ORDER (another user's order is indistinguishable from no
         order)."""
-        await self._projection.caught_up()
-        async with self._projection.connect() as connection:
-            record = await queries.get_order(
-                connection, user, order_id=order_id or None,
-                client_order_id=client_order_id or None,
-            )  # fmt: skip
+        record = await self._projection.current(
+            queries.get_order, user, order_id=order_id or None,
+            client_order_id=client_order_id or None,
+        )  # fmt: skip
         if record is not None:
             raise ServiceError("ORDER_NOT_OPEN", f"the order is {record.status} already")
         raise ServiceError("UNKNOWN_ORDER", "you have no such open order")
@@ -288,7 +284,7 @@ class Trading:
     def check_market(self, market: str | None) -> str | None:
         """``market`` unless it names no market (UNKNOWN_MARKET); None stays None."""
         if market is not None and not self._view.has_market(market):
-            raise ServiceError("UNKNOWN_MARKET", f"no market {market!r}; see GET /api/v1/markets")
+            raise ServiceError.unknown_market(market)
         return market
 
     async def cancel_all(self, user: int, market: str | None) -> list[int]:
@@ -319,7 +315,7 @@ class Trading:
         self.require_faucet()
         known = self._view.asset(asset)
         if known is None:
-            raise ServiceError("UNKNOWN_ASSET", f"no asset {asset!r}; see GET /api/v1/assets")
+            raise ServiceError.unknown_asset(asset)
         decimals = known.decimals
         atoms = parse_field(amount, lambda t, w: parse_amount(t, decimals, w), "amount")
         if atoms > FAUCET_MAX_UNITS * 10**decimals:

@@ -18,6 +18,7 @@ from mercato.core.book import Order
 from mercato.core.commands import Command
 from mercato.core.model import Asset, MarketRules, MarketSpec, MarketStatus
 from mercato.core.results import Result
+from mercato.core.view import Levels
 from mercato.journal.sequencer import (
     AppliedBatch,
     CommandEncodeError,
@@ -33,8 +34,6 @@ __all__ = [
     "Listener",
     "SequencerClosedError",
 ]
-
-Levels = list[tuple[int, int]]
 
 
 class ExchangeView(Protocol):
