@@ -126,6 +126,82 @@ class EngineConfig(_Section):
     snapshot_every: int = 100_000
 
 
+class CustodyChainConfig(_Section):
+    """One chain custody watches and sends on (docs/custody.md, "Configuration")."""
+
+    name: str  # first part of deposit ids: "ethereum:<txid>:<index>"
+    kind: str  # "evm" or "solana"
+    rpc_url: str
+    confirmations: int = 12  # blocks deep before a deposit is credited
+    use_finalized: bool = False  # credit at the node's finalized tag instead of N blocks
+    cold_address: str = ""  # where hot-wallet excess goes; no key for it on the server
+    start_height: int = -1  # first block the watcher scans; -1: the head at first start
+    scan_batch: int = 100  # most blocks per scan call
+    poll_seconds: float = 2.0
+    stuck_seconds: float = 120.0  # a sent transaction unmined this long is fee-bumped
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("evm", "solana"):
+            raise ValueError(f"custody chain {self.name!r}: kind must be evm or solana")
+        if self.confirmations < 1 or self.scan_batch < 1 or self.poll_seconds <= 0:
+            raise ValueError(
+                f"custody chain {self.name!r}: confirmations, scan_batch >= 1, poll_seconds > 0"
+            )
+
+
+class CustodyAssetConfig(_Section):
+    """How one ledger asset lives on its chain. Amounts are decimal strings in the asset's
+    units; empty ``daily_limit`` or ``approval_threshold`` means none."""
+
+    symbol: str
+    chain: str
+    contract: str = ""  # ERC-20 contract or SPL mint; empty: the chain's native coin
+    chain_decimals: int
+    min_deposit: str = "0"
+    withdrawal_fee: str = "0"
+    min_withdrawal: str = "0"
+    daily_limit: str = ""  # per user, over the last 24 h
+    approval_threshold: str = ""  # withdrawals above it wait for admin approvals
+    approvals_required: int = 2  # distinct admins, never the requester
+    sweep_threshold: str = "0"  # deposit-address balances above it are swept to hot
+    hot_floor: str = "0"  # below it an alert is raised
+    hot_ceiling: str = ""  # above it the excess goes to the cold address
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.chain_decimals <= 36 or self.approvals_required < 1:
+            raise ValueError(
+                f"custody asset {self.symbol}: chain_decimals 0..36, approvals_required >= 1"
+            )
+
+
+class CustodyConfig(_Section):
+    """Custody on real chains; with no chains configured the workers have nothing to do
+    and deposit/withdrawal endpoints answer CUSTODY_UNAVAILABLE."""
+
+    run_in_serve: bool = True  # the workers run inside `mercato serve`
+    address_cooloff_seconds: int = 86_400  # a new withdrawal address waits this long
+    approval_ttl_seconds: int = 86_400  # an admin approval counts this long
+    chains: list[CustodyChainConfig] = msgspec.field(default_factory=list)
+    assets: list[CustodyAssetConfig] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [chain.name for chain in self.chains]
+        if len(set(names)) != len(names):
+            raise ValueError("custody chain names must be unique")
+        for asset in self.assets:
+            if asset.chain not in names:
+                raise ValueError(f"custody asset {asset.symbol}: no chain {asset.chain!r}")
+        symbols = [asset.symbol for asset in self.assets]
+        if len(set(symbols)) != len(symbols):
+            raise ValueError("a ledger asset lives on one chain: custody asset symbols unique")
+
+    def chain(self, name: str) -> CustodyChainConfig:
+        return next(chain for chain in self.chains if chain.name == name)
+
+    def asset(self, symbol: str) -> CustodyAssetConfig | None:
+        return next((asset for asset in self.assets if asset.symbol == symbol), None)
+
+
 class AssetConfig(_Section):
     symbol: str
     decimals: int
@@ -169,6 +245,7 @@ class Config(_Section):
     smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    custody: CustodyConfig = msgspec.field(default_factory=CustodyConfig)
     assets: list[AssetConfig] = msgspec.field(default_factory=list)
     markets: list[MarketTable] = msgspec.field(default_factory=list)
 

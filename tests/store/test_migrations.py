@@ -222,6 +222,142 @@ EXPECTED_COLUMNS: dict[str, dict[str, bool]] = {
     },
     # 0005: which store a data directory belongs to
     "store_identity": {"id": False, "store_id": False, "created_at": False},
+    # 0007: custody (docs/custody.md)
+    "custody_seed": {"id": False, "sealed": False, "fingerprint": False, "created_at": False},
+    "custody_address_counters": {"chain": False, "role": False, "next_index": False},
+    "custody_addresses": {
+        "id": False,
+        "chain": False,
+        "role": False,
+        "user_id": True,
+        "derivation_index": False,
+        "address": False,
+        "created_at": False,
+    },
+    "custody_blocks": {
+        "chain": False,
+        "height": False,
+        "hash": False,
+        "parent_hash": False,
+        "parent_height": False,
+        "scanned_at": False,
+    },
+    "custody_deposits": {
+        "id": False,
+        "external_id": False,
+        "chain": False,
+        "txid": False,
+        "tx_index": False,
+        "asset": False,
+        "user_id": True,
+        "address": False,
+        "from_address": False,
+        "amount_chain": False,
+        "amount": False,
+        "dust_chain": False,
+        "block_height": False,
+        "block_hash": False,
+        "status": False,
+        "seen_at": False,
+        "updated_at": False,
+    },
+    "deposit_credits": {
+        "external_id": False,
+        "user_id": False,
+        "asset": False,
+        "amount": False,
+        "seq": False,
+        "ts": False,
+    },
+    "custody_withdrawals": {
+        "id": False,
+        "withdrawal_id": False,
+        "user_id": False,
+        "asset": False,
+        "chain": False,
+        "address": False,
+        "amount": False,
+        "fee": False,
+        "status": False,
+        "hold_state": False,
+        "approvals_required": False,
+        "reason": True,
+        "outgoing_id": True,
+        "requested_at": False,
+        "updated_at": False,
+    },
+    "custody_approvals": {
+        "id": False,
+        "withdrawal_id": False,
+        "admin_id": False,
+        "decision": False,
+        "created_at": False,
+    },
+    "custody_address_book": {
+        "id": False,
+        "user_id": False,
+        "chain": False,
+        "address": False,
+        "label": False,
+        "created_at": False,
+        "usable_at": False,
+    },
+    "custody_outgoing": {
+        "id": False,
+        "kind": False,
+        "ref": False,
+        "chain": False,
+        "asset": False,
+        "from_role": False,
+        "from_index": False,
+        "from_address": False,
+        "to_address": False,
+        "amount_chain": False,
+        "status": False,
+        "nonce": True,
+        "txid": True,
+        "fee_paid_chain": True,
+        "mined_height": True,
+        "created_at": False,
+        "updated_at": False,
+    },
+    "custody_attempts": {
+        "id": False,
+        "outgoing_id": False,
+        "chain": False,
+        "txid": False,
+        "raw": False,
+        "nonce": True,
+        "max_fee": False,
+        "priority_fee": False,
+        "gas_limit": False,
+        "recent_blockhash": False,
+        "valid_until": True,
+        "created_at": False,
+        "broadcast_at": True,
+    },
+    "custody_nonces": {"chain": False, "address": False, "next_nonce": False},
+    "custody_alerts": {
+        "id": False,
+        "severity": False,
+        "kind": False,
+        "chain": False,
+        "subject": False,
+        "detail": False,
+        "created_at": False,
+        "acknowledged_at": True,
+        "acknowledged_by": True,
+    },
+    "custody_withdrawal_holds": {
+        "id": False,
+        "user_id": False,
+        "asset": False,
+        "reason": False,
+        "subject": False,
+        "created_at": False,
+        "released_at": True,
+        "released_by": True,
+    },
 }
 EXPECTED_UNIQUE = {
     "users": [["email"], ["email_skeleton"]],
@@ -229,6 +365,17 @@ EXPECTED_UNIQUE = {
     "one_time_tokens": [["token_hash"]],
     "api_keys": [["key_id"]],
     "fills": [["trade_id", "role"]],
+    "custody_addresses": [
+        ["chain", "address"],
+        ["chain", "role", "derivation_index"],
+        ["chain", "user_id"],
+    ],
+    "custody_deposits": [["external_id"]],
+    "custody_withdrawals": [["withdrawal_id"]],
+    "custody_approvals": [["withdrawal_id", "admin_id"]],
+    "custody_address_book": [["user_id", "chain", "address"]],
+    "custody_outgoing": [["kind", "ref"]],
+    "custody_attempts": [["chain", "txid"]],
 }
 EXPECTED_INDEXES = {
     "refresh_tokens": [["family_id"], ["user_id"]],
@@ -248,6 +395,12 @@ EXPECTED_INDEXES = {
     "fills": [["user_id", "id"], ["user_id", "market", "ts"]],
     "ledger_entries": [["user_id", "asset", "id"], ["user_id", "id"]],
     "candles": [["interval", "open_time"]],
+    "custody_deposits": [["chain", "status"], ["user_id", "id"]],
+    "custody_withdrawals": [["status"], ["user_id", "requested_at"]],
+    "custody_outgoing": [["chain", "status"]],
+    "custody_attempts": [["outgoing_id"]],
+    "custody_alerts": [["acknowledged_at"]],
+    "custody_withdrawal_holds": [["user_id", "asset"]],
 }
 EXPECTED_PK = {
     "orders": ["order_id"],
@@ -257,6 +410,10 @@ EXPECTED_PK = {
     "candles": ["market", "interval", "open_time"],
     "projection_cursor": ["name"],
     "store_identity": ["id"],
+    "custody_address_counters": ["chain", "role"],
+    "custody_blocks": ["chain", "height"],
+    "deposit_credits": ["external_id"],
+    "custody_nonces": ["chain", "address"],
 }
 #: Engine integers (atoms, ticks, lots, ids, seqs): BIGINT, so any int64 fits.
 ENGINE_INT_COLUMNS = {
@@ -283,6 +440,7 @@ USER_FK_TABLES = {
     "recovery_codes",
     "api_keys",
     "login_history",
+    "custody_address_book",
 }
 MILLIS_COLUMNS = {
     (table, column)
@@ -473,7 +631,7 @@ def test_current_revision_before_and_after_migrate(database_url: str) -> None:
 
     before, head, after = asyncio.run(scenario())
     assert before is None
-    assert head == after == head_revision() == "0006"
+    assert head == after == head_revision() == "0007"
 
 
 def test_downgrade_to_base_drops_every_table_and_migrate_recreates_them(

@@ -397,3 +397,274 @@ store_identity: Final = Table(
     Column("store_id", Text, nullable=False),  # random, 32 hex digits
     Column("created_at", MILLIS, nullable=False),
 )
+
+
+# ------------------------------------------------------------------------------------------
+# Custody (docs/custody.md): written by mercato.custody and mercato.application.custody,
+# except deposit_credits, which the projector writes. Chain amounts are TEXT holding a
+# decimal integer of the chain's smallest unit (wei exceed BIGINT); ledger amounts are
+# engine atoms.
+
+#: ``custody_deposits.status`` values.
+DEPOSIT_STATUSES: Final[tuple[str, ...]] = (
+    "PENDING",  # seen in a block, not yet deep enough
+    "CONFIRMED",  # deep enough; the credit is being submitted
+    "CREDITED",  # the engine credited it (deposit_credits has the seq)
+    "DROPPED",  # its block left the chain before it was credited
+    "REVERSED",  # credited, then its block left the chain: alert, withdrawals held
+    "BELOW_MINIMUM",  # recorded, never credited
+    "TREASURY",  # to the hot wallet from outside: operator funds, not a user's
+)
+
+#: ``custody_withdrawals.status`` values (docs/custody.md, "Withdrawal states").
+WITHDRAWAL_STATUSES: Final[tuple[str, ...]] = (
+    "REQUESTED",
+    "APPROVAL_REQUIRED",
+    "APPROVED",
+    "SIGNED",
+    "BROADCAST",
+    "COMPLETED",
+    "REJECTED",
+    "CANCELED",
+    "FAILED",
+)
+
+#: The one sealed BIP39 seed (mercato custody init).
+custody_seed: Final = Table(
+    "custody_seed",
+    metadata,
+    Column(
+        "id",
+        ID_TYPE,
+        CheckConstraint("id = 1", name="single_row"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("sealed", LargeBinary, nullable=False),  # auth.crypto.seal with the master key
+    Column("fingerprint", Text, nullable=False),  # first hot address, to recognise a seed
+    Column("created_at", MILLIS, nullable=False),
+)
+
+#: The next HD index to hand out per chain and role, so indexes are gapless.
+custody_address_counters: Final = Table(
+    "custody_address_counters",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("role", Text, primary_key=True),
+    Column("next_index", ENGINE_INT, nullable=False),
+)
+
+#: Every address of ours: a hot wallet per chain (user_id NULL) and one deposit address
+#: per user per chain, each from an index assigned once.
+custody_addresses: Final = Table(
+    "custody_addresses",
+    metadata,
+    _id(),
+    Column("chain", Text, nullable=False),
+    Column("role", Text, nullable=False),  # hot | deposit
+    Column("user_id", ID_TYPE, nullable=True),
+    Column("derivation_index", ENGINE_INT, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("created_at", MILLIS, nullable=False),
+    UniqueConstraint("chain", "address"),
+    UniqueConstraint("chain", "role", "derivation_index"),
+    UniqueConstraint("chain", "user_id"),
+    sqlite_autoincrement=True,
+)
+
+#: The blocks each chain's watcher scanned (its cursor is the highest), kept for reorg
+#: detection by parent hash; old ones are pruned.
+custody_blocks: Final = Table(
+    "custody_blocks",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("height", ENGINE_INT, primary_key=True, autoincrement=False),
+    Column("hash", Text, nullable=False),
+    Column("parent_hash", Text, nullable=False),
+    Column("parent_height", ENGINE_INT, nullable=False),
+    Column("scanned_at", MILLIS, nullable=False),
+)
+
+#: Every transfer to one of our addresses, from first sight to credit (or drop).
+custody_deposits: Final = Table(
+    "custody_deposits",
+    metadata,
+    _id(),
+    Column("external_id", Text, nullable=False, unique=True),  # chain:txid:index
+    Column("chain", Text, nullable=False),
+    Column("txid", Text, nullable=False),
+    Column("tx_index", Integer, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("user_id", ID_TYPE, nullable=True),  # NULL: to the hot wallet (treasury)
+    Column("address", Text, nullable=False),
+    Column("from_address", Text, nullable=False),
+    Column("amount_chain", Text, nullable=False),
+    Column("amount", ENGINE_INT, nullable=False),  # ledger atoms, rounded down
+    Column("dust_chain", Text, nullable=False),  # the remainder, in chain units
+    Column("block_height", ENGINE_INT, nullable=False),
+    Column("block_hash", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("seen_at", MILLIS, nullable=False),
+    Column("updated_at", MILLIS, nullable=False),
+    Index(None, "user_id", "id"),
+    Index(None, "chain", "status"),
+    sqlite_autoincrement=True,
+)
+
+#: Every CreditDeposit the engine accepted, written by the projector in the transaction
+#: of its cursor: the authority on "was this deposit credited", beyond the engine's window.
+deposit_credits: Final = Table(
+    "deposit_credits",
+    metadata,
+    Column("external_id", Text, primary_key=True),
+    Column("user_id", ID_TYPE, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("amount", ENGINE_INT, nullable=False),
+    Column("seq", ENGINE_INT, nullable=False),
+    Column("ts", MILLIS, nullable=False),
+)
+
+#: A user's withdrawal, from request to completion; ``withdrawal_id`` is the engine's.
+custody_withdrawals: Final = Table(
+    "custody_withdrawals",
+    metadata,
+    _id(),
+    Column("withdrawal_id", Text, nullable=False, unique=True),
+    Column("user_id", ID_TYPE, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("chain", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("amount", ENGINE_INT, nullable=False),  # atoms that arrive at the address
+    Column("fee", ENGINE_INT, nullable=False),  # atoms the exchange keeps; held on top
+    Column("status", Text, nullable=False),
+    Column("hold_state", Text, nullable=False),  # PENDING | HELD | SETTLED | RELEASED
+    Column("approvals_required", Integer, nullable=False),  # 0: none
+    Column("reason", Text, nullable=True),  # why REJECTED / FAILED / CANCELED
+    Column("outgoing_id", ID_TYPE, nullable=True),
+    Column("requested_at", MILLIS, nullable=False),
+    Column("updated_at", MILLIS, nullable=False),
+    Index(None, "user_id", "requested_at"),
+    Index(None, "status"),
+    sqlite_autoincrement=True,
+)
+
+#: Admin decisions on withdrawals above the approval threshold (one per admin).
+custody_approvals: Final = Table(
+    "custody_approvals",
+    metadata,
+    _id(),
+    Column("withdrawal_id", Text, nullable=False),
+    Column("admin_id", ID_TYPE, nullable=False),
+    Column("decision", Text, nullable=False),  # APPROVE | REJECT
+    Column("created_at", MILLIS, nullable=False),
+    UniqueConstraint("withdrawal_id", "admin_id"),
+    sqlite_autoincrement=True,
+)
+
+#: Each user's withdrawal addresses; a new one is usable only from ``usable_at``.
+custody_address_book: Final = Table(
+    "custody_address_book",
+    metadata,
+    _id(),
+    _user_fk(),
+    Column("chain", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("label", Text, nullable=False),
+    Column("created_at", MILLIS, nullable=False),
+    Column("usable_at", MILLIS, nullable=False),
+    UniqueConstraint("user_id", "chain", "address"),
+    sqlite_autoincrement=True,
+)
+
+#: Every transfer we send (withdrawals, sweeps, gas top-ups, hot -> cold), at most one per
+#: (kind, ref): the never-twice machinery (docs/custody.md, "Sending").
+custody_outgoing: Final = Table(
+    "custody_outgoing",
+    metadata,
+    _id(),
+    Column("kind", Text, nullable=False),  # WITHDRAWAL | SWEEP | GAS | COLD
+    Column("ref", Text, nullable=False),  # withdrawal id, or the sweep's own reference
+    Column("chain", Text, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("from_role", Text, nullable=False),
+    Column("from_index", ENGINE_INT, nullable=False),
+    Column("from_address", Text, nullable=False),
+    Column("to_address", Text, nullable=False),
+    Column("amount_chain", Text, nullable=False),
+    Column("status", Text, nullable=False),  # SIGNED | BROADCAST | COMPLETED | FAILED
+    Column("nonce", ENGINE_INT, nullable=True),
+    Column("txid", Text, nullable=True),  # the attempt that was mined
+    Column("fee_paid_chain", Text, nullable=True),  # native chain units, once mined
+    Column("mined_height", ENGINE_INT, nullable=True),
+    Column("created_at", MILLIS, nullable=False),
+    Column("updated_at", MILLIS, nullable=False),
+    UniqueConstraint("kind", "ref"),
+    Index(None, "chain", "status"),
+    sqlite_autoincrement=True,
+)
+
+#: Every signed transaction of an outgoing transfer, committed before its broadcast:
+#: the first and each fee-bumped replacement (same nonce) or re-signed one (Solana).
+custody_attempts: Final = Table(
+    "custody_attempts",
+    metadata,
+    _id(),
+    Column("outgoing_id", ID_TYPE, nullable=False),
+    Column("chain", Text, nullable=False),
+    Column("txid", Text, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("nonce", ENGINE_INT, nullable=True),
+    Column("max_fee", Text, nullable=False),
+    Column("priority_fee", Text, nullable=False),
+    Column("gas_limit", ENGINE_INT, nullable=False),
+    Column("recent_blockhash", Text, nullable=False),
+    Column("valid_until", ENGINE_INT, nullable=True),
+    Column("created_at", MILLIS, nullable=False),
+    Column("broadcast_at", MILLIS, nullable=True),
+    UniqueConstraint("chain", "txid"),
+    Index(None, "outgoing_id"),
+    sqlite_autoincrement=True,
+)
+
+#: Mercato's own EVM nonce allocator, per sending address: gapless, never a node's
+#: pending count (docs/custody.md, "Nonces").
+custody_nonces: Final = Table(
+    "custody_nonces",
+    metadata,
+    Column("chain", Text, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Column("next_nonce", ENGINE_INT, nullable=False),
+)
+
+#: Alerts for the operator (reversed credits, hot wallet below its floor, ...).
+custody_alerts: Final = Table(
+    "custody_alerts",
+    metadata,
+    _id(),
+    Column("severity", Text, nullable=False),  # critical | warning
+    Column("kind", Text, nullable=False),
+    Column("chain", Text, nullable=False),
+    Column("subject", Text, nullable=False),  # e.g. the deposit's external id
+    Column("detail", Text, nullable=False),
+    Column("created_at", MILLIS, nullable=False),
+    Column("acknowledged_at", MILLIS, nullable=True),
+    Column("acknowledged_by", ID_TYPE, nullable=True),
+    Index(None, "acknowledged_at"),
+    sqlite_autoincrement=True,
+)
+
+#: Withdrawals of one asset held for one user (a credited deposit was reversed).
+custody_withdrawal_holds: Final = Table(
+    "custody_withdrawal_holds",
+    metadata,
+    _id(),
+    Column("user_id", ID_TYPE, nullable=False),
+    Column("asset", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("subject", Text, nullable=False),  # the reversed deposit's external id
+    Column("created_at", MILLIS, nullable=False),
+    Column("released_at", MILLIS, nullable=True),
+    Column("released_by", ID_TYPE, nullable=True),
+    Index(None, "user_id", "asset"),
+    sqlite_autoincrement=True,
+)

@@ -1,0 +1,1 @@
+"""Chain adapters: one per chain family, all behind ``base.ChainAdapter``."""
