@@ -155,8 +155,8 @@ class CustodyAssetConfig(_Section):
 
     symbol: str
     chain: str
-    contract: str = ""  # ERC-20 contract or SPL mint; empty: the chain's native coin
     chain_decimals: int
+    contract: str = ""  # ERC-20 contract or SPL mint; empty: the chain's native coin
     min_deposit: str = "0"
     withdrawal_fee: str = "0"
     min_withdrawal: str = "0"
