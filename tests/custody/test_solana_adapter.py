@@ -13,6 +13,8 @@ from solders.keypair import Keypair
 from solders.pubkey import Pubkey
 from solders.rpc.responses import GetBlockResp
 from solders.signature import Signature
+from solders.system_program import ID as SYSTEM_PROGRAM_ID
+from solders.system_program import TransferWithSeedParams, transfer_with_seed
 from solders.token.associated import get_associated_token_address
 
 from custody.litesvm_ledger import LiteSvmLedger
@@ -444,5 +446,42 @@ def test_a_signature_from_the_wrong_key_is_caught_at_signing() -> None:
         impostor.add(HOT)  # another key under the same KeyRef
         with pytest.raises(RuntimeError, match="does not verify"):
             await world.adapter.sign(world.spend(fresh_address(), world.sol, SOL), impostor)
+
+    asyncio.run(scenario())
+
+
+def test_scan_reads_transfer_with_seed_and_ignores_tokens_of_unconfigured_mints() -> None:
+    async def scenario() -> None:
+        world = make_world()
+        ledger, sender, deposit = world.ledger, world.sender, Keypair().pubkey()
+        # A seed-derived System account (owned by the System program) funding a deposit.
+        seeded = Pubkey.create_with_seed(sender.pubkey(), "vault", SYSTEM_PROGRAM_ID)
+        ledger.airdrop(str(seeded), 3 * SOL)
+        params = TransferWithSeedParams(
+            from_pubkey=seeded,
+            from_base=sender.pubkey(),
+            from_seed="vault",
+            from_owner=SYSTEM_PROGRAM_ID,
+            to_pubkey=deposit,
+            lamports=2 * SOL,
+        )
+        seed_txid = ledger.send([transfer_with_seed(params)], [sender])
+        # A look-alike token nobody configured, sent to the deposit address's ATA for it.
+        fake = ledger.create_mint(sender, decimals=6)
+        ledger.mint_to(fake, sender, sender.pubkey(), 10**9)
+        ledger.send(
+            [
+                create_associated_token_account_idempotent(sender.pubkey(), deposit, fake),
+                ledger.token_transfer_instruction(sender, fake, deposit, 10**9, 6),
+            ],
+            [sender],
+        )
+        block = ledger.produce_block()
+
+        watched = Watched(frozenset({str(deposit)}), (world.sol, world.usdc))
+        scanned = await world.adapter.scan(block.slot, block.slot, watched)
+        assert scanned[0].incoming == (
+            Incoming(seed_txid, 0, str(deposit), str(seeded), "SOL", 2 * SOL),
+        )
 
     asyncio.run(scenario())
