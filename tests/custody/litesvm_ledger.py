@@ -215,8 +215,8 @@ class LiteSvmLedger:
         payer_before = self.svm.get_balance(payer) or 0
         result = self.svm.send_transaction(tx)
         failed = isinstance(result, FailedTransactionMetadata)
-        if failed and result.meta().signature() != signature:  # refused before execution
-            raise RpcRefused(str(result.err()))
+        if isinstance(result, FailedTransactionMetadata) and result.meta().signature() != signature:
+            raise RpcRefused(str(result.err()))  # refused before execution: nothing landed
         landed = self._landed(tx, signature, succeeded=not failed)
         spent = payer_before - (self.svm.get_balance(payer) or 0)
         self.pending.append(replace(landed, payer_spent=spent))
