@@ -47,11 +47,16 @@ DEPOSIT_B = Account.create().address
 STRANGER = Account.create().address
 
 
-def run(anvil: Anvil, scenario: Callable[[EvmAdapter], Awaitable[T]], *assets: ChainAsset) -> T:
+def run(
+    anvil: Anvil,
+    scenario: Callable[[EvmAdapter], Awaitable[T]],
+    *assets: ChainAsset,
+    batch_size: int = 50,
+) -> T:
     """Run ``scenario`` with an adapter for ``anvil`` (ETH plus ``assets``), closed after."""
 
     async def main() -> T:
-        adapter = EvmAdapter("ethereum", anvil.url, (ETH, *assets))
+        adapter = EvmAdapter("ethereum", anvil.url, (ETH, *assets), batch_size=batch_size)
         try:
             return await scenario(adapter)
         finally:
@@ -359,11 +364,7 @@ def test_scan_calls_do_not_grow_with_watched_addresses(anvil: Anvil) -> None:
             blocks = await adapter.scan(start, end, Watched(addresses, (ETH, token)))
             return methods, requests, len(incoming_of(blocks))
 
-        async def with_batch_size(adapter: EvmAdapter) -> tuple[dict[str, int], int, int]:
-            adapter._batch_size = batch_size
-            return await scenario(adapter)
-
-        return run(anvil, with_batch_size, token)
+        return run(anvil, scenario, token, batch_size=batch_size)
 
     few_calls = measured(few, 50)
     assert few_calls == (
@@ -521,14 +522,25 @@ def test_a_replacement_at_the_same_nonce_lands_instead_of_the_original(
     run(anvil, scenario)
 
 
-def test_broadcast_refusals_carry_the_nodes_reason(anvil: Anvil) -> None:
+def test_broadcast_refusals_carry_the_nodes_reason(anvil_manual: Anvil) -> None:
+    anvil = anvil_manual
+
     async def scenario(adapter: EvmAdapter) -> None:
         nonce = await adapter.next_nonce(SENDER)
         fee = await adapter.fees(ETH)
         too_much = await adapter.sign(spend(fee, ETH, 10**30, nonce), SIGNER)
         with pytest.raises(BroadcastRejected, match=r"(?i)insufficient funds"):
             await adapter.broadcast(too_much)
-        assert await adapter.next_nonce(SENDER) == nonce
+        pending = await adapter.sign(spend(fee, ETH, 1, nonce), SIGNER)
+        await adapter.broadcast(pending)
+        same_fee = await adapter.sign(spend(fee, ETH, 2, nonce), SIGNER)  # not a bump
+        with pytest.raises(BroadcastRejected, match="replacement transaction underpriced"):
+            await adapter.broadcast(same_fee)
+        anvil.mine()
+        assert (await adapter.status(pending.txid)).state == "MINED"
+        assert (await adapter.status(same_fee.txid)).state == "UNKNOWN"
+        assert (await adapter.status(too_much.txid)).state == "UNKNOWN"
+        assert await adapter.balance(DEPOSIT_A, ETH) == 1
 
     run(anvil, scenario)
 
