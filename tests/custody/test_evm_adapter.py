@@ -33,7 +33,7 @@ from mercato.custody.chains.base import (
     Watched,
     fee_bumped,
 )
-from mercato.custody.chains.evm import ERC20_TRANSFER_SELECTOR, EvmAdapter
+from mercato.custody.chains.evm import ERC20_TRANSFER_SELECTOR, TRANSFER_TOPIC, EvmAdapter
 from services import require_service
 
 T = TypeVar("T")
@@ -739,5 +739,47 @@ def test_a_block_missing_its_fields_is_chain_unavailable() -> None:
         for call in (lambda: adapter.block(1), lambda: adapter.scan(1, 1, Watched(frozenset()))):
             with pytest.raises(ChainUnavailable, match="garbled"):
                 await call()
+
+    on_scripted(answer, scenario)
+
+
+def test_logs_from_another_fork_than_the_blocks_read_are_chain_unavailable() -> None:
+    """A reorg between the block reads and eth_getLogs: the scan must not mix forks."""
+    token = ChainAsset("USDT", "0x" + "11" * 20, 6)
+    target = "0x" + "0" * 24 + DEPOSIT_A[2:].lower()
+
+    def block(number: int) -> dict[str, Any]:
+        return {
+            "number": hex(number),
+            "hash": "0x" + f"{number:064x}",
+            "timestamp": "0x1",
+            "parentHash": "0x" + f"{number - 1:064x}",
+            "transactions": [],
+        }
+
+    def answer(method: str, params: list[Any]) -> Any:
+        if method == "batch":
+            return [
+                {"jsonrpc": "2.0", "id": call["id"], "result": block(int(call["params"][0], 16))}
+                for call in params
+            ]
+        assert method == "eth_getLogs"
+        return [
+            {
+                "address": token.contract,
+                "blockNumber": "0x1",
+                "blockHash": "0x" + "ab" * 32,
+                "transactionHash": "0x" + "cd" * 32,
+                "transactionIndex": "0x0",
+                "logIndex": "0x0",
+                "topics": [TRANSFER_TOPIC, "0x" + "0" * 64, target],
+                "data": "0x" + "0" * 63 + "1",
+                "removed": False,
+            }
+        ]
+
+    async def scenario(adapter: EvmAdapter) -> None:
+        with pytest.raises(ChainUnavailable, match="another fork"):
+            await adapter.scan(1, 1, Watched(frozenset({DEPOSIT_A}), (ETH, token)))
 
     on_scripted(answer, scenario)

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import aiohttp
 from eth_account import Account
@@ -33,6 +33,7 @@ from web3.types import RPCEndpoint
 from mercato.custody.chains.base import (
     BlockRef,
     BroadcastRejected,
+    ChainAdapter,
     ChainAsset,
     ChainKind,
     ChainUnavailable,
@@ -88,7 +89,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _answers_checked(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _answers_checked(
+    method: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
     """A node answer missing a field or holding the wrong type (a broken proxy, a node
     that is not what it claims) is ChainUnavailable too, never a KeyError to a worker."""
 
@@ -580,3 +583,7 @@ def _txid(value: object) -> str:
 
 def _has(text: str, phrases: Iterable[str]) -> bool:
     return any(phrase in text for phrase in phrases)
+
+
+if TYPE_CHECKING:  # mypy checks that the adapter is a ChainAdapter
+    _conforms: ChainAdapter = EvmAdapter("", "", ())
