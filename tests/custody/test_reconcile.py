@@ -39,10 +39,17 @@ from mercato.config import CustodyAssetConfig, CustodyChainConfig, CustodyConfig
 from mercato.core import commands as c
 from mercato.core.engine import Engine
 from mercato.custody.chains.base import KeyRef
-from mercato.custody.reconcile import AssetReconciliation, engine_totals, reconcile
+from mercato.custody.reconcile import (
+    AssetReconciliation,
+    LedgerTotals,
+    engine_totals,
+    projection_totals,
+    reconcile,
+)
 from mercato.custody.sweeper import Sweeper
-from mercato.journal import AsyncSequencer
+from mercato.journal import AsyncSequencer, recover_engine
 from mercato.store import create_engine, migrate, sqlite_url
+from mercato.store.projector import Projector
 from mercato.store.tables import custody_deposits, custody_withdrawals
 from service.conftest import Backend, Server, backend, env, servers  # noqa: F401  (fixtures)
 from service.test_sessions import PASSWORD, bearer, create_user
@@ -306,6 +313,39 @@ def test_cli_exit_code_says_whether_balanced(tmp_path: Path, monkeypatch: Any) -
     empty.mkdir()
     no_journal = runner.invoke(mercato.cli.app, ["custody", "reconcile", "--data-dir", str(empty)])
     assert no_journal.exit_code == 2
+
+
+def test_the_projection_totals_agree_with_the_engine(url: str, tmp_path: Path) -> None:
+    """The endpoint's fallback source, ``ledger_balances`` caught up from a journal, gives
+    the engine's own totals: credits, a settled withdrawal with its fee, a held one."""
+    commands: list[c.Command] = [
+        c.UpsertAsset("USDT", 8),
+        c.CreditDeposit(1, "USDT", 500 * ATOM, "d1"),
+        c.CreditDeposit(2, "USDT", 70 * ATOM, "d2"),
+        c.HoldWithdrawal(1, "USDT", 101 * ATOM, "w1", fee=ATOM),
+        c.SettleWithdrawal("w1"),
+        c.HoldWithdrawal(2, "USDT", 20 * ATOM, "w2", fee=2 * ATOM),
+    ]
+    _journal(tmp_path, commands)
+    engine, _, _ = recover_engine(tmp_path)
+
+    async def project() -> LedgerTotals:
+        db = create_engine(url)
+        try:
+            projector = Projector(db)
+            await projector.start(tmp_path, engine.last_seq)
+            await projector.stop()
+            async with db.connect() as connection:
+                return await projection_totals(connection, "USDT")
+        finally:
+            await db.dispose()
+
+    from_projection = asyncio.run(project())
+    from_engine = asyncio.run(engine_totals(engine.total_balances())("USDT"))
+    assert from_projection == from_engine == LedgerTotals(
+        users_available=(500 - 101 + 70 - 20) * ATOM, users_locked=20 * ATOM, fees=ATOM,
+        external_deposits=-570 * ATOM, external_withdrawals=100 * ATOM,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------ the admin endpoint

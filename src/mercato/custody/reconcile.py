@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -300,18 +301,23 @@ async def projection_totals(connection: AsyncConnection, asset: str) -> LedgerTo
     )
 
 
-def engine_totals(total_balances: Mapping[str, Mapping[str, int]]) -> LedgerSource:
-    """A LedgerSource over ``EngineState.total_balances()``'s report (or the port view's
-    ``asset_totals`` rows, which have the same keys)."""
+def engine_totals(total_balances: Mapping[str, Any]) -> LedgerSource:
+    """A LedgerSource over ``EngineState.total_balances()``'s report, or rows of the port
+    view's ``asset_totals`` (a mapping or an object with the same names)."""
 
     async def totals(asset: str) -> LedgerTotals:
-        row = total_balances.get(asset, {})
+        row = total_balances.get(asset) or {}
+
+        def field(name: str) -> int:
+            value = row.get(name, 0) if isinstance(row, Mapping) else getattr(row, name, 0)
+            return int(value)
+
         return LedgerTotals(
-            users_available=row.get("users_available", 0),
-            users_locked=row.get("users_locked", 0),
-            fees=row.get("fees", 0),
-            external_deposits=row.get("external_deposits", 0),
-            external_withdrawals=row.get("external_withdrawals", 0),
+            users_available=field("users_available"),
+            users_locked=field("users_locked"),
+            fees=field("fees"),
+            external_deposits=field("external_deposits"),
+            external_withdrawals=field("external_withdrawals"),
         )
 
     return totals
