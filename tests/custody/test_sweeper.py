@@ -17,7 +17,7 @@ from custody.fakechain import FakeChain
 from custody.standin_sender import broadcast_signed, create_outgoing, track_broadcast
 from mercato.config import CustodyAssetConfig, CustodyChainConfig
 from mercato.custody.chains.base import ChainAsset
-from mercato.custody.sweeper import HOT_WALLET_LOW, Sweeper
+from mercato.custody.sweeper import HOT_WALLET_LOW, Sweeper, SweepPass
 from mercato.store import create_engine, migrate
 from mercato.store.tables import (
     custody_addresses,
@@ -245,6 +245,25 @@ def test_the_hot_floor_alert_is_raised_once_and_resolved_when_refilled(url: str)
             assert total.scalar_one() == 1
         world.chain.balances[(HOT, "ETH")] = 0  # spent (as withdrawals would): low again
         assert (await sweeper.run_once()).alerts == ["fake:ETH"]
+
+    run(url, scenario)
+
+
+def test_two_passes_at_once_raise_one_floor_alert(url: str) -> None:
+    async def scenario(world: World) -> None:
+        world.fund(HOT, "ETH", WEI // 2)
+        sweepers = [world.sweeper(eth_config(hot_floor="1")) for _ in range(4)]
+        passes = await asyncio.gather(*(sweeper.run_once() for sweeper in sweepers))
+        assert sorted(alert for one in passes for alert in one.alerts) == ["fake:ETH"]
+        # The check-and-raise step itself, several at once (whole passes rarely line up).
+        world.chain.balances[(HOT, "ETH")] = 2 * WEI
+        await sweepers[0].run_once()  # resolved
+        world.chain.balances[(HOT, "ETH")] = 0
+        (asset,) = sweepers[0].assets
+        done = SweepPass()
+        await asyncio.gather(*(sweeper._floor_alert(asset, 0, done) for sweeper in sweepers))
+        assert done.alerts == ["fake:ETH"]
+        assert len(await open_alerts(world.db)) == 1
 
     run(url, scenario)
 

@@ -223,6 +223,13 @@ class Sweeper:
             alerts.acknowledged_at.is_(None),
         )
         async with self.db.begin() as connection:
+            # The hot wallet's row, locked: two passes at once check and raise one at a time.
+            await connection.execute(
+                select(custody_addresses.c.id)
+                .where(custody_addresses.c.chain == self.chain.name,
+                       custody_addresses.c.role == "hot")
+                .with_for_update()
+            )  # fmt: skip
             raised = (await connection.execute(select(alerts.id).where(*unresolved))).first()
             low = balance < asset.floor
             if low and raised is None:
