@@ -204,6 +204,18 @@ def test_two_passes_at_once_open_one_sweep(url: str) -> None:
     run(url, scenario)
 
 
+def test_passes_at_once_send_one_gas_top_up(url: str) -> None:
+    async def scenario(world: World) -> None:
+        world.fund(HOT, "ETH", WEI)
+        world.fund(D2, "USDT", 500 * 10**6)
+        passes = await asyncio.gather(*(world.sweeper().run_once() for _ in range(3)))
+        assert [ref for one in passes for ref in one.created.get("GAS", [])] == [
+            "gas:fake:0xd2:USDT:0"]  # fmt: skip
+        assert [row.kind for row in await world.outgoing()] == ["GAS"]
+
+    run(url, scenario)
+
+
 def test_hot_wallet_above_its_ceiling_goes_down_to_the_midpoint_in_cold(url: str) -> None:
     async def scenario(world: World) -> None:
         eth = eth_config(hot_floor="1", hot_ceiling="10")

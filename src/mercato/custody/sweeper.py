@@ -117,6 +117,7 @@ class Sweeper:
         self.now_ms = now_ms
         self.assets = [self._asset(a) for a in assets if a.chain == chain.name]
         self.native = next((a for a in self.assets if not a.config.contract), None)
+        self._hot_key = self._key("hot", 0)  # the stored index, read at each pass
 
     @staticmethod
     def _asset(config: CustodyAssetConfig) -> _Asset:
@@ -136,9 +137,11 @@ class Sweeper:
     async def run_once(self) -> SweepPass:
         """One pass over every deposit address and the hot wallet of the chain."""
         done = SweepPass()
-        hot = await self._hot_address()
-        if hot is None:
+        found = await self._hot_address()
+        if found is None:
             return done  # no hot wallet yet: nothing can be swept anywhere
+        hot_index, hot = found
+        self._hot_key = self._key("hot", hot_index)
         for index, address in await self._deposit_addresses():
             await self._sweep_address(index, address, hot, done)
         for asset in self.assets:
@@ -190,9 +193,10 @@ class Sweeper:
         if gas >= cost:
             await self._send(done, "SWEEP", ref, self._key("deposit", index), address, hot,
                              asset, balance)  # fmt: skip
-        else:
-            gas_ref = await self._gas_ref(ref)
-            await self._send(done, "GAS", gas_ref, self._key("hot", 0), hot, address,
+            return True
+        gas_ref = await self._gas_ref(address, ref)
+        if gas_ref is not None:
+            await self._send(done, "GAS", gas_ref, self._hot_key, hot, address,
                              self.native, GAS_HEADROOM * cost - gas)  # fmt: skip
         return True
 
@@ -208,7 +212,7 @@ class Sweeper:
         if ref is None:
             return  # one open COLD transfer at a time
         target = (asset.floor + asset.ceiling) // 2
-        await self._send(done, "COLD", ref, self._key("hot", 0), hot, cold, asset,
+        await self._send(done, "COLD", ref, self._hot_key, hot, cold, asset,
                          balance - target)  # fmt: skip
 
     async def _floor_alert(self, asset: _Asset, balance: int, done: SweepPass) -> None:
@@ -281,14 +285,16 @@ class Sweeper:
             shallow = sum(int(amount) for (amount,) in pending)
         return await self.adapter.balance(address, asset.chain) - shallow
 
-    async def _hot_address(self) -> str | None:
+    async def _hot_address(self) -> tuple[int, str] | None:
+        """(derivation index, address) of the chain's hot wallet, if it has one yet."""
         async with self.db.connect() as connection:
-            return (await connection.execute(
-                select(custody_addresses.c.address).where(
+            row = (await connection.execute(
+                select(custody_addresses.c.derivation_index, custody_addresses.c.address).where(
                     custody_addresses.c.chain == self.chain.name,
                     custody_addresses.c.role == "hot",
                 )
-            )).scalar()  # fmt: skip
+            )).first()  # fmt: skip
+        return None if row is None else (int(row.derivation_index), row.address)
 
     async def _deposit_addresses(self) -> list[tuple[int, str]]:
         addresses = custody_addresses.c
@@ -339,12 +345,22 @@ class Sweeper:
             return f"{self.chain.name}:{from_address}:{symbol}:{int(total)}"
         return f"cold:{self.chain.name}:{symbol}:{int(total)}"
 
-    async def _gas_ref(self, sweep_ref: str) -> str:
+    async def _gas_ref(self, address: str, sweep_ref: str) -> str | None:
         """``gas:<sweep ref>`` for the first top-up of a sweep, ``gas:<sweep ref>:k`` for
-        the k-th more (the fee rose past the first one's headroom)."""
+        the k-th more (a fee rise past the first one's headroom); None while a gas transfer
+        to ``address`` is open. One statement, for the reason ``_next_ref`` gives."""
         first = f"gas:{sweep_ref}"
         outgoing = custody_outgoing.c
-        more = await self._count(
-            (outgoing.ref == first) | outgoing.ref.like(f"{first}:%"), kind="GAS"
-        )
-        return first if more == 0 else f"{first}:{more}"
+        of_sweep = (outgoing.ref == first) | outgoing.ref.like(f"{first}:%")
+        is_open = case((outgoing.status.in_(OPEN_STATUSES), 1), else_=0)
+        query = (
+            select(func.coalesce(func.sum(case((of_sweep, 1), else_=0)), 0),
+                   func.coalesce(func.sum(is_open), 0))
+            .select_from(custody_outgoing)
+            .where(*self._outgoing_filter(kind="GAS", to_address=address))
+        )  # fmt: skip
+        async with self.db.connect() as connection:
+            earlier, still_open = (await connection.execute(query)).one()
+        if still_open:
+            return None
+        return first if not earlier else f"{first}:{int(earlier)}"
