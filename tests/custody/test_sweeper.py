@@ -163,6 +163,23 @@ def test_a_token_sweep_waits_for_its_gas_to_complete_first(url: str) -> None:
     run(url, scenario)
 
 
+def test_gas_that_no_longer_covers_the_fee_is_topped_up_again(url: str) -> None:
+    async def scenario(world: World) -> None:
+        world.fund(HOT, "ETH", WEI)
+        world.fund(D2, "USDT", 500 * 10**6)
+        await world.sweeper().run_once()
+        await world.settle()  # the first top-up COMPLETED
+        world.chain.balances[(D2, "ETH")] = FEE - 1  # e.g. the fee rose past the headroom
+        assert (await world.sweeper().run_once()).created == {"GAS": ["gas:fake:0xd2:USDT:0:1"]}
+        (_, again) = await world.outgoing("GAS")
+        assert int(again.amount_chain) == 2 * FEE - (FEE - 1)
+        assert (await world.sweeper().run_once()).created == {}  # waits for that one
+        await world.settle()
+        assert (await world.sweeper().run_once()).created == {"SWEEP": ["fake:0xd2:USDT:0"]}
+
+    run(url, scenario)
+
+
 def test_a_token_with_gas_already_there_is_swept_without_a_top_up(url: str) -> None:
     async def scenario(world: World) -> None:
         world.fund(D1, "ETH", FEE)  # exactly one transfer's fee, below the ETH threshold
