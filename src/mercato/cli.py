@@ -6,9 +6,11 @@ Sub-commands are registered on :data:`app`; command groups are added with
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,8 +19,11 @@ from rich.table import Table
 
 from mercato.admin_cli import admin_app
 from mercato.benchmarks import bench_app
-from mercato.config import ENGINE_SUBDIR, ConfigError, load_config
+from mercato.config import ENGINE_SUBDIR, Config, ConfigError, load_config
+from mercato.custody.chains.base import ChainUnavailable
+from mercato.custody.reconcile import AssetReconciliation, engine_totals, reconcile
 from mercato.journal import JournalError, journal_dir, list_segments, recover_engine
+from mercato.store import create_engine
 
 app = typer.Typer(
     name="mercato",
@@ -28,6 +33,8 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(admin_app, name="admin")
+custody_app = typer.Typer(help="Custody on real chains (docs/custody.md).", no_args_is_help=True)
+app.add_typer(custody_app, name="custody")
 
 DataDir = typer.Argument(
     None,
@@ -164,6 +171,82 @@ def audit(
             console.print("[bold green]OK[/]: invariants hold, every asset sums to 0")
     if problems:
         raise typer.Exit(1)
+
+
+def chain_adapters(settings: Config) -> dict[str, Any]:
+    """The ChainAdapter of every configured custody chain, by name: built by
+    ``mercato.custody.runtime.chain_adapters(config)`` (the custody runtime)."""
+    runtime = importlib.import_module("mercato.custody.runtime")
+    return dict(runtime.chain_adapters(settings))
+
+
+@custody_app.command("reconcile")
+def custody_reconcile(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory of `mercato serve`.")
+    ] = None,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    config: Path | None = ConfigFile,
+) -> None:
+    """Chain holdings against what the ledger owes, per custody asset, to the atom.
+
+    The ledger side is the engine recovered read-only from the journal (snapshot + tail);
+    the rest comes from the custody tables and the chains' nodes (docs/custody.md,
+    "Reconciliation"). Exits 1 when an asset is not balanced, 2 when it cannot run.
+    Meaningful on production servers only: --dev faucet credits are owed to users
+    without anything on chain.
+    """
+    err = Console(stderr=True)
+    try:
+        settings = load_config(config, data_dir=str(data_dir) if data_dir else None)
+        engine, _, _ = recover_engine(_engine_dir(settings.data_dir, None), use_snapshots=True)
+    except (ConfigError, JournalError) as exc:
+        raise _fail(err, str(exc)) from None
+    missing = [a.symbol for a in settings.custody.assets if a.symbol not in engine.assets]
+    if missing:
+        raise _fail(err, f"the engine has no asset {', '.join(missing)}: start the server once")
+    decimals = {symbol: asset.decimals for symbol, asset in engine.assets.items()}
+    ledger = engine_totals(engine.total_balances())
+
+    async def run() -> list[AssetReconciliation]:
+
+        db = create_engine(settings.database_url)
+        try:
+            adapters = chain_adapters(settings)
+            return await reconcile(db, adapters, settings.custody, decimals, ledger)
+        finally:
+            await db.dispose()
+
+    try:
+        reports = asyncio.run(run())
+    except (ChainUnavailable, ImportError, KeyError) as exc:
+        raise _fail(err, f"cannot reconcile: {exc}") from None
+    _print_reconciliation(reports, as_json, dev=settings.server.dev)
+    if not all(report.balanced for report in reports):
+        raise typer.Exit(1)
+
+
+def _print_reconciliation(reports: list[AssetReconciliation], as_json: bool, dev: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({"balanced": all(r.balanced for r in reports), "dev": dev,
+                               "assets": [r.as_dict() for r in reports]}))  # fmt: skip
+        return
+    console = Console(width=None if Console().is_terminal else 160)
+    if dev:
+        console.print("[yellow]--dev server: faucet credits have nothing on chain[/]")
+    for report in reports:
+        table = Table(title=f"{report.asset} on {report.chain}")
+        table.add_column("component")
+        table.add_column(report.asset, justify="right")
+        table.add_column(f"fine units (1e-{report.fine_decimals})", justify="right")
+        for name, value in report.components.items():
+            table.add_row(name.replace("_", " "), report.amount(value), str(value))
+        for name in ("holdings", "expected", "surplus"):
+            value = getattr(report, name)
+            table.add_row(f"[bold]{name}[/]", report.amount(value), str(value))
+        console.print(table)
+        verdict = "[bold green]balanced[/]" if report.balanced else "[bold red]NOT balanced[/]"
+        console.print(f"{report.asset}: {verdict}")
 
 
 def main() -> None:

@@ -61,6 +61,8 @@ class FakeChain:
     def __init__(self, name: str = "fake", assets: tuple[ChainAsset, ...] = ()) -> None:
         self.name = name
         self.assets = {asset.symbol: asset for asset in assets}
+        # Fees are paid in the native coin: the configured native asset's balance.
+        self.native = next((asset.symbol for asset in assets if asset.native), "NATIVE")
         genesis = BlockRef(0, _hash(name, 0, "genesis"), "0x" + "0" * 64, -1)
         self.blocks: list[FakeBlock] = [FakeBlock(genesis)]
         self.balances: dict[tuple[str, str], int] = {}
@@ -114,7 +116,7 @@ class FakeChain:
         key = (tx.sender, tx.asset)
         if tx.nonce is not None:
             self.balances[key] = self.balances.get(key, 0) - tx.amount
-            native = (tx.sender, "NATIVE")
+            native = (tx.sender, self.native)
             self.balances[native] = self.balances.get(native, 0) - tx.fee
             self.nonces[tx.sender] = tx.nonce + 1
         self.balances[(tx.to, tx.asset)] = self.balances.get((tx.to, tx.asset), 0) + tx.amount
@@ -123,7 +125,7 @@ class FakeChain:
         self.balances[(tx.to, tx.asset)] -= tx.amount
         if tx.nonce is not None:
             self.balances[(tx.sender, tx.asset)] += tx.amount
-            self.balances[(tx.sender, "NATIVE")] += tx.fee
+            self.balances[(tx.sender, self.native)] += tx.fee
             self.nonces[tx.sender] = tx.nonce
 
     def _check(self) -> None:
