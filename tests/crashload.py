@@ -18,6 +18,8 @@ import random
 import sys
 from collections.abc import Iterator, Sequence
 
+import msgspec
+
 from mercato.core.codec import encode_command
 from mercato.core.commands import Command, CreditDeposit
 from mercato.journal import AsyncSequencer, Sequencer
@@ -37,7 +39,7 @@ def flow_commands(seed: int, count: int, first_order_id: int) -> list[Command]:
 
     setup, flow = generate_flow(seed, count, users=8, first_order_id=first_order_id)
     clamped: list[Command] = [
-        CreditDeposit(c.user, c.asset, min(c.amount, MAX_DEPOSIT), c.external_id)
+        msgspec.structs.replace(c, amount=min(c.amount, MAX_DEPOSIT))
         if isinstance(c, CreditDeposit)
         else c
         for c in setup

@@ -51,9 +51,11 @@ def _percentile(sorted_values: Sequence[int], fraction: float) -> int:
 
 
 def _fresh_engine(setup: list[Command]) -> Engine:
+    # At FLOW_TS too, as the durable runs' clock stamps it: a deposit's timestamp is state
+    # (its id is remembered until then + the window), so it must match theirs.
     engine = Engine()
     for seq, command in enumerate(setup, 1):
-        engine.apply(seq, 1_000, command)
+        engine.apply(seq, FLOW_TS, command)
     return engine
 
 

@@ -45,7 +45,10 @@ def setup_commands(users: int, tag: str = "") -> list[Command]:
     commands.append(SetFeeTier(1, "0.0005", "0.001"))
     for user in range(1, users + 1):
         for asset in ("BTC", "ETH", "USDT"):
-            commands.append(CreditDeposit(user, asset, DEPOSIT_ATOMS, f"seed{tag}:{user}:{asset}"))
+            # issued_at 0: issued at the command's own timestamp, so the flow (and its
+            # state hash) does not depend on the clock it is generated at.
+            seed_id = f"seed{tag}:{user}:{asset}"
+            commands.append(CreditDeposit(user, asset, DEPOSIT_ATOMS, seed_id, issued_at=0))
         if user % 3 == 0:
             commands.append(SetUserFeeTier(user, 1))
     return commands

@@ -1,9 +1,11 @@
 """Random command sequences against the engine, checked after every step.
 
-Two markets with different units, five users, and every kind of command: deposits (some
-repeated), limit / market / quote / IOC / FOK / post-only / stop / iceberg / GTD orders
-with random STP modes, cancels (also of random or foreign ids), amends, cancel-all,
-ticks, withdrawals, freezes, market status and kill switch changes, fee tiers.
+Two markets with different units, five users, and every kind of command: deposits and
+withdrawal holds (issued now, long ago, ahead of the clock; some repeated), time jumps
+beyond the deposit id window, limit / market / quote / IOC / FOK / post-only / stop /
+iceberg / GTD orders with random STP modes, cancels (also of random or foreign ids),
+amends, cancel-all, ticks, settles and releases, freezes, market status and kill switch
+changes, fee tiers.
 
 After every command: the engine's own invariants, plus independent checks made here:
 accounts rebuilt from the event stream equal the engine's balances; a rejection (or a
@@ -11,7 +13,11 @@ duplicate) changes nothing but the clock; every trade is at the maker's price, w
 the taker's limit (and a market order's protection band), with exactly the right quote
 amount and fees; no self-trade unless the taker's STP mode is NONE; FOK orders fill
 completely or not at all; an order's fills add up to what its updates report; stops
-fire only when their condition holds. A snapshot restored at a random point runs the
+fire only when their condition holds. Against a model of the id windows: each deposit's
+answer (credited, duplicate, stale) is the one the window rule predicts, an external id is
+credited at most once in the whole run (a repeat carries its original issued_at, as a
+retrying submitter's does), a withdrawal id is held at most once, and the engine remembers
+exactly the ids the model says are live. A snapshot restored at a random point runs the
 rest of the sequence alongside and must answer and hash identically; at the end, a
 replay of the whole command log into a fresh engine must too.
 """
@@ -45,6 +51,7 @@ from mercato.core import commands as c
 from mercato.core import events as ev
 from mercato.core.engine import Engine
 from mercato.core.model import (
+    DEPOSIT_ID_WINDOW_MS,
     LIMIT_PRICED_TYPES,
     STOP_TYPES,
     TERMINAL_STATUSES,
@@ -77,6 +84,12 @@ STP = st.sampled_from(
     [None, None, "NONE", "NONE", "EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH", "DECREMENT"]
 )
 SIDES = st.sampled_from(["BUY", "SELL"])
+WINDOW = DEPOSIT_ID_WINDOW_MS
+# issued_at relative to the clock: None sends 0 (issued at the command's timestamp).
+ISSUED = st.sampled_from(
+    [None, None, 0, 0, -1_000, 1_000, -WINDOW // 2, WINDOW // 2, -WINDOW, WINDOW,
+     -WINDOW - 1, WINDOW + 1, -3 * WINDOW]
+)  # fmt: skip
 FIRES_ON_RISE = {
     ("BUY", "STOP_LOSS"),
     ("BUY", "STOP_LOSS_LIMIT"),
@@ -100,7 +113,15 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.closed: set[int] = set()
         self.tiers: dict[int, tuple[int, int]] = {}
         self.user_tier: dict[int, int] = {}
-        self.deposit_ids: list[str] = []
+        # The id window model: every deposit and hold command sent (by id, with its
+        # issued_at resolved), the deposit ids ever credited and the withdrawal ids ever
+        # held (id -> issued_at + window), and the ones finished.
+        self.deposits: dict[str, c.CreditDeposit] = {}
+        self.first_ts: dict[str, int] = {}
+        self.credited: dict[str, int] = {}
+        self.holds: dict[str, c.HoldWithdrawal] = {}
+        self.held: dict[str, int] = {}
+        self.finished: set[str] = set()
         self.withdrawal_ids: list[str] = []
         self.cids: list[tuple[int, str]] = []
         self.trades = 0
@@ -122,7 +143,9 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.run(c.SetFeeTier(2, "0", "0.000001"))
         for user in USERS:
             for asset, amount in (("AAA", 3_000), ("BBB", 2_000), ("QQQ", 600_000)):
-                self.run(c.CreditDeposit(user, asset, amount, f"seed-{user}-{asset}"))
+                external_id = f"seed-{user}-{asset}"
+                self.first_ts[external_id] = self.ts
+                self.deposit(c.CreditDeposit(user, asset, amount, external_id))
         # A book to trade against: users 1-4 quote 5 lots on each side, k ticks from the
         # mid; then one trade sets a last price for stops to compare with.
         for symbol, mid in MIDS.items():
@@ -241,11 +264,20 @@ class ExchangeMachine(RuleBasedStateMachine):
             elif kind is ev.UserFeeTierSet:
                 self.user_tier[event.user] = event.tier
             elif kind is ev.DepositCredited:
-                self.deposit_ids.append(event.external_id)
+                assert isinstance(command, c.CreditDeposit)
+                assert event.external_id not in self.credited, f"{event} credited twice"
+                issued = command.issued_at or self.ts
+                self.credited[event.external_id] = issued + WINDOW
             elif kind is ev.WithdrawalHeld:
+                assert isinstance(command, c.HoldWithdrawal)
+                assert event.withdrawal_id not in self.held, f"{event} held twice"
+                self.held[event.withdrawal_id] = (command.issued_at or self.ts) + WINDOW
                 self.withdrawal_ids.append(event.withdrawal_id)
+            elif kind in (ev.WithdrawalSettled, ev.WithdrawalReleased):
+                self.finished.add(event.withdrawal_id)
 
         assert self.accounts == engine_accounts(engine)
+        self.check_windows(command)
 
         for oid in new_here:
             info = self.orders[oid]
@@ -280,6 +312,47 @@ class ExchangeMachine(RuleBasedStateMachine):
                 assert self.orders[oid]["expire_at"] > self.ts, f"GTD order {oid} outlived expiry"
             if order.status != "UNTRIGGERED":
                 assert (order.status == "PARTIALLY_FILLED") == (order.filled > 0), oid
+
+    def check_windows(self, command: c.Command) -> None:
+        """The engine remembers exactly the ids the model says are live now, and a
+        deposit (a hold) leaves no expired deposit id (finished withdrawal) behind."""
+        state = self.engine.canonical_state()
+        now = self.ts
+        live = [[k, t] for k, t in sorted(self.credited.items()) if t >= now]
+        assert state["deposit_ids"] == live
+        finished = sorted(w for w in self.finished if self.held[w] >= now)
+        assert state["finished_withdrawals"] == [[w, self.held[w]] for w in finished]
+        held = sorted(w for w in self.held if w not in self.finished)
+        assert [row[0] for row in state["withdrawals"]] == held
+        assert [row[-1] + WINDOW for row in state["withdrawals"]] == [self.held[w] for w in held]
+        pruned = {
+            c.CreditDeposit: self.engine.deposit_ids,
+            c.HoldWithdrawal: self.engine.finished_withdrawals,
+        }.get(type(command))
+        if pruned is not None:
+            assert min(pruned.forget_at.values(), default=now) >= now, "expired ids left"
+            assert len(pruned.heap) == len(pruned)
+
+    def expected_deposit(self, cmd: c.CreditDeposit) -> str:
+        """The window rule, worked out independently: validation, then the id, then
+        issued_at against the clock."""
+        if cmd.asset not in ("AAA", "BBB", "QQQ"):
+            return "UNKNOWN_ASSET"
+        if cmd.amount <= 0:
+            return "INVALID_AMOUNT"
+        forget_at = self.credited.get(cmd.external_id)
+        if forget_at is not None and self.ts <= forget_at:
+            return "DUPLICATE_DEPOSIT"
+        issued = cmd.issued_at or self.ts
+        if not issued - WINDOW <= self.ts <= issued + WINDOW:
+            return "STALE_DEPOSIT"
+        return "ACCEPTED"
+
+    def deposit(self, cmd: c.CreditDeposit) -> None:
+        expected = self.expected_deposit(cmd)
+        result = self.run(cmd)
+        assert (result.code or result.status) == expected, (cmd, self.ts, result)
+        self.deposits.setdefault(cmd.external_id, cmd)
 
     def check_trade(self, trade: ev.Trade, best: Any) -> None:
         self.trades += 1
@@ -533,26 +606,72 @@ class ExchangeMachine(RuleBasedStateMachine):
         self.ts += advance
         self.run(c.Tick())
 
+    @rule(jump=st.sampled_from([WINDOW // 4, WINDOW // 2, WINDOW, WINDOW + 1, 2 * WINDOW]))
+    def time_jump(self, jump: int) -> None:
+        """Days pass: deposit ids and finished withdrawals leave the window."""
+        self.ts += jump
+        self.run(c.Tick())
+
+    def issued(self, offset: int | None) -> int:
+        return 0 if offset is None else self.ts + offset
+
     @rule(
-        what=st.sampled_from(["deposit", "deposit", "again", "hold", "hold", "settle", "release"]),
+        what=st.sampled_from(
+            ["deposit", "deposit", "again", "again", "again_now", "hold", "hold", "rehold",
+             "settle", "release"]
+        ),
         user=st.sampled_from(USERS),
         asset=st.sampled_from(["AAA", "BBB", "QQQ", "QQQ", "ZZZ"]),
         amount=st.integers(-1, 400_000),
         fee=st.integers(0, 50),
-    )
-    def money(self, what: str, user: int, asset: str, amount: int, fee: int) -> None:
-        """Deposits (some repeating an external id), withdrawal holds, settles, releases."""
-        if what == "again" and self.deposit_ids:
-            external_id = self.deposit_ids[amount % len(self.deposit_ids)]
-            self.run(c.CreditDeposit(user, asset, amount, external_id))
-        elif what in ("deposit", "again"):
-            self.run(c.CreditDeposit(user, asset, amount, f"d{self.seq}"))
-        elif what == "hold":
-            self.run(c.HoldWithdrawal(user, asset, amount // 2, f"w{self.seq}", fee))
+        offset=ISSUED,
+    )  # fmt: skip
+    def money(
+        self, what: str, user: int, asset: str, amount: int, fee: int, offset: int | None
+    ) -> None:
+        """Deposits (some repeating an external id), withdrawal holds (some repeated),
+        settles, releases; each issued now, in the past or ahead of the clock."""
+        sent = sorted(self.deposits)
+        if what == "again" and sent:
+            # The same command once more, as a retrying submitter sends it: with the
+            # issued_at it had (resolved, for one sent with 0).
+            first = self.deposits[sent[amount % len(sent)]]
+            issued = first.issued_at or self.first_ts[first.external_id]
+            self.deposit(msgspec.structs.replace(first, issued_at=issued))
+        elif what == "again_now" and sent:
+            # A repeat issued now, of an id the window still holds: a duplicate.
+            external_id = sent[amount % len(sent)]
+            if self.credited.get(external_id, 0) >= self.ts:
+                self.deposit(c.CreditDeposit(user, asset, amount, external_id, self.ts))
+        elif what in ("deposit", "again", "again_now"):
+            external_id = f"d{self.seq}"
+            self.first_ts[external_id] = self.ts
+            self.deposit(c.CreditDeposit(user, asset, amount, external_id, self.issued(offset)))
+        elif what == "rehold" and self.holds:
+            wids = sorted(self.holds)
+            first_hold = self.holds[wids[amount % len(wids)]]
+            self.rehold(first_hold)
+        elif what in ("hold", "rehold"):
+            wid = f"w{self.seq}"
+            issued = self.issued(offset)
+            hold = c.HoldWithdrawal(user, asset, amount // 2, wid, fee, issued or self.ts)
+            self.holds[wid] = hold
+            self.run(msgspec.structs.replace(hold, issued_at=issued))
         else:
             ids = self.withdrawal_ids
             wid = ids[amount % len(ids)] if ids else "w?"
             self.run(c.SettleWithdrawal(wid) if what == "settle" else c.ReleaseWithdrawal(wid))
+
+    def rehold(self, hold: c.HoldWithdrawal) -> None:
+        """A hold sent again as it was: never a second hold."""
+        wid = hold.withdrawal_id
+        held_before = wid in self.held
+        result = self.run(hold)
+        if not held_before:
+            return  # it was refused the first time: any answer goes, even ACCEPTED now
+        remembered = wid not in self.finished or self.ts <= self.held[wid]
+        expected = "DUPLICATE_WITHDRAWAL" if remembered else "STALE_WITHDRAWAL"
+        assert (result.status, result.code) == ("REJECTED", expected), (hold, self.ts, result)
 
     @rule(
         what=st.sampled_from(["freeze", "unfreeze", "unfreeze", "status", "kill", "tier"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import BTC, START_TS, Exchange
+from conftest import BTC, START_TS, USDT, Exchange
 
 from mercato.core import commands as c
 from mercato.core.view import EngineView, view_of
@@ -70,6 +70,32 @@ def test_orders_levels_balances_and_the_next_expiry(funded: Exchange) -> None:
     funded.apply(c.Tick(), ts=START_TS + 60_000)
     assert view.next_expiry() is None and view.order(gtd.order_id) is None
     assert (view.last_seq, view.last_ts) == (funded.seq, START_TS + 60_000)
+
+
+def test_held_withdrawals_and_asset_totals(funded: Exchange) -> None:
+    """What custody reads: a withdrawal while it is held, and the ledger of an asset to
+    reconcile its holdings with."""
+    view = EngineView(funded.engine)
+    funded.ok(c.HoldWithdrawal(1, "USDT", 600 * USDT, "w1", 2 * USDT, START_TS))
+    funded.ok(c.HoldWithdrawal(2, "BTC", BTC, "w2"))
+    funded.buy(3, "0.1", "30000")  # locks 3,000 USDT
+    assert view.held_withdrawal("w1") == (1, "USDT", 600 * USDT, 2 * USDT)
+    assert view.held_withdrawal("w2") == (2, "BTC", BTC, 0)
+    assert view.held_withdrawal("nope") is None
+    funded.ok(c.SettleWithdrawal("w1"))
+    funded.ok(c.ReleaseWithdrawal("w2"))
+    assert view.held_withdrawal("w1") is None and view.held_withdrawal("w2") is None
+    assert view.asset_totals("USDT") == {
+        "users_available": 4_000_000 * USDT - 600 * USDT - 3_000 * USDT,
+        "users_locked": 3_000 * USDT,
+        "fees": 2 * USDT,
+        "external_deposits": -4_000_000 * USDT,
+        "external_withdrawals": 598 * USDT,
+        "sum": 0,
+    }
+    assert view.asset_totals("BTC") == funded.engine.total_balances()["BTC"]
+    assert view.asset_totals("BTC")["users_available"] == 40 * BTC
+    assert set(view.asset_totals("XRP").values()) == {0}
 
 
 def test_view_of_wraps_an_engine_and_keeps_a_view(ex: Exchange) -> None:

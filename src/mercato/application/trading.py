@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, Protocol
 
@@ -323,6 +324,9 @@ class Trading:
                 "INVALID_AMOUNT", f"the faucet gives at most {FAUCET_MAX_UNITS} {asset}"
             )
         external_id = f"faucet:{secrets.token_hex(12)}"
-        result = await self._port.submit(CreditDeposit(user, asset, atoms, external_id))
+        issued_at = time.time_ns() // 1_000_000  # a fresh id: the window only needs now
+        result = await self._port.submit(
+            CreditDeposit(user, asset, atoms, external_id, issued_at=issued_at)
+        )
         if result.status != "ACCEPTED":
             raise ServiceError.rejected(result)

@@ -58,22 +58,30 @@ class SetUserFeeTier(_Command):
 
 
 class CreditDeposit(_Command):
-    """Credit a confirmed deposit once: a repeated ``external_id`` is a no-op."""
+    """Credit a confirmed deposit once: a repeated ``external_id`` is a no-op (answered
+    ``DUPLICATE``) within ``DEPOSIT_ID_WINDOW_MS`` of ``issued_at``, and the command is
+    refused (``STALE_DEPOSIT``) outside it. ``issued_at`` (ms, the submitter's clock): 0
+    means the command's own timestamp (journals written before the field, internal
+    callers)."""
 
     user: int
     asset: str
     amount: int
     external_id: str
+    issued_at: int = 0
 
 
 class HoldWithdrawal(_Command):
-    """Lock ``amount`` (which includes ``fee``) for a withdrawal being processed."""
+    """Lock ``amount`` (which includes ``fee``) for a withdrawal being processed.
+    ``issued_at`` as for :class:`CreditDeposit`: a finished withdrawal's id is remembered
+    until ``issued_at`` + the window, and a hold outside the window is ``STALE_WITHDRAWAL``."""
 
     user: int
     asset: str
     amount: int
     withdrawal_id: str
     fee: int = 0
+    issued_at: int = 0
 
 
 class SettleWithdrawal(_Command):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from mercato.core.book import BookSide, MarketState
-from mercato.core.model import LIMIT_PRICED_TYPES
-from mercato.core.state import EngineState
+from mercato.core.model import DEPOSIT_ID_WINDOW_MS, LIMIT_PRICED_TYPES
+from mercato.core.state import EngineState, IdWindow
 
 
 def check_engine(engine: EngineState) -> None:
     """Raise AssertionError naming the first broken invariant."""
     _check_conservation(engine)
     _check_reservations(engine)
+    _check_windows(engine)
     for symbol, market in engine.markets.items():
         _check_book(engine, symbol, market)
 
@@ -52,7 +53,7 @@ def _check_reservations(engine: EngineState) -> None:
             )
         key = (order.user, asset)
         expected[key] = expected.get(key, 0) + order.reserved
-    for user, asset, amount, _fee in engine.withdrawals.values():
+    for user, asset, amount, _fee, _issued in engine.withdrawals.values():
         expected[(user, asset)] = expected.get((user, asset), 0) + amount
     for user, accounts in engine.balances.items():
         for asset, (available, locked) in accounts.items():
@@ -63,6 +64,28 @@ def _check_reservations(engine: EngineState) -> None:
             )
     leftovers = {k: v for k, v in expected.items() if v}
     assert not leftovers, f"reservations without accounts: {leftovers}"
+
+
+def _check_windows(engine: EngineState) -> None:
+    # An id is accepted only with issued_at within the window of the engine's clock, so
+    # nothing is remembered beyond two windows ahead: the bound on the windows' size.
+    horizon = engine.last_ts + 2 * DEPOSIT_ID_WINDOW_MS
+    for name, window in (
+        ("deposit_ids", engine.deposit_ids),
+        ("finished_withdrawals", engine.finished_withdrawals),
+    ):
+        _check_window(name, window, horizon)
+    both = [w for w in engine.withdrawals if w in engine.finished_withdrawals]
+    assert not both, f"withdrawals both held and finished: {both}"
+    for wid, (_u, _a, _amount, _fee, issued) in engine.withdrawals.items():
+        assert issued <= engine.last_ts + DEPOSIT_ID_WINDOW_MS, f"withdrawal {wid} from {issued}"
+
+
+def _check_window(name: str, window: IdWindow, horizon: int) -> None:
+    pairs = sorted((t, k) for k, t in window.forget_at.items())
+    assert sorted(window.heap) == pairs, f"{name}: heap and ids disagree"
+    late = [k for t, k in pairs if t > horizon]
+    assert not late, f"{name}: remembered beyond {horizon}: {late}"
 
 
 def _check_book(engine: EngineState, symbol: str, market: MarketState) -> None:

@@ -7,8 +7,10 @@ here is a change of the API.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from mercato.core.book import MarketState
-from mercato.core.model import MAX_PRICE_TICKS
+from mercato.core.model import DEPOSIT_ID_WINDOW_MS, MAX_PRICE_TICKS
 from mercato.core.money import format_amount, format_units
 from mercato.core.results import Rejection
 from mercato.core.state import EngineState
@@ -43,3 +45,22 @@ def notional_too_small(state: EngineState, market: MarketState, what: str, atoms
         f"{what} {amount_text(state, atoms, market.quote)} is below min notional "
         f"{amount_text(state, market.min_notional, market.quote)}",
     )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def time_text(ms: int) -> str:
+    """Milliseconds since the epoch as a UTC time, with the raw value for the caller's
+    clock: "2026-12-07T15:29:45.123Z (1796657385123 ms)"."""
+    try:  # integer arithmetic only: results are replayed and must match to the byte
+        when = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:  # beyond year 9999 or before year 1
+        return f"{ms} ms"
+    return f"{when.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z ({ms} ms)"
+
+
+def window_text() -> str:
+    """DEPOSIT_ID_WINDOW_MS in words."""
+    days, rest = divmod(DEPOSIT_ID_WINDOW_MS, 24 * 3600 * 1000)
+    return f"{days} days" if not rest else f"{DEPOSIT_ID_WINDOW_MS} ms"

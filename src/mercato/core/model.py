@@ -76,6 +76,15 @@ MAX_PRICE_TICKS = 10**15
 # was ever deposited of an asset bounds every balance, fee and reservation of it.
 MAX_SUPPLY = 2**63 - 1
 MAX_ASSET_DECIMALS = 30
+# How long the engine remembers a credited deposit id (and a finished withdrawal id)
+# after the command's ``issued_at``, and how far from its own clock it accepts an
+# ``issued_at`` at all. Remembering every id for good would grow the state (and every
+# snapshot) without bound; remembering it for a window is as safe, because the engine
+# refuses (STALE_*) any command issued outside the window it remembers: a credit
+# replayed after its id was forgotten is refused, not credited again. Beyond the window
+# the store (deposit_credits) is the authority; 7 days covers a watcher, a sequencer
+# or a projector down over a long weekend with room to spare (docs/custody.md).
+DEPOSIT_ID_WINDOW_MS = 7 * 24 * 3600 * 1000
 # Binance's ICEBERG_PARTS filter, fixed for every market: an iceberg shows at least
 # 1/MAX_ICEBERG_PARTS of its quantity, which bounds the slices (and the fills) one
 # order can produce in a single sweep.

@@ -15,7 +15,8 @@ ResultStatus = Literal["ACCEPTED", "REJECTED", "DUPLICATE"]
 class Result(msgspec.Struct, array_like=True, gc=False):
     """``ACCEPTED``: applied, ``events`` say what changed. ``REJECTED``: nothing changed,
     ``code`` is stable (docs/core.md lists them). ``DUPLICATE``: a deposit whose external id
-    was already credited; nothing changed. ``order_id`` is set for accepted orders."""
+    was already credited (within the id window); nothing changed. ``order_id`` is set for
+    accepted orders."""
 
     seq: int
     status: ResultStatus

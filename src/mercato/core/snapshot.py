@@ -16,11 +16,13 @@ import msgspec
 from mercato.core.book import BookSide, MarketState, Order
 from mercato.core.matching import add_stop
 from mercato.core.model import Asset, MarketRules, MarketSpec
-from mercato.core.state import EngineState
+from mercato.core.state import EngineState, IdWindow
 
 S = TypeVar("S", bound=EngineState)
 
-STATE_VERSION = 1
+# 2: deposit ids and finished withdrawals as (id, forget_at) windows, held withdrawals
+# with their issued_at. An older snapshot is refused, so recovery replays the journal.
+STATE_VERSION = 2
 
 
 def _side_state(side: BookSide) -> list[Any]:
@@ -35,6 +37,17 @@ def _side_state(side: BookSide) -> list[Any]:
 
 def _nonzero(values: dict[str, int]) -> list[list[Any]]:
     return [[k, v] for k, v in sorted(values.items()) if v]
+
+
+def _window_state(window: IdWindow, now: int) -> list[list[Any]]:
+    return [[key, forget_at] for key, forget_at in window.live(now)]
+
+
+def _restore_window(entries: list[list[Any]]) -> IdWindow:
+    window = IdWindow()
+    for key, forget_at in entries:
+        window.remember(key, forget_at)
+    return window
 
 
 def canonical_state(engine: EngineState) -> dict[str, Any]:
@@ -64,9 +77,11 @@ def canonical_state(engine: EngineState) -> dict[str, Any]:
         "fee_tiers": [[t, m, k] for t, (m, k) in sorted(engine.fee_tiers.items())],
         "user_tiers": sorted([u, t] for u, t in engine.user_tiers.items()),
         "frozen": sorted(engine.frozen),
-        "deposit_ids": sorted(engine.deposit_ids),
+        # Only the ids still remembered at the engine's clock: an expired one that no
+        # command has pruned yet behaves as forgotten already (handlers_funding).
+        "deposit_ids": _window_state(engine.deposit_ids, engine.last_ts),
         "withdrawals": [[w, *held] for w, held in sorted(engine.withdrawals.items())],
-        "finished_withdrawals": sorted(engine.finished_withdrawals),
+        "finished_withdrawals": _window_state(engine.finished_withdrawals, engine.last_ts),
     }
 
 
@@ -128,7 +143,9 @@ def restore_state(engine: S, state: dict[str, Any]) -> S:
     engine.fee_tiers = {t: (m, k) for t, m, k in state["fee_tiers"]}
     engine.user_tiers = dict(state["user_tiers"])
     engine.frozen = set(state["frozen"])
-    engine.deposit_ids = set(state["deposit_ids"])
-    engine.withdrawals = {w: (u, a, amount, fee) for w, u, a, amount, fee in state["withdrawals"]}
-    engine.finished_withdrawals = set(state["finished_withdrawals"])
+    engine.deposit_ids = _restore_window(state["deposit_ids"])
+    engine.withdrawals = {
+        w: (u, a, amount, fee, issued) for w, u, a, amount, fee, issued in state["withdrawals"]
+    }
+    engine.finished_withdrawals = _restore_window(state["finished_withdrawals"])
     return engine

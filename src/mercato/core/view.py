@@ -102,6 +102,19 @@ class EngineView:
         """(available, locked) atoms of ``asset`` for ``user``."""
         return self._engine.balance(user, asset)
 
+    def asset_totals(self, asset: str) -> dict[str, int]:
+        """Atoms of ``asset`` by ledger account: ``users_available``, ``users_locked``,
+        ``fees``, ``external_deposits`` (minus all ever deposited), ``external_withdrawals``
+        (all ever withdrawn) and their ``sum`` (always 0); all 0 for an unknown asset.
+        What custody reconciles its holdings against. O(users): not for hot paths."""
+        return self._engine.asset_totals(asset)
+
+    def held_withdrawal(self, withdrawal_id: str) -> tuple[int, str, int, int] | None:
+        """(user, asset, amount, fee) of a withdrawal held and neither settled nor
+        released yet (``amount`` includes ``fee``, in atoms), or None."""
+        held = self._engine.withdrawals.get(withdrawal_id)
+        return None if held is None else (held[0], held[1], held[2], held[3])
+
     def order(self, order_id: int) -> Order | None:
         """The open order ``order_id`` (resting, or an untriggered stop), or None."""
         return self._engine.orders.get(order_id)
