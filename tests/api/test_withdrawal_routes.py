@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pyotp
 
 from custody.fakechain import FakeChain
 from mercato.api.app import create_app
+from mercato.auth import totp
 from mercato.auth.api_keys import create_key
 from mercato.auth.sessions import Client, login
 from mercato.auth.users import create_user
@@ -138,3 +140,46 @@ async def _exercise(service: ExchangeService, app: object) -> None:
         assert (again.status_code, again.json()["code"]) == (409, "WITHDRAWAL_NOT_CANCELABLE")
         missing = await client.get("/api/v1/withdrawals/wnope", headers=auth)
         assert (missing.status_code, missing.json()["code"]) == (404, "WITHDRAWAL_NOT_FOUND")
+        await _address_book(client, auth)
+        await _approvals(service, client, auth, post)
+
+
+async def _address_book(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    entry = {"asset": "USDT", "address": "0xSECOND", "label": "cold storage"}
+    added = await client.post("/api/v1/withdrawal-addresses", json=entry, headers=auth)
+    assert added.status_code == 201, added.text
+    assert (added.json()["address"], added.json()["label"]) == ("0xsecond", "cold storage")
+    twice = await client.post("/api/v1/withdrawal-addresses", json=entry, headers=auth)
+    assert (twice.status_code, twice.json()["code"]) == (409, "ADDRESS_EXISTS")
+    gone = await client.delete(f"/api/v1/withdrawal-addresses/{added.json()['id']}", headers=auth)
+    assert gone.status_code == 204
+    book = (await client.get("/api/v1/withdrawal-addresses", headers=auth)).json()
+    assert [e["address"] for e in book] == ["0xdest"]
+
+
+async def _two_factor_admin(service: ExchangeService, email: str) -> tuple[str, str]:
+    assert service.database is not None and service.secrets is not None
+    user_id, token = await _token(service, email, role="admin")
+    secret, _ = await totp.enroll(service.database, service.secrets.master_key, user_id)
+    step = int(totp._unix_time()) // totp.STEP_SECONDS
+    await totp.confirm(
+        service.database, service.secrets.master_key, user_id, pyotp.TOTP(secret).generate_otp(step)
+    )
+    return pyotp.TOTP(secret).generate_otp(step + 1), token  # the next step's code is fresh
+
+
+async def _approvals(
+    service: ExchangeService, client: httpx.AsyncClient, auth: dict[str, str], post: object
+) -> None:
+    body = {"asset": "USDT", "amount": "600", "address": "0xdest"}
+    made = await client.post("/api/v1/withdrawals", json=body, headers=auth)
+    assert made.json()["status"] == "APPROVAL_REQUIRED", made.text
+    wid = made.json()["withdrawal_id"]
+    for number, expected in ((1, "APPROVAL_REQUIRED"), (2, "APPROVED")):
+        code, token = await _two_factor_admin(service, f"admin{number}@example.test")
+        admin = {"Authorization": f"Bearer {token}"}
+        path = f"/api/v1/admin/withdrawals/{wid}/approve"
+        approved = await client.post(path, json={"totp_code": code}, headers=admin)
+        assert (approved.status_code, approved.json()["status"]) == (200, expected), approved.text
+        again = await client.post(path, json={"totp_code": code}, headers=admin)
+        assert again.status_code in (400, 409)  # the code is spent, the decision made

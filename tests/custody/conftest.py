@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +18,12 @@ from mercato.application.withdrawals import Withdrawals
 from mercato.auth import totp
 from mercato.auth.crypto import seal
 from mercato.config import CustodyAssetConfig, CustodyChainConfig, CustodyConfig
-from mercato.core.commands import CreditDeposit, UpsertAsset
+from mercato.core.commands import Command, CreditDeposit, UpsertAsset
+from mercato.core.results import Result
 from mercato.custody.chains.base import ChainAsset, KeyRef
 from mercato.custody.sender import Sender
 from mercato.journal import AsyncSequencer
+from mercato.port import Listener
 from mercato.port.in_process import InProcessPort
 from mercato.store import create_engine
 from mercato.store.tables import users
@@ -178,3 +180,30 @@ async def open_desk(url: str, journal: Path, **asset: object) -> AsyncIterator[D
     finally:
         await db.dispose()
         await sequencer.close()
+
+
+class HookedPort:
+    """The desk's port with a hook run before each command of one type is submitted: a
+    test's way to make something happen at an exact point (a balance moving, a cancel,
+    a crash before a settle)."""
+
+    def __init__(self, inner: InProcessPort, kind: type, hook: Callable[[object], Awaitable[None]]):
+        self._inner = inner
+        self._kind = kind
+        self._hook = hook
+        self.view = inner.view
+
+    @property
+    def last_seq(self) -> int:
+        return self._inner.last_seq
+
+    async def submit(self, cmd: Command) -> Result:
+        if isinstance(cmd, self._kind):
+            await self._hook(cmd)
+        return await self._inner.submit(cmd)
+
+    async def submit_many(self, commands: Sequence[Command]) -> list[Result]:
+        return await self._inner.submit_many(commands)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._inner.subscribe(listener)

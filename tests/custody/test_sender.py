@@ -3,14 +3,17 @@ killed where; stuck transactions are replaced at the same nonce; nonces are gapl
 
 from __future__ import annotations
 
+import ast
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from custody.conftest import HOT, TO, USDT, USDT_ATOMS, Desk, TestSigner, open_desk
-from mercato.custody.chains.base import KeyRef
+from custody.conftest import HOT, TO, USDT, USDT_ATOMS, Desk, HookedPort, TestSigner, open_desk
+from custody.fakechain import FakeChain, FakeTx
+from mercato.core.commands import SettleWithdrawal
+from mercato.custody.chains.base import KeyRef, SignedTx, Signer, Spend, TxStatus
 from mercato.custody.sender import Sender, create_outgoing
 
 FUNDS = 5000 * USDT_ATOMS
@@ -240,3 +243,131 @@ def test_concurrent_senders_allocate_distinct_consecutive_nonces(pg: str, tmp_pa
         assert settled == [(4,)]
 
     run(pg, tmp_path, test, daily_limit="")
+
+
+class SolanaLike(FakeChain):
+    """The FakeChain without nonces: each signature has its own blockhash, which
+    ``expire`` makes unusable (``can_still_land`` False), as on Solana."""
+
+    kind = "solana"
+    uses_nonces = False
+
+    def __init__(self) -> None:
+        super().__init__("fake", (USDT,))
+        self.blockhashes = 0
+        self.expired: set[str] = set()
+
+    async def sign(self, spend: Spend, signer: Signer) -> SignedTx:
+        assert spend.nonce is None
+        self.blockhashes += 1
+        txid = f"sig{self.blockhashes}"
+        raw = repr((spend.from_address, spend.to_address, spend.asset.symbol, spend.amount))
+        return SignedTx(txid, raw.encode(), None, spend.fee, f"bh{self.blockhashes}", 150)
+
+    async def broadcast(self, tx: SignedTx) -> None:
+        self._check()
+        self.broadcasts.append(tx.txid)
+        known = tx.txid in self.mined or tx.txid in self.mempool
+        if known or not self.accept_broadcasts or tx.txid in self.expired:
+            return
+        sender, to, asset, amount = ast.literal_eval(tx.raw.decode())
+        self.mempool[tx.txid] = FakeTx(tx.txid, sender, to, asset, amount, None, 5000)
+
+    async def can_still_land(self, tx: SignedTx) -> bool:
+        self._check()
+        return tx.txid not in self.expired
+
+
+def test_solana_re_signs_only_once_the_blockhash_expired(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        chain = SolanaLike()
+        sender = Sender(desk.db, desk.port, desk.config, {"fake": chain}, TestSigner(), desk.clock)
+        user, w = await _request(desk)
+        chain.accept_broadcasts = False  # the first signature never lands
+        await sender.run_once()
+        desk.clock.now += 61_000  # stuck, but its blockhash may still land: no new signature
+        await sender.run_once()
+        assert await desk.rows("SELECT txid FROM custody_attempts") == [("sig1",)]
+        chain.expired.add("sig1")
+        chain.accept_broadcasts = True
+        await sender.run_once()
+        attempts = await desk.rows(
+            "SELECT txid, recent_blockhash FROM custody_attempts ORDER BY id"
+        )
+        assert attempts == [("sig1", "bh1"), ("sig2", "bh2")]
+        chain.mine(2)
+        await sender.run_once()
+        record = await desk.withdrawals.get(user, w)
+        assert (record.status, record.hold_state) == ("COMPLETED", "SETTLED")
+        assert await desk.rows("SELECT txid, nonce FROM custody_outgoing") == [("sig2", None)]
+        mined = [tx.amount for block in chain.blocks for tx in block.txs if tx.to == TO]
+        assert mined == [100 * 10**6]
+
+    run(migrated, tmp_path, test)
+
+
+def test_a_reverted_transfer_fails_and_releases(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        user, w = await _request(desk)
+        await desk.sender.run_once()
+        desk.chain.mine(2)
+        real_status = desk.chain.status
+
+        async def reverted(txid: str) -> TxStatus:
+            status = await real_status(txid)
+            return TxStatus("FAILED", status.height, status.fee_paid)
+
+        desk.chain.status = reverted  # type: ignore[method-assign]
+        await desk.sender.run_once()
+        record = await desk.withdrawals.get(user, w)
+        assert (record.status, record.hold_state) == ("FAILED", "RELEASED")
+        assert desk.balance(user) == (FUNDS, 0)
+        assert await desk.rows("SELECT status, fee_paid_chain FROM custody_outgoing") == [
+            ("FAILED", "21000")
+        ]
+
+    run(migrated, tmp_path, test)
+
+
+def test_a_node_down_is_retried_later(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        user, w = await _request(desk)
+        desk.chain.down = True
+        await desk.sender.run_once()  # no error: the pass skips the chain
+        assert (await desk.withdrawals.get(user, w)).status == "APPROVED"
+        assert await desk.rows("SELECT count(*) FROM custody_nonces") == [(0,)]
+        desk.chain.down = False
+        await desk.sender.run_once()
+        assert (await desk.withdrawals.get(user, w)).status == "BROADCAST"
+
+    run(migrated, tmp_path, test)
+
+
+def test_a_kill_before_the_settle_is_finished_by_the_next_pass(
+    migrated: str, tmp_path: Path
+) -> None:
+    async def test(desk: Desk) -> None:
+        user, w = await _request(desk)
+
+        class Killed(Exception):
+            pass
+
+        async def die(cmd: object) -> None:
+            raise Killed
+
+        port = HookedPort(desk.port, SettleWithdrawal, die)
+        dying = Sender(desk.db, port, desk.config, {"fake": desk.chain}, TestSigner(), desk.clock)  # type: ignore[arg-type]
+        await dying.run_once()
+        desk.chain.mine(2)
+        with pytest.raises(Killed):
+            await dying.run_once()
+        record = await desk.withdrawals.get(user, w)
+        assert (record.status, record.hold_state) == ("COMPLETED", "HELD")
+        await desk.sender.run_once()
+        await desk.sender.run_once()
+        record = await desk.withdrawals.get(user, w)
+        assert (record.status, record.hold_state) == ("COMPLETED", "SETTLED")
+        assert desk.balance(user) == (FUNDS - 101 * USDT_ATOMS, 0)
+        assert _mined_to_dest(desk) == [100 * 10**6]
+
+    run(migrated, tmp_path, test)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from custody.conftest import TO, USDT_ATOMS, Desk, open_desk
+from custody.conftest import MASTER_KEY, TO, USDT_ATOMS, Desk, HookedPort, open_desk
+from mercato.application.withdrawals import Withdrawals
+from mercato.core.commands import HoldWithdrawal
 from mercato.core.errors import CodedError
 
 FUNDS = 2000 * USDT_ATOMS
@@ -290,7 +292,6 @@ def test_recover_finishes_an_interrupted_hold_and_release(migrated: str, tmp_pat
         record = await desk.withdrawals.request(user, "USDT", "100", TO, None)
         w = record.withdrawal_id
         # a crash after the row, before the hold was recorded: the engine has the hold
-        await desk.rows("SELECT 1")  # noqa: the store is reachable
         async with desk.db.begin() as connection:  # type: ignore[attr-defined]
             from sqlalchemy import text
 
@@ -409,3 +410,47 @@ def test_cancel_against_the_sender_exactly_one_wins(pg: str, tmp_path: Path) -> 
         assert locked == signed[0][0] * 101 * USDT_ATOMS
 
     run(pg, tmp_path, test, daily_limit="")
+
+
+def _with_port(desk: Desk, port: object) -> Withdrawals:
+    return Withdrawals(desk.db, port, desk.config, {"fake": desk.chain}, MASTER_KEY, desk.clock)  # type: ignore[arg-type]
+
+
+def test_the_engine_refusing_the_hold_rejects_with_its_code(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        user = await desk.user(funds=FUNDS)
+        await desk.book(user)
+
+        async def spend_it_meanwhile(cmd: object) -> None:
+            # the balance moves between the store's pre-check and the engine's hold
+            await desk.port.submit(HoldWithdrawal(user, "USDT", FUNDS, "elsewhere", 0))
+
+        withdrawals = _with_port(desk, HookedPort(desk.port, HoldWithdrawal, spend_it_meanwhile))
+        with pytest.raises(CodedError) as caught:
+            await withdrawals.request(user, "USDT", "100", TO, None)
+        assert (caught.value.code, caught.value.kind) == ("INSUFFICIENT_BALANCE", "INVALID")
+        ((status, hold_state, reason),) = await desk.rows(
+            "SELECT status, hold_state, reason FROM custody_withdrawals"
+        )
+        assert (status, hold_state) == ("REJECTED", "NONE") and "available" in reason
+        assert desk.balance(user) == (0, FUNDS)  # only the other hold
+
+    run(migrated, tmp_path, test)
+
+
+def test_a_cancel_while_the_hold_is_placed_gives_it_back(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        user = await desk.user(funds=FUNDS)
+        await desk.book(user)
+
+        async def cancel_first(cmd: object) -> None:
+            assert isinstance(cmd, HoldWithdrawal)
+            canceled = await desk.withdrawals.cancel(user, cmd.withdrawal_id)
+            assert (canceled.status, canceled.hold_state) == ("CANCELED", "PENDING")
+
+        withdrawals = _with_port(desk, HookedPort(desk.port, HoldWithdrawal, cancel_first))
+        record = await withdrawals.request(user, "USDT", "100", TO, None)
+        assert (record.status, record.hold_state) == ("CANCELED", "RELEASED")
+        assert desk.balance(user) == (FUNDS, 0)
+
+    run(migrated, tmp_path, test)

@@ -221,6 +221,21 @@ class Sender:
                 await self._track_broadcast(adapter)
             except ChainUnavailable as error:
                 log.warning("sender: chain %s unavailable (%s); retrying next pass", name, error)
+        await self._finish_holds()
+
+    async def _finish_holds(self) -> None:
+        """Holds whose transfer ended but whose settle or release a kill interrupted."""
+        w = custody_withdrawals.c
+        async with self._db.connect() as connection:
+            result = await connection.execute(
+                select(w.withdrawal_id, w.status).where(
+                    w.hold_state == "HELD", w.status.in_(("COMPLETED", "FAILED"))
+                )
+            )
+            unfinished = list(result.all())
+        for withdrawal_id, status in unfinished:
+            finish = settle_hold if status == "COMPLETED" else release_hold
+            await finish(self._db, self._port, withdrawal_id)
 
     # -- sign ---------------------------------------------------------------------------
 
