@@ -13,7 +13,15 @@ import pytest
 from custody.conftest import HOT, TO, USDT, USDT_ATOMS, Desk, HookedPort, TestSigner, open_desk
 from custody.fakechain import FakeChain, FakeTx
 from mercato.core.commands import SettleWithdrawal
-from mercato.custody.chains.base import KeyRef, SignedTx, Signer, Spend, TxStatus
+from mercato.custody.chains.base import (
+    BroadcastRejected,
+    FeeQuote,
+    KeyRef,
+    SignedTx,
+    Signer,
+    Spend,
+    TxStatus,
+)
 from mercato.custody.sender import Sender, create_outgoing
 
 FUNDS = 5000 * USDT_ATOMS
@@ -368,6 +376,39 @@ def test_a_kill_before_the_settle_is_finished_by_the_next_pass(
         record = await desk.withdrawals.get(user, w)
         assert (record.status, record.hold_state) == ("COMPLETED", "SETTLED")
         assert desk.balance(user) == (FUNDS - 101 * USDT_ATOMS, 0)
+        assert _mined_to_dest(desk) == [100 * 10**6]
+
+    run(migrated, tmp_path, test)
+
+
+def test_a_signed_row_already_mined_is_tracked_not_failed(migrated: str, tmp_path: Path) -> None:
+    """Broadcast, then killed before BROADCAST was stored, then mined: a node that answers
+    "nonce too low" for the mined transaction must not make it FAILED (the hold would be
+    released for a transfer that left)."""
+
+    async def test(desk: Desk) -> None:
+        user, w = await _request(desk)
+        real_broadcast = desk.chain.broadcast
+
+        async def kill_after_broadcast(*args: object) -> None:
+            ((txid, raw),) = await desk.rows("SELECT txid, raw FROM custody_attempts")
+            await real_broadcast(SignedTx(txid, bytes(raw), 0, FeeQuote(1, 1, 21000)))
+
+        dying = Sender(
+            desk.db, desk.port, desk.config, {"fake": desk.chain}, TestSigner(), desk.clock
+        )
+        dying._broadcast_signed = kill_after_broadcast  # type: ignore[method-assign]
+        await dying.run_once()
+        desk.chain.mine(2)
+        assert (await desk.withdrawals.get(user, w)).status == "SIGNED"
+
+        async def nonce_too_low(tx: SignedTx) -> None:
+            raise BroadcastRejected("nonce too low")
+
+        desk.chain.broadcast = nonce_too_low  # type: ignore[method-assign]
+        await desk.sender.run_once()
+        record = await desk.withdrawals.get(user, w)
+        assert (record.status, record.hold_state) == ("COMPLETED", "SETTLED")
         assert _mined_to_dest(desk) == [100 * 10**6]
 
     run(migrated, tmp_path, test)

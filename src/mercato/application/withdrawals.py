@@ -444,7 +444,7 @@ class Withdrawals:
                     connection, admin, withdrawal_id, totp_code, ("APPROVAL_REQUIRED", "APPROVED")
                 )
                 await self._record_decision(connection, admin, withdrawal_id, "REJECT")
-                await self._update(
+                rejected = await self._update(
                     connection,
                     withdrawal_id,
                     ("APPROVAL_REQUIRED", "APPROVED"),
@@ -462,7 +462,8 @@ class Withdrawals:
                 )
         except IntegrityError:
             raise _already_decided(withdrawal_id) from None
-        await release_hold(self._db, self._port, withdrawal_id)
+        if rejected:  # always, as the row was locked; never a release of a signed one
+            await release_hold(self._db, self._port, withdrawal_id)
         return _record(await self._row(withdrawal_id))
 
     async def _decidable(

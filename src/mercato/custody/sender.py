@@ -324,10 +324,23 @@ class Sender:
                 await adapter.broadcast(_signed_tx(attempts[-1]))
             except BroadcastRejected as refusal:
                 log.warning("outgoing %s: broadcast refused: %s", outgoing.id, refusal.reason)
-                if not await self._any_can_land(adapter, attempts):
+                if await self._any_on_chain(adapter, attempts):
+                    pass  # sent before a kill (e.g. "nonce too low" for its own mined nonce)
+                elif await self._any_can_land(adapter, attempts):
+                    continue  # e.g. the hot wallet short of gas: retried next pass
+                else:
                     await self._fail(outgoing, f"the chain refused it: {refusal.reason}", None)
-                continue
+                    continue
             await self._mark_broadcast(outgoing, attempts[-1].id)
+
+    async def _any_on_chain(
+        self, adapter: ChainAdapter, attempts: list[Row[tuple[object, ...]]]
+    ) -> bool:
+        """Whether the chain knows any attempt (mempool, mined or reverted)."""
+        for attempt in attempts:
+            if (await adapter.status(attempt.txid)).state != "UNKNOWN":
+                return True
+        return False
 
     async def _any_can_land(
         self, adapter: ChainAdapter, attempts: list[Row[tuple[object, ...]]]
