@@ -130,6 +130,8 @@ async def _exercise(service: ExchangeService, app: object) -> None:
         admin = {"Authorization": f"Bearer {admin_token}"}
         pending = await client.get("/api/v1/admin/withdrawals?status=APPROVED", headers=admin)
         assert [w["withdrawal_id"] for w in pending.json()] == [wid]
+        unknown = await client.get("/api/v1/admin/withdrawals?status=NOPE", headers=admin)
+        assert unknown.status_code == 400, unknown.text
         no_2fa = await post(f"/api/v1/admin/withdrawals/{wid}/reject", {"reason": "x"}, admin)
         assert (no_2fa.status_code, no_2fa.json()["code"]) == (403, "ADMIN_2FA_REQUIRED")
 
@@ -149,6 +151,10 @@ async def _address_book(client: httpx.AsyncClient, auth: dict[str, str]) -> None
     added = await client.post("/api/v1/withdrawal-addresses", json=entry, headers=auth)
     assert added.status_code == 201, added.text
     assert (added.json()["address"], added.json()["label"]) == ("0xsecond", "cold storage")
+    nul = await client.post(
+        "/api/v1/withdrawal-addresses", json={**entry, "label": "a\x00"}, headers=auth
+    )
+    assert (nul.status_code, nul.json()["code"]) == (400, "INVALID_REQUEST")
     twice = await client.post("/api/v1/withdrawal-addresses", json=entry, headers=auth)
     assert (twice.status_code, twice.json()["code"]) == (409, "ADDRESS_EXISTS")
     gone = await client.delete(f"/api/v1/withdrawal-addresses/{added.json()['id']}", headers=auth)

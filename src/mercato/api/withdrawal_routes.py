@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as FastPath
 from fastapi.responses import Response
 
 from mercato.api.auth_routes import Caller, SessionCaller, caller_with, service_of
@@ -24,11 +25,16 @@ from mercato.auth.sessions import Principal
 from mercato.core.errors import ErrorKind
 from mercato.core.money import format_amount
 from mercato.service import ExchangeService
+from mercato.store.tables import WITHDRAWAL_STATUSES
 
+STATUS_PATTERN = f"^({'|'.join(WITHDRAWAL_STATUSES)})$"
+EntryId = Annotated[int, FastPath(ge=1, le=2**62)]
 router = APIRouter(prefix="/api/v1", tags=["withdrawals"])
 
-Text128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Text128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern="^[^\\x00]*$")]
 Code = Annotated[str, msgspec.Meta(max_length=32)]
+# PostgreSQL text cannot hold NUL: refused here (400), not in the store (500).
+NO_NUL = "^[^\\x00]*$"
 
 
 class WithdrawalRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,14 +49,14 @@ class DecisionRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RejectRequest(msgspec.Struct, forbid_unknown_fields=True):
-    reason: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=256, pattern=NO_NUL)] = ""
     totp_code: Code | None = None
 
 
 class AddressRequest(msgspec.Struct, forbid_unknown_fields=True):
     asset: Str32
     address: Text128
-    label: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    label: Annotated[str, msgspec.Meta(max_length=64, pattern=NO_NUL)] = ""
     totp_code: Code | None = None
 
 
@@ -154,7 +160,10 @@ async def request_withdrawal(request: Request, caller: Withdrawer) -> Response:
 
 @router.get(
     "/withdrawals",
-    responses={**json_response(list[WithdrawalView], 200, "Newest first"), **errors(*SIGNED_IN)},
+    responses={
+        **json_response(list[WithdrawalView], 200, "Newest first"),
+        **errors(*SIGNED_IN, 409),
+    },
 )
 async def list_withdrawals(request: Request, caller: Caller) -> Response:
     """The caller's withdrawals, newest first."""
@@ -165,7 +174,10 @@ async def list_withdrawals(request: Request, caller: Caller) -> Response:
 
 @router.get(
     "/withdrawals/{withdrawal_id}",
-    responses={**json_response(WithdrawalView, 200, "The withdrawal"), **errors(*SIGNED_IN, 404)},
+    responses={
+        **json_response(WithdrawalView, 200, "The withdrawal"),
+        **errors(*SIGNED_IN, 404, 409),
+    },
 )
 async def get_withdrawal(withdrawal_id: str, request: Request, caller: Caller) -> Response:
     service = service_of(request)
@@ -188,7 +200,10 @@ async def cancel_withdrawal(withdrawal_id: str, request: Request, caller: Withdr
 
 @router.get(
     "/withdrawal-addresses",
-    responses={**json_response(list[AddressView], 200, "The address book"), **errors(*SIGNED_IN)},
+    responses={
+        **json_response(list[AddressView], 200, "The address book"),
+        **errors(*SIGNED_IN, 409),
+    },
 )
 async def list_addresses(request: Request, caller: Caller) -> Response:
     entries = await _withdrawals(service_of(request)).addresses(caller.user_id)
@@ -214,19 +229,24 @@ async def add_address(request: Request, caller: SessionCaller) -> Response:
 
 
 @router.delete(
-    "/withdrawal-addresses/{entry_id}", status_code=204, responses=errors(*SIGNED_IN, 404)
+    "/withdrawal-addresses/{entry_id}", status_code=204, responses=errors(*SIGNED_IN, 404, 409)
 )
-async def remove_address(entry_id: int, request: Request, caller: SessionCaller) -> Response:
+async def remove_address(entry_id: EntryId, request: Request, caller: SessionCaller) -> Response:
     await _withdrawals(service_of(request)).remove_address(caller.user_id, entry_id, _ip(request))
     return Response(status_code=204)
 
 
 @router.get(
     "/admin/withdrawals",
-    responses={**json_response(list[WithdrawalView], 200, "Newest first"), **errors(*SIGNED_IN)},
+    responses={
+        **json_response(list[WithdrawalView], 200, "Newest first"),
+        **errors(*SIGNED_IN, 409),
+    },
 )
 async def admin_list(
-    request: Request, caller: Admin, status: Annotated[str | None, Query(max_length=32)] = None
+    request: Request,
+    caller: Admin,
+    status: Annotated[str | None, Query(pattern=STATUS_PATTERN)] = None,
 ) -> Response:
     """Every user's withdrawals, e.g. ``?status=APPROVAL_REQUIRED``."""
     service = service_of(request)

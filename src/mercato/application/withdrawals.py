@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import re
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -36,6 +37,7 @@ from mercato.custody.holds import audit, hold_command, now_ms, release_hold
 from mercato.custody.units import atoms_to_chain
 from mercato.port import ExchangePort
 from mercato.store.tables import (
+    WITHDRAWAL_STATUSES,
     custody_address_book,
     custody_approvals,
     custody_withdrawal_holds,
@@ -44,6 +46,7 @@ from mercato.store.tables import (
 )
 
 DAY_MS = 86_400_000
+WITHDRAWAL_ID = re.compile(r"w[0-9a-f]{32}")
 #: A REQUESTED row whose hold is still PENDING this long after the request is taken to
 #: have been interrupted (the request's own hold takes milliseconds).
 RECOVER_AFTER_MS = 5_000
@@ -553,6 +556,8 @@ class Withdrawals:
     # -- reads ----------------------------------------------------------------------------
 
     async def _row(self, withdrawal_id: str) -> Row[tuple[object, ...]]:
+        if not WITHDRAWAL_ID.fullmatch(withdrawal_id):
+            raise _not_found(withdrawal_id)  # not one of ours: no query (NUL, huge text)
         async with self._db.connect() as connection:
             row = (
                 await connection.execute(
@@ -576,6 +581,10 @@ class Withdrawals:
         self, user: int | None, status: str | None = None, limit: int = 100
     ) -> builtins.list[WithdrawalRecord]:
         """Newest first: the user's (``user`` None: everyone's, for admins)."""
+        if status is not None and status not in WITHDRAWAL_STATUSES:
+            raise WithdrawalError(
+                "INVALID_STATUS", f"status must be one of {', '.join(WITHDRAWAL_STATUSES)}"
+            )
         w = custody_withdrawals.c
         query = select(custody_withdrawals).order_by(w.id.desc()).limit(limit)
         if user is not None:
