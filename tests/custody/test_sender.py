@@ -412,3 +412,26 @@ def test_a_signed_row_already_mined_is_tracked_not_failed(migrated: str, tmp_pat
         assert _mined_to_dest(desk) == [100 * 10**6]
 
     run(migrated, tmp_path, test)
+
+
+def test_the_loop_sends_and_survives_a_failed_pass(migrated: str, tmp_path: Path) -> None:
+    async def test(desk: Desk) -> None:
+        user, w = await _request(desk)
+        passes: list[int] = []
+
+        async def recover_then_fail_once() -> None:
+            passes.append(1)
+            await desk.withdrawals.recover()
+            if len(passes) == 1:
+                raise RuntimeError("the database went away for a moment")
+
+        loop = asyncio.create_task(desk.sender.run(0.001, recover_then_fail_once))
+        async with asyncio.timeout(60):  # a guard against a hang, not a timing assertion
+            while (await desk.withdrawals.get(user, w)).status != "BROADCAST":
+                await asyncio.sleep(0.001)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+        assert len(passes) >= 2
+
+    run(migrated, tmp_path, test)

@@ -17,6 +17,7 @@ with a second nonce for the same row.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -210,6 +211,20 @@ class Sender:
         self._adapters = adapters
         self._signer = signer
         self._clock = clock
+
+    async def run(
+        self, poll_seconds: float, before_pass: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Pass after pass until cancelled (the runtime's loop). ``before_pass`` is e.g.
+        ``Withdrawals.recover``. A failed pass is logged and the next one retries."""
+        while True:
+            try:
+                if before_pass is not None:
+                    await before_pass()
+                await self.run_once()
+            except Exception:
+                log.exception("sender pass failed; retrying in %g s", poll_seconds)
+            await asyncio.sleep(poll_seconds)
 
     async def run_once(self) -> None:
         """One pass: sign what is approved, broadcast what is signed, track what is sent.
