@@ -27,9 +27,11 @@ from mercato.application.history import History
 from mercato.application.portfolio import Portfolio
 from mercato.application.projection import ProjectionReads
 from mercato.application.trading import Trading
+from mercato.application.withdrawals import Withdrawals
 from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets, market_spec
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
+from mercato.custody.chains.base import ChainAdapter
 from mercato.journal import (
     AsyncSequencer,
     JournalError,
@@ -105,6 +107,11 @@ class ExchangeService:
         self.trading: Trading | None = None  # the application services, from start on
         self.portfolio: Portfolio | None = None
         self.history: History | None = None
+        # Custody: the chain adapters by configured chain name (the custody runtime fills
+        # it; empty: every asset answers CUSTODY_UNAVAILABLE), and the withdrawals service
+        # when custody assets are configured.
+        self.custody_adapters: dict[str, ChainAdapter] = {}
+        self.withdrawals: Withdrawals | None = None
         self.projection: ProjectionReads | None = None  # reads of the SQL projection
         self._lock_fd: int | None = None  # the data directory's lock, until the sequencer has it
 
@@ -176,6 +183,15 @@ class ExchangeService:
         self.trading = Trading(port, projection, self.known_client_ids, faucet=config.server.dev)
         self.portfolio = Portfolio(port, projection)
         self.history = History(projection)
+        if config.custody.assets:
+            assert self.secrets is not None
+            self.withdrawals = Withdrawals(
+                self.database,
+                port,
+                config.custody,
+                self.custody_adapters,
+                self.secrets.master_key,
+            )
         await self._bootstrap()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from custody.anvil import Anvil, running_anvil
+from store.conftest import database_url, migrated  # noqa: F401  (fixtures of the desk tests)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
 from mercato.api.trading_routes import cancel_order_direct, place_order_direct
 from mercato.api.trading_routes import router as trading_router
+from mercato.api.withdrawal_routes import router as withdrawal_router
 from mercato.api.ws import router as ws_router
 from mercato.api.ws import watch_credentials
 from mercato.service import ExchangeService
@@ -82,6 +83,7 @@ def create_app(
     app.include_router(account_router)
     app.include_router(trading_router)
     app.include_router(market_router)
+    app.include_router(withdrawal_router)
     app.include_router(ws_router)
     app.include_router(custody_admin_router)
     add_docs(app)
