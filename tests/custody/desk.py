@@ -1,5 +1,6 @@
 """The withdrawal desk for the custody logic tests (imported by their modules): a real
-engine behind the in-process port (journal in a temporary directory), a migrated store on SQLite and PostgreSQL
+engine behind the in-process port (journal in a temporary directory), a migrated store on
+SQLite and PostgreSQL
 (``migrated`` from the store tests), the FakeChain as the chain, and a trivial signer."""
 
 from __future__ import annotations
