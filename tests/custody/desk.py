@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ class TestSigner:
 
 @dataclass
 class Clock:
-    now: int = 1_800_000_000_000
+    now: int = field(default_factory=lambda: int(time.time() * 1000))  # the engine's window
 
     def __call__(self) -> int:
         return self.now

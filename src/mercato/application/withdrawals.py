@@ -337,7 +337,14 @@ class Withdrawals:
         """Ask the engine to hold amount + fee, and record its answer."""
         row = await self._row(withdrawal_id)
         result = await self._port.submit(
-            hold_command(row.user_id, row.asset, row.amount + row.fee, withdrawal_id, row.fee)
+            hold_command(
+                row.user_id,
+                row.asset,
+                row.amount + row.fee,
+                withdrawal_id,
+                row.fee,
+                row.requested_at,
+            )
         )
         if result.status == "ACCEPTED" or result.code == "DUPLICATE_WITHDRAWAL":
             await self._held(row)

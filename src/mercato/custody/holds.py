@@ -24,13 +24,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def hold_command(user: int, asset: str, total: int, withdrawal_id: str, fee: int) -> Command:
-    """HoldWithdrawal of ``total`` (amount + fee); with ``issued_at`` once the engine has
-    that field (appended by the exactly-once-deposits change)."""
-    fields: dict[str, object] = {}
-    if "issued_at" in HoldWithdrawal.__struct_fields__:
-        fields["issued_at"] = now_ms()
-    return HoldWithdrawal(user, asset, total, withdrawal_id, fee, **fields)
+def hold_command(
+    user: int, asset: str, total: int, withdrawal_id: str, fee: int, requested_at: int
+) -> Command:
+    """HoldWithdrawal of ``total`` (amount + fee), issued when the withdrawal was requested:
+    a hold re-sent by recovery carries the same ``issued_at``, so the engine's id window
+    (docs/core.md) covers every copy of it."""
+    return HoldWithdrawal(user, asset, total, withdrawal_id, fee, issued_at=requested_at)
 
 
 async def _finish(
