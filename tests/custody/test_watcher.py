@@ -144,9 +144,15 @@ async def world(config: Any, confirmations: int = 3, **chain: Any) -> AsyncItera
     try:
         fake = FakeChain("fake", (ChainAsset("ETH", "", 18), ChainAsset("USDT", "0xusdt", 6)))
         fake.mine(2)
-        settings = CustodyChainConfig(name="fake", kind="evm", rpc_url="memory://",
-                                      confirmations=confirmations, start_height=1, scan_batch=4,
-                                      **chain)  # fmt: skip
+        settings = CustodyChainConfig(
+            name="fake",
+            kind="evm",
+            rpc_url="memory://",
+            confirmations=confirmations,
+            start_height=1,
+            scan_batch=4,
+            **chain,
+        )
         yield World(service, fake, RecordingPort(service.port), settings)
     finally:
         await service.stop()
@@ -175,16 +181,21 @@ def test_a_deposit_is_credited_once_after_n_confirmations_and_not_before(
             assert w.balance(1) == 150_000_000
             (row,) = await w.deposits()
             assert (row.external_id, row.status, row.user_id) == (f"fake:{txid}:0", "CREDITED", 1)
-            assert (row.amount, row.amount_chain, row.dust_chain) == (150_000_000,
-                                                                       str(ETH * 3 // 2 + 123),
-                                                                       "123")  # fmt: skip
+            assert (row.amount, row.amount_chain, row.dust_chain) == (
+                150_000_000,
+                str(ETH * 3 // 2 + 123),
+                "123",
+            )
             for _ in range(3):
                 w.chain.mine()
                 assert (await watcher.run_once()).credited == 0
             assert w.balance(1) == 150_000_000 and len(w.port.submitted) == 1
             (credit,) = await w.rows(deposit_credits, deposit_credits.c.seq)
-            assert (credit.external_id, credit.user_id, credit.amount) == (row.external_id, 1,
-                                                                           150_000_000)  # fmt: skip
+            assert (credit.external_id, credit.user_id, credit.amount) == (
+                row.external_id,
+                1,
+                150_000_000,
+            )
             await w.check_blocks_follow_the_chain()
 
     run(scenario())
@@ -230,11 +241,18 @@ def test_a_credited_deposit_reorged_out_is_reversed_with_an_alert_and_a_hold(
             (row,) = await w.deposits()
             assert row.status == "REVERSED"
             (alert,) = await w.rows(custody_alerts, custody_alerts.c.id)
-            assert (alert.severity, alert.kind, alert.subject) == ("critical", "DEPOSIT_REVERSED",
-                                                                   row.external_id)  # fmt: skip
+            assert (alert.severity, alert.kind, alert.subject) == (
+                "critical",
+                "DEPOSIT_REVERSED",
+                row.external_id,
+            )
             (hold,) = await w.rows(custody_withdrawal_holds, custody_withdrawal_holds.c.id)
             assert (hold.user_id, hold.asset, hold.subject, hold.released_at) == (
-                1, "ETH", row.external_id, None)  # fmt: skip
+                1,
+                "ETH",
+                row.external_id,
+                None,
+            )
             assert w.balance(1) == 100_000_000  # not clawed back: the operator decides
             await w.check_blocks_follow_the_chain()
 
@@ -321,11 +339,13 @@ def test_below_minimum_and_treasury_are_recorded_never_credited(exchange_config:
 class CrashingWatcher(DepositWatcher):
     """Killed while storing its third block."""
 
-    stored = 0
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.stored = 0
 
     async def _store_block(self, scanned: ScannedBlock, owners: Any) -> None:
-        CrashingWatcher.stored += 1
-        if CrashingWatcher.stored == 3:
+        self.stored += 1
+        if self.stored == 3:
             raise RuntimeError("killed mid-scan")
         await super()._store_block(scanned, owners)
 
@@ -382,7 +402,11 @@ def test_the_credit_command_carries_the_engine_fields() -> None:
     command = credit_command(3, "ETH", 5, "fake:0xab:1", 1_700_000_000_000)
     assert isinstance(command, CreditDeposit)
     assert (command.user, command.asset, command.amount, command.external_id) == (
-        3, "ETH", 5, "fake:0xab:1")  # fmt: skip
+        3,
+        "ETH",
+        5,
+        "fake:0xab:1",
+    )
     if "issued_at" in CreditDeposit.__struct_fields__:
         assert command.issued_at == 1_700_000_000_000  # type: ignore[attr-defined]
 

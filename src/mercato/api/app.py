@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
+from mercato.api.deposit_routes import router as deposit_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
 from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
@@ -81,6 +82,7 @@ def create_app(
     app.include_router(account_router)
     app.include_router(trading_router)
     app.include_router(market_router)
+    app.include_router(deposit_router)
     app.include_router(ws_router)
     add_docs(app)
 
