@@ -5,7 +5,10 @@ in-memory FakeChain filling the deposits the endpoints show."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 
 from custody.fakechain import FakeChain
 from marketdata.live import PASSWORD, live_exchange
+from mercato.auth.api_keys import create_key
 from mercato.auth.sessions import Client, login
 from mercato.auth.users import create_user
 from mercato.config import load_config
@@ -75,7 +79,8 @@ async def seeded(url: str, config_file: Path, data_dir: Path) -> LocalSeedSigner
 
 async def session(live: Any, email: str, *, verified: bool = True) -> dict[str, str]:
     database, secrets = live.service.database, live.service.secrets
-    await create_user(database, email, PASSWORD, verified=verified)
+    user = await create_user(database, email, PASSWORD, verified=verified)
+    live.__dict__.setdefault("user_ids", {})[email] = user.id  # for the API key part
     tokens = await login(
         database,
         secrets.jwt_key,
@@ -125,6 +130,29 @@ def test_deposit_addresses_and_deposits(database_url: str, tmp_path: Path) -> No
             assert await refused({"asset": "ETH"}, unverified) == (403, "EMAIL_NOT_VERIFIED")
             assert await refused({"asset": "ETH"}, {}) == (401, "UNAUTHORIZED")
             assert await refused({}, ann) == (400, "INVALID_REQUEST")
+
+            # API keys: `read` is enough; a key without it is refused
+            service = live.service
+            for permissions, expected in ((["read"], 200), (["trade"], 403)):
+                key, secret = await create_key(
+                    service.database,
+                    service.secrets.master_key,
+                    live.user_ids["ann@example.com"],
+                    "k",
+                    permissions,
+                    [],
+                    totp_code=None,
+                )
+                query = f"asset=ETH&timestamp={int(time.time() * 1000)}&recvWindow=5000"
+                signature = hmac.new(secret.encode(), query.encode(), hashlib.sha256).hexdigest()
+                answer = await http.get(
+                    f"{url}?{query}&signature={signature}", headers={"X-MBX-APIKEY": key.key_id}
+                )
+                assert answer.status_code == expected, answer.text
+                if expected == 200:
+                    assert answer.json() == first
+                else:
+                    assert answer.json()["code"] == "MISSING_PERMISSION"
 
             # the watcher sees two deposits to ann's address
             chain = FakeChain(

@@ -226,6 +226,31 @@ def test_a_reorg_drops_a_pending_deposit_and_the_blocks_follow_the_new_chain(
     run(scenario())
 
 
+def test_a_tip_replaced_at_the_same_height_is_rolled_back_before_it_counts(
+    exchange_config: Any,
+) -> None:
+    async def scenario() -> None:
+        async with world(exchange_config, confirmations=2) as w:
+            watcher = w.watcher()
+            w.chain.fund(await w.address(1), "ETH", ETH)
+            w.chain.mine()
+            await watcher.run_once()
+            assert await w.statuses() == ["PENDING"]
+            head = await w.chain.head()
+            w.chain.reorg(1)
+            del w.chain.blocks[-1]  # the same height as before, another block: no new one
+            assert await w.chain.head() == head
+            report = await watcher.run_once()
+            assert (report.reorgs, report.dropped) == (1, 1)
+            assert await w.statuses() == ["DROPPED"]
+            await w.check_blocks_follow_the_chain()
+            w.chain.mine(3)
+            await watcher.run_once()
+            assert await w.statuses() == ["DROPPED"] and w.port.submitted == []
+
+    run(scenario())
+
+
 def test_a_credited_deposit_reorged_out_is_reversed_with_an_alert_and_a_hold(
     exchange_config: Any,
 ) -> None:

@@ -243,6 +243,11 @@ class DepositWatcher:
             ignore_from=owners.hot,
         )
         tip = await self._tip()
+        if tip is not None and head >= tip[0] and not await self._on_chain(tip):
+            # The node replaced the tip without a higher block yet (or the pass that
+            # stored it raced a reorg): confirmations must never count on a stale tip.
+            await self._roll_back(await self._fork_point(), report)
+            tip = await self._tip()
         start = self.chain.start_height if self.chain.start_height >= 0 else head
         next_height = start if tip is None else tip[0] + 1
         while next_height <= head:
@@ -262,6 +267,10 @@ class DepositWatcher:
             else:
                 tip = await self._tip()
                 next_height = fork + 1
+
+    async def _on_chain(self, stored: tuple[int, str]) -> bool:
+        current = await self.adapter.block(stored[0])
+        return current is not None and current.hash == stored[1]
 
     async def _fork_point(self) -> int:
         """The highest stored height whose hash the node still has there; below every
@@ -384,7 +393,8 @@ class DepositWatcher:
         not a deposit (an asset not in custody, our own addresses sending)."""
         asset = self.assets.get(incoming.asset)
         normalize = self.adapter.normalize_address
-        to, sender = normalize(incoming.to_address), _normalized(normalize, incoming.from_address)
+        to = _normalized(normalize, incoming.to_address)
+        sender = _normalized(normalize, incoming.from_address)
         if asset is None or sender in owners.hot:
             return None
         if to in owners.hot:
