@@ -368,11 +368,11 @@ class CrashingWatcher(DepositWatcher):
         super().__init__(*args)
         self.stored = 0
 
-    async def _store_block(self, scanned: ScannedBlock, owners: Any) -> None:
+    async def _store_block(self, tip: Any, scanned: ScannedBlock, owners: Any) -> None:
         self.stored += 1
         if self.stored == 3:
             raise RuntimeError("killed mid-scan")
-        await super()._store_block(scanned, owners)
+        await super()._store_block(tip, scanned, owners)
 
 
 def test_a_kill_mid_scan_or_after_the_engine_answered_credits_nothing_twice(
@@ -451,5 +451,53 @@ def test_use_finalized_confirms_at_the_finalized_height(exchange_config: Any) ->
             assert await w.statuses() == ["PENDING"]  # the head, not finalized yet
             w.chain.mine()
             assert (await w.watcher().run_once()).credited == 1
+
+    run(scenario())
+
+
+def test_two_watchers_on_one_chain_at_once_credit_once(exchange_config: Any) -> None:
+    """Two processes watching the same chain (a misdeployment): their passes race on the
+    same blocks and deposits; a losing pass fails on the store's constraints and the
+    engine's dedup answers the second credit, so the user is credited once."""
+
+    async def scenario() -> None:
+        async with world(exchange_config, confirmations=2) as w:
+            for user in (1, 2):
+                w.chain.fund(await w.address(user), "ETH", user * ETH)
+            w.chain.mine(3)
+            first, second = w.watcher(), w.watcher()
+            for _ in range(3):
+                await asyncio.gather(first.run_once(), second.run_once(), return_exceptions=True)
+            await first.run_once()
+            assert await w.statuses() == ["CREDITED", "CREDITED"]
+            assert (w.balance(1), w.balance(2)) == (100_000_000, 200_000_000)
+            credits = await w.rows(deposit_credits, deposit_credits.c.seq)
+            assert sorted(c.user_id for c in credits) == [1, 2]
+            await w.check_blocks_follow_the_chain()
+
+    run(scenario())
+
+
+def test_a_pass_whose_tip_another_watcher_moved_writes_nothing(exchange_config: Any) -> None:
+    async def scenario() -> None:
+        async with world(exchange_config, confirmations=2) as w:
+            w.chain.fund(await w.address(1), "ETH", ETH)
+            w.chain.mine(3)
+            first, second = w.watcher(), w.watcher()
+            scan = w.chain.scan
+
+            async def scan_after_the_other_pass(*args: Any) -> Any:
+                w.chain.scan = scan  # type: ignore[method-assign]
+                await second.run_once()  # stores (and credits) these blocks meanwhile
+                return await scan(*args)
+
+            w.chain.scan = scan_after_the_other_pass  # type: ignore[method-assign]
+            report = await first.run_once()
+            assert (report.error, report.blocks, report.reorgs) == ("TIP_MOVED", 0, 0)
+            assert await w.statuses() == ["CREDITED"] and w.balance(1) == 100_000_000
+            w.chain.mine()
+            assert (await first.run_once()).error == ""
+            assert await w.statuses() == ["CREDITED"] and len(w.port.submitted) == 1
+            await w.check_blocks_follow_the_chain()
 
     run(scenario())

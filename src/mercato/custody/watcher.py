@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -140,6 +140,12 @@ class PassReport:
     error: str = ""  # why the pass ended early (node down, projection lagging)
 
 
+class TipMoved(RuntimeError):
+    """Another watcher of the same chain moved the cursor since this pass read it (two
+    processes watching one chain): this pass ends without writing; the next one
+    carries on from the stored tip."""
+
+
 @dataclasses.dataclass
 class _Owners:
     """Our addresses on the chain, normalised as the adapter reports them."""
@@ -197,6 +203,9 @@ class DepositWatcher:
         except ChainUnavailable as error:
             log.warning("%s: node unavailable, pass ends: %s", self.name, error)
             report.error = str(error)
+        except TipMoved as error:
+            log.warning("%s", error)
+            report.error = "TIP_MOVED"
         except CodedError as error:  # the projection lags: credits wait for the next pass
             log.warning("%s: %s, pass ends: %s", self.name, error.code, error.message)
             report.error = error.code
@@ -218,6 +227,32 @@ class DepositWatcher:
                 )
             ).first()
         return None if row is None else (int(row.height), str(row.hash))
+
+    @contextlib.asynccontextmanager
+    async def _at_tip(self, expected: tuple[int, str] | None) -> AsyncIterator[AsyncConnection]:
+        """A transaction that writes blocks, only while the stored tip is ``expected``:
+        the chain's writers queue (an advisory lock on PostgreSQL; SQLite's write lock),
+        and a pass whose tip another watcher moved raises TipMoved instead of writing."""
+        async with self.db.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                    {"key": f"mercato-custody-blocks:{self.name}"},
+                )
+            row = (
+                await connection.execute(
+                    sa.select(custody_blocks.c.height, custody_blocks.c.hash)
+                    .where(custody_blocks.c.chain == self.name)
+                    .order_by(custody_blocks.c.height.desc())
+                    .limit(1)
+                )
+            ).first()
+            stored = None if row is None else (int(row.height), str(row.hash))
+            if stored != expected:
+                raise TipMoved(
+                    f"{self.name}: the stored tip is {stored}, this pass read {expected}"
+                )
+            yield connection
 
     async def _owners(self) -> _Owners:
         hot = await hot_address(self.db, self.signer, self.adapter.kind, self.name)
@@ -246,27 +281,30 @@ class DepositWatcher:
         if tip is not None and head >= tip[0] and not await self._on_chain(tip):
             # The node replaced the tip without a higher block yet (or the pass that
             # stored it raced a reorg): confirmations must never count on a stale tip.
-            await self._roll_back(await self._fork_point(), report)
+            await self._roll_back(tip, await self._fork_point(), report)
             tip = await self._tip()
         start = self.chain.start_height if self.chain.start_height >= 0 else head
         next_height = start if tip is None else tip[0] + 1
         while next_height <= head:
             end = min(head, next_height + self.chain.scan_batch - 1)
-            fork = None
-            for scanned in await self.adapter.scan(next_height, end, watched):
-                block = scanned.block
-                if tip is not None and (block.parent_height, block.parent_hash) != tip:
-                    fork = await self._fork_point()
-                    await self._roll_back(fork, report)
-                    break
-                await self._store_block(scanned, owners)
-                tip = (block.height, block.hash)
-                report.blocks += 1
-            if fork is None:
-                next_height = end + 1
-            else:
-                tip = await self._tip()
-                next_height = fork + 1
+            next_height = await self._scan_batch(next_height, end, watched, owners, report)
+
+    async def _scan_batch(
+        self, start: int, end: int, watched: Watched, owners: _Owners, report: PassReport
+    ) -> int:
+        """Store the blocks of [start, end] that extend the stored tip; at the first that
+        does not, roll back to the fork point. The next height to scan."""
+        tip = await self._tip()
+        for scanned in await self.adapter.scan(start, end, watched):
+            block = scanned.block
+            if tip is not None and (block.parent_height, block.parent_hash) != tip:
+                fork = await self._fork_point()
+                await self._roll_back(tip, fork, report)
+                return fork + 1
+            await self._store_block(tip, scanned, owners)
+            tip = (block.height, block.hash)
+            report.blocks += 1
+        return end + 1
 
     async def _on_chain(self, stored: tuple[int, str]) -> bool:
         current = await self.adapter.block(stored[0])
@@ -291,12 +329,12 @@ class DepositWatcher:
         log.error("%s: reorg below every kept block (from %d): rescanning", self.name, lowest)
         return lowest - 1
 
-    async def _roll_back(self, fork: int, report: PassReport) -> None:
+    async def _roll_back(self, tip: tuple[int, str] | None, fork: int, report: PassReport) -> None:
         """In one transaction: forget the stored blocks above ``fork`` and mark their
         deposits DROPPED, or REVERSED with an alert and a hold when they were credited."""
         now = self.clock()
         deposits = custody_deposits.c
-        async with self.db.begin() as connection:
+        async with self._at_tip(tip) as connection:
             above = (deposits.chain == self.name) & (deposits.block_height > fork)
             credited = (
                 await connection.execute(
@@ -366,11 +404,13 @@ class DepositWatcher:
         )
         log.critical("%s: %s REVERSED: %s", self.name, row.external_id, detail)
 
-    async def _store_block(self, scanned: ScannedBlock, owners: _Owners) -> None:
+    async def _store_block(
+        self, tip: tuple[int, str] | None, scanned: ScannedBlock, owners: _Owners
+    ) -> None:
         """The block and its deposits in one transaction (the cursor moves with them)."""
         block = scanned.block
         now = self.clock()
-        async with self.db.begin() as connection:
+        async with self._at_tip(tip) as connection:
             await connection.execute(
                 custody_blocks.insert().values(
                     chain=self.name,
