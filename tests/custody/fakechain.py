@@ -176,16 +176,8 @@ class FakeChain:
     async def sign(self, spend: Spend, signer: Signer) -> SignedTx:
         assert spend.nonce is not None, "the fake chain is an EVM-like chain: nonces"
         txid = _hash("tx", spend.from_address, spend.nonce, spend.fee.max_fee, spend.amount)
-        raw = repr(
-            (
-                spend.from_address,
-                spend.to_address,
-                spend.asset.symbol,
-                spend.amount,
-                spend.nonce,
-                spend.fee.max_fee * spend.fee.gas_limit,
-            )
-        ).encode()
+        raw = repr((spend.from_address, spend.to_address, spend.asset.symbol, spend.amount,
+                    spend.nonce, spend.fee.max_fee * spend.fee.gas_limit)).encode()  # fmt: skip
         return SignedTx(txid, raw, spend.nonce, spend.fee)
 
     async def broadcast(self, tx: SignedTx) -> None:
