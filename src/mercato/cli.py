@@ -7,7 +7,6 @@ Sub-commands are registered on :data:`app`; command groups are added with
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -174,10 +173,10 @@ def audit(
 
 
 def chain_adapters(settings: Config) -> dict[str, Any]:
-    """The ChainAdapter of every configured custody chain, by name: built by
-    ``mercato.custody.runtime.chain_adapters(config)`` (the custody runtime)."""
-    runtime = importlib.import_module("mercato.custody.runtime")
-    return dict(runtime.chain_adapters(settings))
+    """The ChainAdapter of every configured custody chain, by name."""
+    from mercato.custody.runtime import chain_adapters as build
+
+    return dict(build(settings.custody))
 
 
 @custody_app.command("reconcile")
@@ -251,6 +250,61 @@ def _print_reconciliation(reports: list[AssetReconciliation], as_json: bool, dev
 
 def main() -> None:
     app()
+
+
+@custody_app.command("init")
+def custody_init(
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (default ./mercato-data).")
+    ] = None,
+    show_mnemonic: Annotated[
+        bool,
+        typer.Option(help="Also print the 24 words, for an offline backup (on a terminal only)."),
+    ] = False,
+) -> None:
+    """Create the custody seed (a 24-word BIP39 mnemonic), sealed with the master key in
+    the store; prints its fingerprint (the EVM hot-wallet address). An existing seed is
+    never replaced (exit 2)."""
+    import asyncio
+    import sys
+
+    from mercato.config import load_secrets
+    from mercato.core.errors import CodedError
+    from mercato.custody.keys import generate_mnemonic, init_seed
+    from mercato.service import BootError, verify_store
+    from mercato.store import create_engine, identity, migrate
+
+    err = Console(stderr=True)
+    if show_mnemonic and not sys.stdout.isatty():
+        raise _fail(err, "--show-mnemonic prints the words only to a terminal")
+    try:
+        settings = load_config(config, data_dir=str(data_dir) if data_dir else None)
+    except ConfigError as error:
+        raise _fail(err, str(error)) from None
+    mnemonic = generate_mnemonic()
+
+    async def create() -> str:
+        await verify_store(settings)  # the data directory's own store, as for serve
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secrets = load_secrets(settings)
+        await migrate(settings.database_url)
+        await identity.claim(settings.database_url, settings.data_dir)
+        db = create_engine(settings.database_url)
+        try:
+            return await init_seed(db, secrets.master_key, mnemonic)
+        finally:
+            await db.dispose()
+
+    try:
+        fingerprint = asyncio.run(create())
+    except CodedError as error:
+        raise _fail(err, error.message) from None
+    except BootError as error:
+        raise _fail(err, str(error), 1) from None
+    typer.echo(fingerprint)
+    if show_mnemonic:
+        typer.echo(mnemonic.words)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mercato.application.deposits import Deposits
 from mercato.application.history import History
 from mercato.application.portfolio import Portfolio
 from mercato.application.projection import ProjectionReads
@@ -32,6 +33,7 @@ from mercato.auth.mail import Mailer
 from mercato.config import Config, Secrets, load_secrets, market_spec
 from mercato.core.commands import Command, Tick, UpsertAsset, UpsertMarket
 from mercato.custody.chains.base import ChainAdapter
+from mercato.custody.runtime import CustodyRuntime
 from mercato.journal import (
     AsyncSequencer,
     JournalError,
@@ -113,6 +115,8 @@ class ExchangeService:
         self.custody_adapters: dict[str, ChainAdapter] = {}
         self.withdrawals: Withdrawals | None = None
         self.projection: ProjectionReads | None = None  # reads of the SQL projection
+        self.custody: CustodyRuntime | None = None  # signer, adapters, watchers
+        self.deposits: Deposits | None = None
         self._lock_fd: int | None = None  # the data directory's lock, until the sequencer has it
 
     def reader(self) -> AsyncEngine:
@@ -193,6 +197,7 @@ class ExchangeService:
                 self.secrets.master_key,
             )
         await self._bootstrap()
+        await self._start_custody()
         self._tick_task = asyncio.create_task(self._tick_loop(), name="mercato-gtd-ticks")
         self._mail_task = asyncio.create_task(self._mail_loop(), name="mercato-mail-retry")
         self.ready = True
@@ -231,6 +236,22 @@ class ExchangeService:
             raise BootError("configuration rejected by the engine: " + "; ".join(rejected))
         log.info("created %d assets and markets from the configuration", len(wanted))
 
+    async def _start_custody(self) -> None:
+        """Custody (docs/custody.md): the adapters, the seed unsealed once, the deposit
+        service, and the workers (watchers, sweepers, the sender with the withdrawals'
+        recovery) when they run in this process. Without chains or seed, custody is
+        unavailable and nothing starts."""
+        assert self.database is not None and self.secrets is not None
+        assert self.port is not None and self.projection is not None and self.reads is not None
+        custody = self.config.custody
+        self.custody = await CustodyRuntime.open(
+            custody, self.database, self.secrets.master_key, self.custody_adapters
+        )
+        self.deposits = Deposits(self.custody, self.port, self.reads)
+        if self.custody.available and custody.run_in_serve:
+            recover = self.withdrawals.recover if self.withdrawals is not None else None
+            self.custody.start_workers(self.port, self.projection, recover)
+
     async def _tick_loop(self) -> None:
         """Submit a Tick when a GTD order is due, so expiry does not wait for traffic."""
         assert self.port is not None
@@ -266,6 +287,8 @@ class ExchangeService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.custody is not None:
+            await self.custody.stop()  # before the sequencer closes: a pass may submit
         if self.market_data is not None:
             await self.market_data.hub.close_all()
         self._release_lock()  # if the start failed before the sequencer took it

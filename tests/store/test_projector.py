@@ -39,7 +39,14 @@ from mercato.core.commands import (
     UpsertMarket,
 )
 from mercato.core.engine import Engine
-from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
+from mercato.core.events import (
+    DepositCredited,
+    OrderAccepted,
+    OrderAmended,
+    OrderTriggered,
+    OrderUpdated,
+    Trade,
+)
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, MarketSpec
 from mercato.core.positions import Position
@@ -314,6 +321,9 @@ async def table_rows(url: str) -> dict[str, list[Any]]:
                 "positions": await fetch(c, sa.select(t.positions)),
                 "candles": await fetch(c, sa.select(t.candles)),
                 "cursor": await fetch(c, sa.select(t.projection_cursor)),
+                "deposit_credits": await fetch(
+                    c, sa.select(t.deposit_credits).order_by(t.deposit_credits.c.seq)
+                ),
             }
     finally:
         await db.dispose()
@@ -434,6 +444,15 @@ def check_projection(url: str, run: Run) -> dict[str, list[Any]]:
                 key=lambda c: c.open_time,
             )
             assert merge(minutes, interval) == series
+
+    # deposit credits: every DepositCredited once, with its seq and time (DUPLICATEs: none)
+    credits = [
+        (event.external_id, event.user, event.asset, event.amount, seq, ts)
+        for seq, ts, result in run.applied
+        for event in result.events
+        if isinstance(event, DepositCredited)
+    ]
+    assert credits and [tuple(r) for r in tables["deposit_credits"]] == credits
 
     (cursor,) = tables["cursor"]
     assert (cursor.name, cursor.last_seq) == ("sql", run.last_seq)

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.custody_admin_routes import router as custody_admin_router
+from mercato.api.deposit_routes import router as deposit_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
 from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
@@ -84,6 +85,7 @@ def create_app(
     app.include_router(trading_router)
     app.include_router(market_router)
     app.include_router(withdrawal_router)
+    app.include_router(deposit_router)
     app.include_router(ws_router)
     app.include_router(custody_admin_router)
     add_docs(app)

@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 from mercato.core.candles import INTERVALS, Candle, fold
-from mercato.core.events import OrderAccepted, OrderAmended, OrderTriggered, OrderUpdated, Trade
+from mercato.core.events import (
+    DepositCredited,
+    OrderAccepted,
+    OrderAmended,
+    OrderTriggered,
+    OrderUpdated,
+    Trade,
+)
 from mercato.core.ledger import postings
 from mercato.core.model import ACCOUNT_NAMES, LOCKED, REASON_NAMES, TERMINAL_STATUSES
 from mercato.core.order_state import OrderState, accepted, amended, filled, triggered, updated
@@ -59,6 +66,9 @@ class Plan:
     balances: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     positions: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     candles: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    # Every credit the engine accepted, (external_id, user, asset, amount, seq, ts): the
+    # custody watcher's authority on "was this deposit credited" (docs/custody.md).
+    deposit_credits: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -71,6 +81,7 @@ class Plan:
             + len(self.balances)
             + len(self.positions)
             + len(self.candles)
+            + len(self.deposit_credits)
         )
 
 
@@ -119,6 +130,7 @@ class Planner:
         users = plan.users
         trade_rows = plan.trades
         fill_rows = plan.fills
+        credit_rows = plan.deposit_credits
 
         def touch(order_id: int, seq: int) -> OrderState:
             """The open order an event changes (it is to be written)."""
@@ -176,6 +188,11 @@ class Planner:
                         # A stop's condition held: a live MARKET or LIMIT order now.
                         event = cast(OrderTriggered, event)
                         triggered(touch(event.order_id, seq), event, seq, ts)
+                    elif kind is DepositCredited:
+                        event = cast(DepositCredited, event)
+                        credit_rows.append(  # in the order of the deposit_credits columns
+                            (event.external_id, event.user, event.asset, event.amount, seq, ts)
+                        )
             plan.last_seq = batch.last_seq
             plan.last_ts = ts
             plan.commands += len(batch.commands) - start

@@ -25,6 +25,7 @@ from mercato.store.order_rows import ORDER_COLUMNS, ORDER_MUTABLE_COLUMNS, open_
 from mercato.store.projector_plan import BalanceKey, Plan, Planner, ProjectionError
 from mercato.store.tables import (
     candles,
+    deposit_credits,
     fills,
     ledger_balances,
     ledger_entries,
@@ -42,6 +43,7 @@ LOAD_CHUNK: Final = 500
 TRADE_COLUMNS: Final = tuple(c.name for c in trades.c)
 FILL_COLUMNS: Final = tuple(c.name for c in fills.c if c.name != "id")
 ENTRY_COLUMNS: Final = tuple(c.name for c in ledger_entries.c if c.name != "id")
+DEPOSIT_CREDIT_COLUMNS: Final = tuple(c.name for c in deposit_credits.c)
 
 
 class CursorConflictError(ProjectionError):
@@ -173,6 +175,8 @@ async def write_rows(connection: AsyncConnection, plan: Plan) -> None:
     await _bulk_write(connection, _BALANCE_UPSERT, plan.balances)
     await _bulk_write(connection, _POSITION_UPSERT, plan.positions)
     await _bulk_write(connection, _CANDLE_UPSERT, plan.candles)
+    # Plain inserts: the cursor moved in this transaction, so no credit is written twice.
+    await _bulk_insert(connection, deposit_credits, DEPOSIT_CREDIT_COLUMNS, plan.deposit_credits)
 
 
 async def _bulk_insert(
