@@ -252,6 +252,98 @@ def main() -> None:
     app()
 
 
+@custody_app.command("run")
+def custody_run(
+    config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data directory (default ./mercato-data).")
+    ] = None,
+) -> None:
+    """Run the custody workers (deposit watchers, sweepers, the sender) in this process,
+    for a deployment where `mercato serve` runs with `[custody] run_in_serve = false`.
+    They share serve's store and master key and submit funding commands to serve's
+    internal port (`[custody] engine_url`). Safe to kill at any moment; stops on
+    SIGTERM/SIGINT after the current pass (docs/custody.md, "Process model")."""
+    import logging
+
+    from mercato.config import load_secrets
+
+    err = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_config(config, data_dir=str(data_dir) if data_dir else None)
+        secrets = load_secrets(settings)
+    except ConfigError as error:
+        raise _fail(err, str(error)) from None
+    custody = settings.custody
+    if not custody.chains:
+        raise _fail(err, "no [[custody.chains]] configured: nothing to run")
+    if custody.run_in_serve:
+        raise _fail(err, "[custody] run_in_serve is true: the workers run inside serve; "
+                         "set it to false for serve and this process")  # fmt: skip
+    url = custody.engine_url or f"http://{settings.server.host}:{settings.server.port}"
+    try:
+        asyncio.run(_run_custody(settings, secrets.master_key, url))
+    except _CustodyRunError as error:
+        raise _fail(err, str(error)) from None
+
+
+class _CustodyRunError(RuntimeError):
+    pass
+
+
+async def _run_custody(settings: Config, master_key: bytes, url: str) -> None:
+    import logging
+    import signal
+
+    import httpx
+
+    from mercato.custody.remote import StoreCatchUp
+    from mercato.custody.runtime import CustodyError, CustodyRuntime
+    from mercato.port.remote import RemoteEnginePort
+
+    port = RemoteEnginePort(url, master_key)
+    db = create_engine(settings.database_url)
+    try:
+        await _wait_for_engine(port, url, httpx.HTTPError)
+        try:
+            runtime = await CustodyRuntime.open(settings.custody, db, master_key)
+        except CustodyError as error:
+            raise _CustodyRunError(str(error)) from None
+        if not runtime.available:
+            raise _CustodyRunError("no custody seed in the store: run `mercato custody init`")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        runtime.start_workers(port, StoreCatchUp(db, port))
+        logging.getLogger("mercato.cli").info(
+            "custody workers running against the engine at %s", url
+        )
+        await stop.wait()
+        await runtime.stop()
+    finally:
+        await port.close()
+        await db.dispose()
+
+
+async def _wait_for_engine(port: Any, url: str, transient: type[Exception]) -> None:
+    """The engine's first answer, waiting up to 30 s for serve to come up."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await port.refresh()
+            return
+        except transient as error:
+            if time.monotonic() > deadline:
+                raise _CustodyRunError(f"the engine at {url} does not answer: {error}") from None
+            await asyncio.sleep(0.5)
+
+
 @custody_app.command("init")
 def custody_init(
     config: Annotated[Path | None, typer.Option(help="TOML configuration file.")] = None,

@@ -179,6 +179,8 @@ class CustodyConfig(_Section):
     and deposit/withdrawal endpoints answer CUSTODY_UNAVAILABLE."""
 
     run_in_serve: bool = True  # the workers run inside `mercato serve`
+    # Where `mercato custody run` submits (serve's internal port); empty: server.host/port.
+    engine_url: str = ""
     address_cooloff_seconds: int = 86_400  # a new withdrawal address waits this long
     approval_ttl_seconds: int = 86_400  # an admin approval counts this long
     chains: list[CustodyChainConfig] = msgspec.field(default_factory=list)

@@ -248,9 +248,11 @@ class ExchangeService:
             custody, self.database, self.secrets.master_key, self.custody_adapters
         )
         self.deposits = Deposits(self.custody, self.port, self.reads)
+        recover = self.withdrawals.recover if self.withdrawals is not None else None
         if self.custody.available and custody.run_in_serve:
-            recover = self.withdrawals.recover if self.withdrawals is not None else None
             self.custody.start_workers(self.port, self.projection, recover)
+        elif self.custody.available and recover is not None:
+            self.custody.start_recovery(recover)  # the workers run in `mercato custody run`
 
     async def _tick_loop(self) -> None:
         """Submit a Tick when a GTD order is due, so expiry does not wait for traffic."""

@@ -23,6 +23,7 @@ from mercato.api.custody_admin_routes import router as custody_admin_router
 from mercato.api.deposit_routes import router as deposit_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
 from mercato.api.fastlane import OrderEntryApp
+from mercato.api.internal_routes import router as internal_router
 from mercato.api.limits import BodyLimit, JsonBodies, JsonOperations, RateLimit
 from mercato.api.market_routes import router as market_router
 from mercato.api.ratelimit import limiter_for
@@ -85,6 +86,7 @@ def create_app(
     app.include_router(trading_router)
     app.include_router(market_router)
     app.include_router(withdrawal_router)
+    app.include_router(internal_router)
     app.include_router(deposit_router)
     app.include_router(ws_router)
     app.include_router(custody_admin_router)

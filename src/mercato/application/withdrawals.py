@@ -22,6 +22,7 @@ import contextlib
 import re
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import msgspec
 from sqlalchemy import Row, delete, func, insert, select, update
@@ -247,7 +248,7 @@ class Withdrawals:
         now = self._clock()
         if usable_at is None:
             usable_at = await self._add_address(connection, user, config.chain, address, "", ip)
-            return int(usable_at)
+            return int(usable_at) if usable_at > now else None  # a cool-off of 0: usable now
         if usable_at > now:
             raise self._cooling(address, int(usable_at))
         return None
@@ -290,7 +291,7 @@ class Withdrawals:
         return WithdrawalError(
             "ADDRESS_COOLING_OFF",
             f"{address} is new in your address book: withdrawals to it are possible from "
-            f"{usable_at} (ms since the epoch)",
+            f"{_utc(usable_at)} ({usable_at} ms since the epoch)",
             ErrorKind.CONFLICT,
         )
 
@@ -760,3 +761,7 @@ def _already_decided(withdrawal_id: str) -> WithdrawalError:
     return WithdrawalError(
         "ALREADY_DECIDED", f"you decided on withdrawal {withdrawal_id} already", ErrorKind.CONFLICT
     )
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

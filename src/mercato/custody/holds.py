@@ -16,7 +16,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mercato.core.commands import Command, HoldWithdrawal, ReleaseWithdrawal, SettleWithdrawal
-from mercato.port import ExchangePort
+from mercato.port import FundingPort
 from mercato.store.tables import audit_log, custody_withdrawals
 
 
@@ -34,7 +34,7 @@ def hold_command(
 
 
 async def _finish(
-    db: AsyncEngine, port: ExchangePort, command: Command, withdrawal_id: str, state: str
+    db: AsyncEngine, port: FundingPort, command: Command, withdrawal_id: str, state: str
 ) -> bool:
     result = await port.submit(command)
     if result.status != "ACCEPTED" and result.code != "UNKNOWN_WITHDRAWAL":
@@ -51,12 +51,12 @@ async def _finish(
     return result.status == "ACCEPTED" and bool(done.rowcount)
 
 
-async def release_hold(db: AsyncEngine, port: ExchangePort, withdrawal_id: str) -> bool:
+async def release_hold(db: AsyncEngine, port: FundingPort, withdrawal_id: str) -> bool:
     """Give the held amount back (REJECTED, CANCELED, FAILED); True if this call did."""
     return await _finish(db, port, ReleaseWithdrawal(withdrawal_id), withdrawal_id, "RELEASED")
 
 
-async def settle_hold(db: AsyncEngine, port: ExchangePort, withdrawal_id: str) -> bool:
+async def settle_hold(db: AsyncEngine, port: FundingPort, withdrawal_id: str) -> bool:
     """The withdrawal left on chain: the held amount leaves, the fee is earned."""
     return await _finish(db, port, SettleWithdrawal(withdrawal_id), withdrawal_id, "SETTLED")
 

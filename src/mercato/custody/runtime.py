@@ -26,7 +26,7 @@ from mercato.custody.sender import Sender, create_outgoing
 from mercato.custody.signer import LocalSeedSigner
 from mercato.custody.sweeper import Sweeper
 from mercato.custody.watcher import DepositWatcher, ProjectionCatchUp, WatchedAsset
-from mercato.port import ExchangePort
+from mercato.port import FundingPort
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class CustodyRuntime:
         return [asset for asset in self.config.assets if asset.chain == chain]
 
     def start_workers(
-        self, port: ExchangePort, projection: ProjectionCatchUp, recover: Recover | None = None
+        self, port: FundingPort, projection: ProjectionCatchUp, recover: Recover | None = None
     ) -> None:
         """A deposit watcher and a sweeper per configured chain, and the sender over all
         of them (``recover``, the withdrawals service's, runs before each of its passes)."""
@@ -148,7 +148,7 @@ class CustodyRuntime:
         poll = min((chain.poll_seconds for chain in self.config.chains), default=2.0)
         self._spawn("custody-sender", self._sender_loop(self.sender, poll, recover))
 
-    def start_watchers(self, port: ExchangePort, projection: ProjectionCatchUp) -> None:
+    def start_watchers(self, port: FundingPort, projection: ProjectionCatchUp) -> None:
         """One deposit watcher task per configured chain."""
         assert self.signer is not None, "custody without a seed starts nothing"
         for chain in self.config.chains:
@@ -185,6 +185,20 @@ class CustodyRuntime:
                 log.exception("custody pass on %s failed; retrying", chain.name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), chain.poll_seconds)
+
+    def start_recovery(self, recover: Recover, poll_seconds: float = 2.0) -> None:
+        """Only the withdrawals' recovery, in a serve whose workers run elsewhere (it
+        needs the engine's state, which a separate custody process cannot read)."""
+        self._spawn("custody-recovery", self._recovery_loop(recover, poll_seconds))
+
+    async def _recovery_loop(self, recover: Recover, poll: float) -> None:
+        while not self._stop.is_set():
+            try:
+                await recover()
+            except Exception:
+                log.exception("withdrawal recovery pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), poll)
 
     async def _sender_loop(self, sender: Sender, poll: float, recover: Recover | None) -> None:
         while not self._stop.is_set():

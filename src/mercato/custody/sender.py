@@ -43,7 +43,7 @@ from mercato.custody.chains.base import (
 )
 from mercato.custody.holds import now_ms, release_hold, settle_hold
 from mercato.custody.units import atoms_to_chain
-from mercato.port import ExchangePort
+from mercato.port import FundingPort
 from mercato.store.tables import (
     custody_attempts,
     custody_nonces,
@@ -199,7 +199,7 @@ class Sender:
     def __init__(
         self,
         db: AsyncEngine,
-        port: ExchangePort,
+        port: FundingPort,
         custody: CustodyConfig,
         adapters: Mapping[str, ChainAdapter],
         signer: Signer,

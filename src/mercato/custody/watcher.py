@@ -54,7 +54,7 @@ from mercato.custody.chains.base import (
     Watched,
 )
 from mercato.custody.units import split_deposit
-from mercato.port import ExchangePort
+from mercato.port import FundingPort
 from mercato.store.tables import (
     custody_alerts,
     custody_blocks,
@@ -164,7 +164,7 @@ class DepositWatcher:
         adapter: ChainAdapter,
         chain: CustodyChainConfig,
         assets: Sequence[WatchedAsset],
-        port: ExchangePort,
+        port: FundingPort,
         projection: ProjectionCatchUp,
         signer: Signer,
         clock: Callable[[], int] = now_ms,

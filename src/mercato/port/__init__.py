@@ -28,9 +28,11 @@ from mercato.journal.sequencer import (
 
 __all__ = [
     "AppliedBatch",
+    "AssetView",
     "CommandEncodeError",
     "ExchangePort",
     "ExchangeView",
+    "FundingPort",
     "Listener",
     "SequencerClosedError",
 ]
@@ -85,3 +87,21 @@ class ExchangePort(Protocol):
     def submit(self, cmd: Command) -> Awaitable[Result]: ...
     async def submit_many(self, commands: Sequence[Command]) -> list[Result]: ...
     def subscribe(self, listener: Listener) -> None: ...
+
+
+class AssetView(Protocol):
+    """The engine's assets: all that custody's workers read of its state."""
+
+    def asset(self, symbol: str) -> Asset | None: ...
+
+
+class FundingPort(Protocol):
+    """The part of the port custody's workers use: funding commands in, results out, the
+    assets' ledger decimals. ExchangePort has it in-process; ``port.remote`` has it over
+    the internal port for a separate `mercato custody run`."""
+
+    @property
+    def view(self) -> AssetView: ...
+
+    def submit(self, cmd: Command) -> Awaitable[Result]: ...
+    async def submit_many(self, commands: Sequence[Command]) -> list[Result]: ...
