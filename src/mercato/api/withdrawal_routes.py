@@ -72,6 +72,7 @@ class WithdrawalView(msgspec.Struct, kw_only=True):
     reason: str | None
     requested_at: int
     updated_at: int
+    txid: str | None = None  # once signed: the transaction on chain (the mined one when done)
 
 
 class AddressView(msgspec.Struct, kw_only=True):
@@ -115,6 +116,7 @@ def _view(service: ExchangeService, record: WithdrawalRecord) -> WithdrawalView:
         reason=record.reason,
         requested_at=record.requested_at,
         updated_at=record.updated_at,
+        txid=record.txid,
     )
 
 

@@ -23,9 +23,10 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, Select, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,6 +42,8 @@ from mercato.store.tables import (
     WITHDRAWAL_STATUSES,
     custody_address_book,
     custody_approvals,
+    custody_attempts,
+    custody_outgoing,
     custody_withdrawal_holds,
     custody_withdrawals,
     users,
@@ -80,6 +83,7 @@ class WithdrawalRecord(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     requested_at: int
     updated_at: int
+    txid: str | None = None  # the transaction that was mined, else the latest signed one
 
 
 class AddressEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,8 +96,24 @@ class AddressEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _record(row: Row[tuple[object, ...]]) -> WithdrawalRecord:
-    fields = WithdrawalRecord.__struct_fields__
-    return WithdrawalRecord(**{name: getattr(row, name) for name in fields})
+    values: dict[str, Any] = {
+        name: getattr(row, name, None) for name in WithdrawalRecord.__struct_fields__
+    }
+    return WithdrawalRecord(**values)
+
+
+def _with_txid() -> Select[Any]:
+    """custody_withdrawals with ``txid``: the mined attempt's, else the newest signed."""
+    o, a = custody_outgoing.c, custody_attempts.c
+    latest = (
+        select(a.txid)
+        .where(a.outgoing_id == custody_withdrawals.c.outgoing_id)
+        .order_by(a.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    mined = select(o.txid).where(o.id == custody_withdrawals.c.outgoing_id).scalar_subquery()
+    return select(custody_withdrawals, func.coalesce(mined, latest).label("txid"))
 
 
 class Withdrawals:
@@ -579,9 +599,13 @@ class Withdrawals:
         return row
 
     async def get(self, user: int, withdrawal_id: str) -> WithdrawalRecord:
-        """The user's withdrawal (another user's is not found either)."""
-        row = await self._row(withdrawal_id)
-        if row.user_id != user:
+        """The user's withdrawal (another user's is not found either), with its txid."""
+        w = custody_withdrawals.c
+        async with self._db.connect() as connection:
+            row = (
+                await connection.execute(_with_txid().where(w.withdrawal_id == withdrawal_id))
+            ).one_or_none()
+        if row is None or row.user_id != user:
             raise _not_found(withdrawal_id)
         return _record(row)
 
@@ -594,7 +618,7 @@ class Withdrawals:
                 "INVALID_STATUS", f"status must be one of {', '.join(WITHDRAWAL_STATUSES)}"
             )
         w = custody_withdrawals.c
-        query = select(custody_withdrawals).order_by(w.id.desc()).limit(limit)
+        query = _with_txid().order_by(w.id.desc()).limit(limit)
         if user is not None:
             query = query.where(w.user_id == user)
         if status is not None:
