@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+import msgspec
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 
 from mercato.api.auth_routes import SessionCaller, service_of
 from mercato.api.errors import ApiError
-from mercato.api.openapi import SIGNED_IN, errors
+from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
+from mercato.application.custody_ops import CustodyOps
 from mercato.custody.chains.base import ChainAdapter, ChainUnavailable
 from mercato.custody.reconcile import (
     LedgerSource,
@@ -91,3 +94,96 @@ async def reconciliation(caller: SessionCaller, request: Request) -> dict[str, A
         "dev": service.config.server.dev,
         "assets": [report.as_dict() for report in reports],
     }
+
+
+class AlertView(msgspec.Struct, kw_only=True):
+    id: int
+    severity: str
+    kind: str
+    chain: str
+    subject: str
+    detail: str
+    created_at: int
+    acknowledged_at: int | None
+    acknowledged_by: int | None
+
+
+class HoldView(msgspec.Struct, kw_only=True):
+    id: int
+    user_id: int
+    asset: str
+    reason: str
+    subject: str
+    created_at: int
+    released_at: int | None
+    released_by: int | None
+
+
+class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    totp_code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+
+
+def _ops(service: ExchangeService) -> CustodyOps:
+    assert service.database is not None and service.secrets is not None
+    return CustodyOps(service.database, service.secrets.master_key)
+
+
+def _json(value: object) -> Response:
+    return Response(msgspec.json.encode(value), media_type="application/json")
+
+
+@router.get("/alerts", responses={**json_response(list[AlertView], 200, "Newest first"),
+                                   **errors(*SIGNED_IN)})  # fmt: skip
+async def alerts_route(
+    caller: SessionCaller, request: Request, open_only: bool = Query(True, alias="open")
+) -> Response:
+    """Custody alerts, newest first (``open=false`` includes acknowledged ones): reversed
+    deposits, rejected credits, a hot wallet below its floor (docs/custody.md)."""
+    require_admin(caller)
+    found = await _ops(service_of(request)).alerts(open_only)
+    return _json([msgspec.convert(msgspec.to_builtins(a), AlertView) for a in found])
+
+
+@router.post("/alerts/{alert_id}/acknowledge",
+             responses={**json_response(AlertView, 200, "Acknowledged"),
+                        **errors(*SIGNED_IN, 404, 409)})  # fmt: skip
+async def acknowledge_route(
+    caller: SessionCaller, request: Request, alert_id: int = Path(ge=1, le=2**62)
+) -> Response:
+    """Mark an alert seen (audited); a second acknowledgement is 409 ALERT_ACKNOWLEDGED."""
+    require_admin(caller)
+    ip = request.client.host if request.client else None
+    alert = await _ops(service_of(request)).acknowledge_alert(caller.user_id, alert_id, ip)
+    return _json(msgspec.convert(msgspec.to_builtins(alert), AlertView))
+
+
+@router.get("/withdrawal-holds", responses={**json_response(list[HoldView], 200, "Newest first"),
+                                             **errors(*SIGNED_IN)})  # fmt: skip
+async def holds_route(
+    caller: SessionCaller, request: Request, active: bool = Query(True)
+) -> Response:
+    """Withdrawal holds on a user's asset (a credited deposit was reversed by a reorg);
+    ``active=false`` includes released ones."""
+    require_admin(caller)
+    found = await _ops(service_of(request)).holds(active)
+    return _json([msgspec.convert(msgspec.to_builtins(h), HoldView) for h in found])
+
+
+@router.post("/withdrawal-holds/{hold_id}/release", openapi_extra=json_body(ReleaseRequest),
+             responses={**json_response(HoldView, 200, "Released"),
+                        **errors(*SIGNED_IN, 400, 404, 409)})  # fmt: skip
+async def release_route(
+    caller: SessionCaller, request: Request, hold_id: int = Path(ge=1, le=2**62)
+) -> Response:
+    """Let the user withdraw the asset again (the admin's 2FA code; audited)."""
+    require_admin(caller)
+    body = await request.body()
+    try:
+        payload = msgspec.json.decode(body or b"{}", type=ReleaseRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as error:
+        raise ApiError(400, "INVALID_REQUEST", str(error)) from None
+    ip = request.client.host if request.client else None
+    hold = await _ops(service_of(request)).release_hold(
+        caller.user_id, hold_id, payload.totp_code, ip
+    )
+    return _json(msgspec.convert(msgspec.to_builtins(hold), HoldView))
