@@ -235,3 +235,34 @@ def bench_api(
         )
     if as_json:
         print(json.dumps(figures))
+
+
+@bench_app.command("custody")
+def bench_custody(
+    addresses: int = typer.Option(1000, "--addresses", min=1, help="Users with a deposit address."),
+    deposits: int = typer.Option(2000, "--deposits", min=2, help="Deposits, half ETH, half USDT."),
+    withdrawals: int = typer.Option(200, "--withdrawals", min=0, help="Withdrawals sent."),
+    block_txs: int = typer.Option(200, "--block-txs", min=1, help="Deposits per block."),
+    confirmations: int = typer.Option(12, "--confirmations", min=1, help="Blocks deep to credit."),
+    seed: int = typer.Option(1, "--seed", help="Seed of the deposits' amounts and addresses."),
+    as_json: bool = typer.Option(False, "--json", help="Last line: one JSON object."),
+) -> None:
+    """On a real Anvil (manual mining): deposits to many addresses detected and credited
+    per second, with the JSON-RPC requests the scan made; then withdrawals signed and
+    broadcast per second, and completed once deep enough (docs/benchmarks.md)."""
+    from mercato.custodybench import AnvilMissing, BenchSizes, run_custody_bench
+
+    sizes = BenchSizes(addresses, deposits, withdrawals, block_txs, confirmations, seed)
+    try:
+        figures = asyncio.run(run_custody_bench(sizes))
+    except AnvilMissing as missing:
+        typer.echo(f"mercato bench custody: {missing}", err=True)
+        raise typer.Exit(2) from None
+    console = Console(stderr=as_json)
+    table = Table("figure", "value", title="custody on Anvil")
+    for key, value in figures.items():
+        shown = f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else value
+        table.add_row(key, str(shown))
+    console.print(table)
+    if as_json:
+        print(json.dumps(figures))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -69,6 +70,10 @@ log = logging.getLogger(__name__)
 MIN_KEPT_BLOCKS = 256
 #: Deposit statuses a block's removal changes (DROPPED and REVERSED rows stay as they are).
 LIVE_STATUSES = ("PENDING", "CONFIRMED", "BELOW_MINIMUM", "TREASURY")
+#: External ids per lookup of known deposits (well under SQLite's bound parameters).
+KNOWN_LOOKUP_CHUNK = 500
+#: Addresses kept normalised per watcher (checksumming an EVM address is a keccak).
+NORMALIZED_CACHE = 65_536
 
 
 def now_ms() -> int:
@@ -178,6 +183,8 @@ class DepositWatcher:
         self.signer = signer
         self.clock = clock
         self.name = chain.name
+        # The same addresses come back in every block (ours, busy senders): normalised once.
+        self._normalize = functools.lru_cache(maxsize=NORMALIZED_CACHE)(adapter.normalize_address)
 
     # ------------------------------------------------------------------ the loop
 
@@ -256,7 +263,7 @@ class DepositWatcher:
 
     async def _owners(self) -> _Owners:
         hot = await hot_address(self.db, self.signer, self.adapter.kind, self.name)
-        normalize = self.adapter.normalize_address
+        normalize = self._normalize
         deposit: dict[str, int] = {}
         hots = {normalize(hot)}
         for address, (role, user) in (await chain_addresses(self.db, self.name)).items():
@@ -421,10 +428,10 @@ class DepositWatcher:
                     scanned_at=now,
                 )
             )
-            for incoming in scanned.incoming:
-                row = self._deposit_row(incoming, block, owners, now)
-                if row is not None:
-                    await self._upsert_deposit(connection, row, now)
+            rows = [
+                self._deposit_row(incoming, block, owners, now) for incoming in scanned.incoming
+            ]
+            await self._upsert_deposits(connection, [row for row in rows if row is not None], now)
 
     def _deposit_row(
         self, incoming: Incoming, block: BlockRef, owners: _Owners, now: int
@@ -432,7 +439,7 @@ class DepositWatcher:
         """The ``custody_deposits`` row of a transfer as first seen, or None when it is
         not a deposit (an asset not in custody, our own addresses sending)."""
         asset = self.assets.get(incoming.asset)
-        normalize = self.adapter.normalize_address
+        normalize = self._normalize
         to = _normalized(normalize, incoming.to_address)
         sender = _normalized(normalize, incoming.from_address)
         if asset is None or sender in owners.hot:
@@ -470,20 +477,35 @@ class DepositWatcher:
         }
 
     @staticmethod
-    async def _upsert_deposit(connection: AsyncConnection, row: dict[str, Any], now: int) -> None:
-        """Insert a new deposit; a known one moves to the block it is in now and, if its
-        block had left the chain, revives (DROPPED: as first seen; REVERSED: CREDITED)."""
-        external_id = row["external_id"]
-        status = (
-            await connection.execute(
-                sa.select(custody_deposits.c.status).where(
-                    custody_deposits.c.external_id == external_id
+    async def _upsert_deposits(
+        connection: AsyncConnection, rows: Sequence[dict[str, Any]], now: int
+    ) -> None:
+        """Insert the new deposits of a block (one statement for them all: a block may
+        carry hundreds); a known one moves to the block it is in now and, if its block
+        had left the chain, revives (DROPPED: as first seen; REVERSED: CREDITED)."""
+        deposits = custody_deposits.c
+        known: dict[str, str] = {}
+        ids = [row["external_id"] for row in rows]
+        for offset in range(0, len(ids), KNOWN_LOOKUP_CHUNK):
+            found = await connection.execute(
+                sa.select(deposits.external_id, deposits.status).where(
+                    deposits.external_id.in_(ids[offset : offset + KNOWN_LOOKUP_CHUNK])
                 )
             )
-        ).scalar_one_or_none()
-        if status is None:
-            await connection.execute(custody_deposits.insert().values(**row))
-            return
+            known.update((str(external_id), str(status)) for external_id, status in found)
+        new = [row for row in rows if row["external_id"] not in known]
+        if new:
+            await connection.execute(custody_deposits.insert(), new)
+        for row in rows:
+            status = known.get(row["external_id"])
+            if status is not None:
+                await DepositWatcher._move_known(connection, row, status, now)
+
+    @staticmethod
+    async def _move_known(
+        connection: AsyncConnection, row: dict[str, Any], status: str, now: int
+    ) -> None:
+        external_id = row["external_id"]
         moved: dict[str, Any] = {
             "block_height": row["block_height"],
             "block_hash": row["block_hash"],
