@@ -1,9 +1,9 @@
 """Reconciliation to the atom: the custody tables filled as the watcher and the sender
 fill them, the ledger a real engine fed the same deposits and withdrawals, and a FakeChain
-holding what those transfers left on chain. Each component moves the surplus by exactly
-its amount; sweeps, gas top-ups and withdrawals keep it at 0 at every step, including
-while their transactions are mined but not yet tracked. Then the CLI's exit codes and the
-admin endpoint's access rule."""
+holding what those transfers left on chain (the sweeper and the real sender move funds).
+Each component moves the surplus by exactly its amount; sweeps, gas top-ups and
+withdrawals keep it at 0 at every step, including while their transactions are mined but
+not yet tracked. Then the CLI's exit codes and the admin endpoint's access rule."""
 
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 import mercato.cli
 from custody.fakechain import FakeChain
-from custody.standin_sender import broadcast_signed, create_outgoing, track_broadcast
 from custody.test_sweeper import (
     COLD,
     D1,
@@ -38,6 +37,7 @@ from custody.test_sweeper import (
 from mercato.config import CustodyAssetConfig, CustodyChainConfig, CustodyConfig
 from mercato.core import commands as c
 from mercato.core.engine import Engine
+from mercato.core.results import Result
 from mercato.custody.chains.base import KeyRef
 from mercato.custody.reconcile import (
     AssetReconciliation,
@@ -46,6 +46,7 @@ from mercato.custody.reconcile import (
     projection_totals,
     reconcile,
 )
+from mercato.custody.sender import Sender, create_outgoing
 from mercato.custody.sweeper import Sweeper
 from mercato.journal import AsyncSequencer, recover_engine
 from mercato.store import create_engine, migrate, sqlite_url
@@ -59,7 +60,8 @@ from store.conftest import database_url  # noqa: F401  (fixture)
 USDT_UNIT = 10**6  # on chain
 ATOM = 10**8  # one whole unit in the ledger (8 decimals for both)
 CUSTODY = CustodyConfig(
-    chains=[CustodyChainConfig(name="fake", kind="evm", rpc_url="-", cold_address=COLD)],
+    chains=[CustodyChainConfig(name="fake", kind="evm", rpc_url="-", cold_address=COLD,
+                               confirmations=2)],
     assets=[
         CustodyAssetConfig(symbol="ETH", chain="fake", chain_decimals=18, sweep_threshold="0.001"),
         CustodyAssetConfig(symbol="USDT", chain="fake", chain_decimals=6, contract="0xusdt",
@@ -110,9 +112,30 @@ class Exchange:
     async def surpluses(self) -> dict[str, int]:
         return {asset: report.surplus for asset, report in (await self.report()).items()}
 
+    def sender(self, port: Any = None) -> Sender:
+        """The real sender (``port``: the engine's, for a withdrawal's settle)."""
+        return Sender(self.db, port, CUSTODY, {"fake": self.chain}, NO_SIGNER)
+
     def sweeper(self) -> Sweeper:
         return Sweeper(self.db, self.chain, NO_SIGNER, CUSTODY.chains[0], CUSTODY.assets,
                        create_outgoing)  # fmt: skip
+
+
+class EnginePort:
+    """The exchange's engine as the sender's port; the first ``SettleWithdrawal`` is
+    killed before it reaches the engine (the moment the transfer is COMPLETED and the
+    ledger still holds the amount)."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.kill_next_settle = True
+
+    async def submit(self, command: c.Command) -> Result:
+        if isinstance(command, c.SettleWithdrawal) and self.kill_next_settle:
+            self.kill_next_settle = False
+            raise RuntimeError("killed before the settle")
+        self.exchange.seq += 1
+        return self.exchange.engine.apply(self.exchange.seq, self.exchange.seq, command)
 
 
 async def funded(db: AsyncEngine) -> Exchange:
@@ -199,17 +222,20 @@ def test_sweeps_and_gas_top_ups_change_nothing_but_the_network_fees(url: str) ->
         first = await exchange.sweeper().run_once()
         assert first.created == {"GAS": ["gas:fake:0xd2:USDT:0"], "SWEEP": ["fake:0xd1:ETH:0"]}
         assert await exchange.surpluses() == balanced  # signed, nothing on chain yet
-        await broadcast_signed(exchange.db, exchange.chain)
+        await exchange.sender().run_once()  # broadcast
         exchange.chain.mine()  # mined; the sender has not recorded it (fees in flight)
         assert await exchange.surpluses() == balanced
-        await track_broadcast(exchange.db, exchange.chain)
+        await exchange.sender().run_once()  # 1 confirmation of 2: still BROADCAST
+        assert await exchange.surpluses() == balanced
+        exchange.chain.mine()
+        await exchange.sender().run_once()  # COMPLETED, fees recorded
         assert await exchange.surpluses() == balanced
         assert (await exchange.report())["ETH"].components["network_fees"] == 2 * FEE
 
         assert (await exchange.sweeper().run_once()).created == {"SWEEP": ["fake:0xd2:USDT:0"]}
-        await broadcast_signed(exchange.db, exchange.chain)
-        exchange.chain.mine()
-        await track_broadcast(exchange.db, exchange.chain)
+        await exchange.sender().run_once()
+        exchange.chain.mine(2)
+        await exchange.sender().run_once()
         reports = await exchange.report()
         assert await exchange.surpluses() == balanced
         assert reports["ETH"].components["network_fees"] == 3 * FEE  # paid in ETH
@@ -239,17 +265,18 @@ def test_a_withdrawal_sent_but_not_settled_is_counted_until_it_settles(url: str)
             amount_chain=100 * USDT_UNIT,
         )  # fmt: skip
         assert await exchange.surpluses() == {"ETH": 0, "USDT": 0}
-        await broadcast_signed(exchange.db, exchange.chain)
+        port = EnginePort(exchange)
+        await exchange.sender(port).run_once()  # broadcast
         exchange.chain.mine()  # gone from the hot wallet; the row is still BROADCAST
         assert await exchange.surpluses() == {"ETH": 0, "USDT": 0}
-        await track_broadcast(exchange.db, exchange.chain)
+        exchange.chain.mine()
+        with pytest.raises(RuntimeError, match="killed before the settle"):
+            await exchange.sender(port).run_once()  # COMPLETED, then killed
         usdt = (await exchange.report())["USDT"]
         assert usdt.balanced and usdt.components["withdrawals_unsettled"] == 100 * ATOM
         assert usdt.components["users_locked"] == 101 * ATOM
 
-        exchange.submit(c.SettleWithdrawal("w1"))
-        async with exchange.db.begin() as connection:
-            await connection.execute(update(custody_withdrawals).values(hold_state="SETTLED"))
+        await exchange.sender(port).run_once()  # the next pass settles the hold
         usdt = (await exchange.report())["USDT"]
         assert usdt.balanced and usdt.components["withdrawals_unsettled"] == 0
         assert (usdt.components["users_locked"], usdt.components["fees"]) == (0, ATOM)

@@ -85,3 +85,47 @@ def test_a_seed_that_does_not_open_with_the_master_key_stops_the_start(migrated:
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_start_workers_runs_a_sweeper_per_chain_over_its_own_assets(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chain's sweeper gets that chain's assets (its native coin among them, which
+    token sweeps need for gas) and the chain's adapter; the sender covers every chain."""
+    monkeypatch.setattr(service_module, "tune_gc", lambda: None)
+    config = load_config(env={"DATABASE_URL": database_url}, data_dir=str(tmp_path / "data"))
+    two_chains = {
+        "chains": [CUSTODY["chains"][0], {**CUSTODY["chains"][0], "name": "other"}],  # type: ignore[index]
+        "assets": [
+            *CUSTODY["assets"],
+            {"symbol": "USDT", "chain": "fake", "chain_decimals": 6, "contract": "0xusdt"},
+            {"symbol": "BTC", "chain": "other", "chain_decimals": 8},
+        ],
+    }
+
+    async def scenario() -> None:
+        service = ExchangeService(config, env={})
+        await service.start()
+        try:
+            assert service.database is not None and service.port is not None
+            custody = CustodyRuntime(
+                msgspec.convert(two_chains, CustodyConfig), service.database, SIGNER
+            )
+            for name in ("fake", "other"):
+                custody.adapters[name] = FakeChain(name, (ChainAsset("ETH", "", 18),))
+            custody.start_workers(service.port, service.projection)  # type: ignore[arg-type]
+            fake, other = custody.sweepers["fake"], custody.sweepers["other"]
+            assert [a.config.symbol for a in fake.assets] == ["ETH", "USDT"]
+            assert fake.native is not None and fake.native.config.symbol == "ETH"
+            assert [a.config.symbol for a in other.assets] == ["BTC"]
+            assert fake.adapter is custody.adapters["fake"]
+            assert other.adapter is custody.adapters["other"]
+            assert custody.sender is not None
+            names = sorted(task.get_name() for task in custody._tasks)
+            assert names == ["custody-deposits-fake", "custody-deposits-other", "custody-sender",
+                             "custody-sweeps-fake", "custody-sweeps-other"]  # fmt: skip
+            await custody.stop()
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())

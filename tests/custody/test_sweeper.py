@@ -1,6 +1,7 @@
 """The sweeper's rules on the in-memory chain, with the custody tables on SQLite and
-PostgreSQL: what it sends (through the stand-in sender until the real one merges), when it
-waits, and that it never opens a second sweep of the same address and asset."""
+PostgreSQL: what it sends (through the real sender, ``create_outgoing`` and ``Sender``
+passes, confirmations 2), when it waits, and that it never opens a second sweep of the
+same address and asset."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from custody.fakechain import FakeChain
-from custody.standin_sender import broadcast_signed, create_outgoing, track_broadcast
-from mercato.config import CustodyAssetConfig, CustodyChainConfig
+from mercato.config import CustodyAssetConfig, CustodyChainConfig, CustodyConfig
 from mercato.custody.chains.base import ChainAsset
+from mercato.custody.sender import Sender, create_outgoing
 from mercato.custody.sweeper import HOT_WALLET_LOW, Sweeper, SweepPass
 from mercato.store import create_engine, migrate
 from mercato.store.tables import (
@@ -33,6 +34,8 @@ WEI = 10**18
 FEE = 21_000  # FakeChain's fee quote: max_fee 1 x gas_limit 21000
 HOT, D1, D2, COLD = "0xhot", "0xd1", "0xd2", "0xcold"
 NO_SIGNER: Any = None  # FakeChain signs without keys
+NO_PORT: Any = None  # the sender calls the engine for withdrawals only; sweeps have none
+CONFIRMATIONS = 2
 
 
 def eth_config(**overrides: str) -> CustodyAssetConfig:
@@ -50,20 +53,32 @@ class World:
     db: AsyncEngine
     chain: FakeChain
 
+    def chain_config(self, cold: str = "") -> CustodyChainConfig:
+        return CustodyChainConfig(name="fake", kind="evm", rpc_url="-", cold_address=cold,
+                                  confirmations=CONFIRMATIONS)  # fmt: skip
+
     def sweeper(self, *assets: CustodyAssetConfig, cold: str = "") -> Sweeper:
-        chain = CustodyChainConfig(name="fake", kind="evm", rpc_url="-", cold_address=cold)
         assets = assets or (eth_config(), usdt_config())
-        return Sweeper(self.db, self.chain, NO_SIGNER, chain, assets, create_outgoing)
+        return Sweeper(self.db, self.chain, NO_SIGNER, self.chain_config(cold), assets,
+                       create_outgoing)  # fmt: skip
+
+    def sender(self) -> Sender:
+        custody = CustodyConfig(chains=[self.chain_config()], assets=[eth_config(), usdt_config()])
+        return Sender(self.db, NO_PORT, custody, {"fake": self.chain}, NO_SIGNER)
 
     def fund(self, address: str, asset: str, amount: int) -> None:
         self.chain.fund(address, asset, amount)
         self.chain.mine()
 
+    async def broadcast(self) -> None:
+        """A sender pass that broadcasts what is SIGNED (nothing is mined yet)."""
+        await self.sender().run_once()
+
     async def settle(self) -> None:
-        """The stand-in sender's loop: broadcast, mine, track to COMPLETED."""
-        await broadcast_signed(self.db, self.chain)
-        self.chain.mine()
-        await track_broadcast(self.db, self.chain)
+        """The sender's loop: broadcast, mine deep enough, track to COMPLETED."""
+        await self.broadcast()
+        self.chain.mine(CONFIRMATIONS)
+        await self.sender().run_once()
 
     async def outgoing(self, kind: str | None = None) -> list[Any]:
         query = select(custody_outgoing).order_by(custody_outgoing.c.id)
@@ -144,11 +159,15 @@ def test_a_token_sweep_waits_for_its_gas_to_complete_first(url: str) -> None:
         assert int(gas.amount_chain) == 2 * FEE  # twice the quoted fee: headroom
 
         assert (await sweeper.run_once()).created == {}  # gas SIGNED: wait
-        await broadcast_signed(world.db, world.chain)
-        world.chain.mine()  # mined, yet not tracked to COMPLETED (not deep enough)
+        await world.broadcast()
+        world.chain.mine()  # mined, yet not COMPLETED (1 confirmation of 2)
+        await world.sender().run_once()
         assert world.chain.balances[(D2, "ETH")] == 2 * FEE
+        assert [row.status for row in await world.outgoing("GAS")] == ["BROADCAST"]
         assert (await sweeper.run_once()).created == {}
-        await track_broadcast(world.db, world.chain)
+        world.chain.mine()
+        await world.sender().run_once()
+        assert [row.status for row in await world.outgoing("GAS")] == ["COMPLETED"]
 
         assert (await sweeper.run_once()).created == {"SWEEP": ["fake:0xd2:USDT:0"]}
         assert (await sweeper.run_once()).created == {}  # the sweep is open: no second one

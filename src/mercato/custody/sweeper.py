@@ -262,14 +262,23 @@ class Sweeper:
         asset: _Asset,
         amount: int,
     ) -> None:
+        made: list[int] = []
+
+        async def mine(connection: object, outgoing_id: int) -> bool:
+            made.append(outgoing_id)  # called only for the row this call inserts
+            return True
+
         try:
             await self.create_outgoing(
                 self.db, self.adapter, self.signer, kind=kind, ref=ref, key=key,
                 from_address=from_address, to_address=to_address, asset=asset.chain,
-                amount_chain=amount,
+                amount_chain=amount, on_signed=mine,
             )  # fmt: skip
         except IntegrityError:
-            # Another pass (a second worker, a retry) made this very (kind, ref) first.
+            made.clear()
+        if not made:
+            # Another pass (a second worker, a retry) made this very (kind, ref) first:
+            # the sender's create_outgoing returns that row rather than a second one.
             log.info("%s %s already exists", kind, ref)
             return
         done.add(kind, ref)
