@@ -91,6 +91,25 @@ def test_unknown_asset_and_held_withdrawals(migrated: str, tmp_path: Path) -> No
     run(migrated, tmp_path, test)
 
 
+def test_without_a_cooloff_a_new_address_is_usable_at_once(migrated: str, tmp_path: Path) -> None:
+    """``address_cooloff_seconds = 0``: the first request adds the address and goes on in
+    the same transaction; a request refused later on rolls its addition back."""
+
+    async def test(desk: Desk) -> None:
+        desk.config.address_cooloff_seconds = 0  # the Withdrawals service's own config
+        user = await desk.user(funds=FUNDS)
+        record = await desk.withdrawals.request(user, "USDT", "10", "0xNEW", None)
+        assert record.status == "APPROVED" and record.hold_state == "HELD"
+        book = await desk.withdrawals.addresses(user)
+        assert [(e.address, e.usable_at) for e in book] == [("0xnew", desk.clock.now)]
+        with pytest.raises(CodedError) as caught:  # 10 + 995 over the daily 1000
+            await desk.withdrawals.request(user, "USDT", "995", "0xother", None)
+        assert caught.value.code == "DAILY_LIMIT_EXCEEDED"
+        assert [e.address for e in await desk.withdrawals.addresses(user)] == ["0xnew"]
+
+    run(migrated, tmp_path, test)
+
+
 def test_a_new_address_cools_off_and_the_request_then_passes(migrated: str, tmp_path: Path) -> None:
     async def test(desk: Desk) -> None:
         user = await desk.user(funds=FUNDS)

@@ -257,8 +257,9 @@ class Withdrawals:
         address: str,
         ip: str | None,
     ) -> int | None:
-        """None if ``address`` is in the book and usable; else when it will be. An address
-        not in the book is added here (the caller commits it, then refuses)."""
+        """None if ``address`` is usable now; else when it will be. An address not in the
+        book is added here (the caller commits it, then refuses, unless the cool-off is 0:
+        then it is usable at once and the request goes on)."""
         b = custody_address_book.c
         usable_at = await connection.scalar(
             select(b.usable_at).where(
@@ -268,7 +269,7 @@ class Withdrawals:
         now = self._clock()
         if usable_at is None:
             usable_at = await self._add_address(connection, user, config.chain, address, "", ip)
-            return int(usable_at) if usable_at > now else None  # a cool-off of 0: usable now
+            return int(usable_at) if self._custody.address_cooloff_seconds > 0 else None
         if usable_at > now:
             raise self._cooling(address, int(usable_at))
         return None
