@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import tempfile
-from unittest import mock
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -372,7 +372,7 @@ async def check_deposits(world: World) -> None:
                                                                  atoms), credit  # fmt: skip
         assert (row.status, int(row.dust_chain)) in (("CREDITED", dust), ("REVERSED", dust)), row
         assert (row.status == "CREDITED") == (row.txid in chain.mined), row
-    for txid, (to, asset, amount) in world.deposits.items():
+    for txid, (_to, asset, amount) in world.deposits.items():
         atoms, _ = split_deposit(amount, 18 if asset == "ETH" else 6, 8)
         big_enough = atoms >= (10**5 if asset == "ETH" else 10**8)
         external_id = f"fake:{txid}:0"
