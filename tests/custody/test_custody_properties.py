@@ -351,6 +351,10 @@ async def unfinished(world: World) -> list[Any]:
 
 
 async def check_invariants(world: World) -> None:
+    # deposit_credits is the projector's (a child process): read it once it holds
+    # every command the engine acknowledged, as the watcher does.
+    assert world.service.projection is not None
+    await world.service.projection.caught_up()
     check_engine(world.engine)
     await check_deposits(world)
     await check_withdrawals(world)
