@@ -53,6 +53,7 @@ from mercato.custody.chains.base import (
     Signer,
     Watched,
 )
+from mercato.custody.faults import pause_point
 from mercato.custody.units import split_deposit
 from mercato.port import ExchangePort
 from mercato.store.tables import (
@@ -301,9 +302,11 @@ class DepositWatcher:
                 fork = await self._fork_point()
                 await self._roll_back(tip, fork, report)
                 return fork + 1
-            await self._store_block(tip, scanned, owners)
+            deposits = await self._store_block(tip, scanned, owners)
             tip = (block.height, block.hash)
             report.blocks += 1
+            if deposits:
+                await pause_point("mid_scan")  # the crash tests: stored, pass unfinished
         return end + 1
 
     async def _on_chain(self, stored: tuple[int, str]) -> bool:
@@ -406,10 +409,12 @@ class DepositWatcher:
 
     async def _store_block(
         self, tip: tuple[int, str] | None, scanned: ScannedBlock, owners: _Owners
-    ) -> None:
-        """The block and its deposits in one transaction (the cursor moves with them)."""
+    ) -> int:
+        """The block and its deposits in one transaction (the cursor moves with them);
+        the number of users' deposits it holds."""
         block = scanned.block
         now = self.clock()
+        deposits = 0
         async with self._at_tip(tip) as connection:
             await connection.execute(
                 custody_blocks.insert().values(
@@ -425,6 +430,8 @@ class DepositWatcher:
                 row = self._deposit_row(incoming, block, owners, now)
                 if row is not None:
                     await self._upsert_deposit(connection, row, now)
+                    deposits += row["user_id"] is not None
+        return deposits
 
     def _deposit_row(
         self, incoming: Incoming, block: BlockRef, owners: _Owners, now: int
@@ -584,6 +591,7 @@ class DepositWatcher:
             for row in todo
         ]
         results = await self.port.submit_many(commands)
+        await pause_point("after_credit_submit")  # the crash tests: accepted, not marked
         done = []
         for row, result in zip(todo, results, strict=True):
             if result.status in ("ACCEPTED", "DUPLICATE"):
