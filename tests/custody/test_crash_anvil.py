@@ -358,7 +358,7 @@ def test_watcher_killed_mid_pass_credits_once(exchange: Exchange, point: str) ->
         exchange.anvil.mine(3)
         head = exchange.anvil.head()
         exchange.wait_for(
-            lambda: exchange.rows("SELECT max(height) FROM custody_blocks")[0][0] >= head,
+            lambda head=head: exchange.rows("SELECT max(height) FROM custody_blocks")[0][0] >= head,
             "the watcher past the head",
         )
         assert exchange.balance("ETH") == (Decimal(1), 0)
