@@ -41,6 +41,7 @@ from mercato.custody.chains.base import (
     TxStatus,
     fee_bumped,
 )
+from mercato.custody.faults import pause_point
 from mercato.custody.holds import now_ms, release_hold, settle_hold
 from mercato.custody.units import atoms_to_chain
 from mercato.port import FundingPort
@@ -311,6 +312,8 @@ class Sender:
             )
         except OutgoingRefused:
             log.info("withdrawal %s left APPROVED before it was signed (canceled)", wid)
+            return
+        await pause_point("after_sign")  # the crash tests: SIGNED and stored, not sent
 
     # -- broadcast ----------------------------------------------------------------------
 
@@ -346,6 +349,7 @@ class Sender:
                 else:
                     await self._fail(outgoing, f"the chain refused it: {refusal.reason}", None)
                     continue
+            await pause_point("after_broadcast")  # the crash tests: sent, still SIGNED
             await self._mark_broadcast(outgoing, attempts[-1].id)
 
     async def _any_on_chain(

@@ -54,6 +54,7 @@ from mercato.custody.chains.base import (
     Signer,
     Watched,
 )
+from mercato.custody.faults import pause_point
 from mercato.custody.units import split_deposit
 from mercato.port import FundingPort
 from mercato.store.tables import (
@@ -308,9 +309,11 @@ class DepositWatcher:
                 fork = await self._fork_point()
                 await self._roll_back(tip, fork, report)
                 return fork + 1
-            await self._store_block(tip, scanned, owners)
+            deposits = await self._store_block(tip, scanned, owners)
             tip = (block.height, block.hash)
             report.blocks += 1
+            if deposits:
+                await pause_point("mid_scan")  # the crash tests: stored, pass unfinished
         return end + 1
 
     async def _on_chain(self, stored: tuple[int, str]) -> bool:
@@ -413,8 +416,9 @@ class DepositWatcher:
 
     async def _store_block(
         self, tip: tuple[int, str] | None, scanned: ScannedBlock, owners: _Owners
-    ) -> None:
-        """The block and its deposits in one transaction (the cursor moves with them)."""
+    ) -> int:
+        """The block and its deposits in one transaction (the cursor moves with them);
+        the number of users' deposits it holds."""
         block = scanned.block
         now = self.clock()
         async with self._at_tip(tip) as connection:
@@ -431,7 +435,9 @@ class DepositWatcher:
             rows = [
                 self._deposit_row(incoming, block, owners, now) for incoming in scanned.incoming
             ]
-            await self._upsert_deposits(connection, [row for row in rows if row is not None], now)
+            found = [row for row in rows if row is not None]
+            await self._upsert_deposits(connection, found, now)
+        return sum(row["user_id"] is not None for row in found)
 
     def _deposit_row(
         self, incoming: Incoming, block: BlockRef, owners: _Owners, now: int
@@ -606,6 +612,7 @@ class DepositWatcher:
             for row in todo
         ]
         results = await self.port.submit_many(commands)
+        await pause_point("after_credit_submit")  # the crash tests: accepted, not marked
         done = []
         for row, result in zip(todo, results, strict=True):
             if result.status in ("ACCEPTED", "DUPLICATE"):
