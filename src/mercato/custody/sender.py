@@ -340,6 +340,12 @@ class Sender:
             attempts = await self._attempts(outgoing.id)
             try:
                 await adapter.broadcast(_signed_tx(attempts[-1]))
+            except ChainUnavailable:
+                # Solana: "blockhash not found" for a blockhash that expired before the
+                # first send. Once it can never land, the tracker's replacement (a fresh
+                # blockhash) takes over; until then the next pass sends it again.
+                if await self._any_can_land(adapter, attempts):
+                    raise
             except BroadcastRejected as refusal:
                 log.warning("outgoing %s: broadcast refused: %s", outgoing.id, refusal.reason)
                 if await self._any_on_chain(adapter, attempts):
@@ -476,6 +482,14 @@ class Sender:
         seen: list[_Seen],
     ) -> None:
         last = attempts[-1]
+        if not adapter.uses_nonces and not await adapter.can_still_land(_signed_tx(last)):
+            # Solana: the last blockhash expired and no attempt is on chain (checked above
+            # for every attempt): for good, so a new blockhash signs it again now, without
+            # waiting stuck_seconds (resending the dead bytes could never land).
+            await self._replace(
+                adapter, outgoing, await adapter.fees(self.chain_asset(outgoing.asset)), None
+            )
+            return
         stuck_ms = int(self._custody.chain(adapter.name).stuck_seconds * 1000)
         if self._clock() - last.created_at < stuck_ms:
             if all(s.status.state == "UNKNOWN" for s in seen):
@@ -490,12 +504,6 @@ class Sender:
                 await adapter.fees(self.chain_asset(outgoing.asset)),
             )
             await self._replace(adapter, outgoing, fee, last.nonce)
-        elif not await adapter.can_still_land(_signed_tx(last)):
-            # Solana: the last blockhash expired and no attempt is on chain (checked above
-            # for every attempt): only now may a new blockhash sign it again.
-            await self._replace(
-                adapter, outgoing, await adapter.fees(self.chain_asset(outgoing.asset)), None
-            )
 
     async def _rebroadcast(self, adapter: ChainAdapter, attempt: Row[tuple[object, ...]]) -> None:
         try:
