@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from mercato.api.auth_routes import SessionCaller, service_of
 from mercato.api.errors import ApiError
 from mercato.api.openapi import SIGNED_IN, errors, json_body, json_response
-from mercato.application.custody_ops import CustodyOps
+from mercato.application.custody_ops import AlertRecord, CustodyOps, HoldRecord
 from mercato.custody.chains.base import ChainAdapter, ChainUnavailable
 from mercato.custody.reconcile import (
     LedgerSource,
@@ -96,29 +96,6 @@ async def reconciliation(caller: SessionCaller, request: Request) -> dict[str, A
     }
 
 
-class AlertView(msgspec.Struct, kw_only=True):
-    id: int
-    severity: str
-    kind: str
-    chain: str
-    subject: str
-    detail: str
-    created_at: int
-    acknowledged_at: int | None
-    acknowledged_by: int | None
-
-
-class HoldView(msgspec.Struct, kw_only=True):
-    id: int
-    user_id: int
-    asset: str
-    reason: str
-    subject: str
-    created_at: int
-    released_at: int | None
-    released_by: int | None
-
-
 class ReleaseRequest(msgspec.Struct, forbid_unknown_fields=True):
     totp_code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
@@ -132,7 +109,7 @@ def _json(value: object) -> Response:
     return Response(msgspec.json.encode(value), media_type="application/json")
 
 
-@router.get("/alerts", responses={**json_response(list[AlertView], 200, "Newest first"),
+@router.get("/alerts", responses={**json_response(list[AlertRecord], 200, "Newest first"),
                                    **errors(*SIGNED_IN)})  # fmt: skip
 async def alerts_route(
     caller: SessionCaller, request: Request, open_only: bool = Query(True, alias="open")
@@ -141,11 +118,11 @@ async def alerts_route(
     deposits, rejected credits, a hot wallet below its floor (docs/custody.md)."""
     require_admin(caller)
     found = await _ops(service_of(request)).alerts(open_only)
-    return _json([msgspec.convert(msgspec.to_builtins(a), AlertView) for a in found])
+    return _json(found)
 
 
 @router.post("/alerts/{alert_id}/acknowledge",
-             responses={**json_response(AlertView, 200, "Acknowledged"),
+             responses={**json_response(AlertRecord, 200, "Acknowledged"),
                         **errors(*SIGNED_IN, 404, 409)})  # fmt: skip
 async def acknowledge_route(
     caller: SessionCaller, request: Request, alert_id: int = Path(ge=1, le=2**62)
@@ -154,10 +131,10 @@ async def acknowledge_route(
     require_admin(caller)
     ip = request.client.host if request.client else None
     alert = await _ops(service_of(request)).acknowledge_alert(caller.user_id, alert_id, ip)
-    return _json(msgspec.convert(msgspec.to_builtins(alert), AlertView))
+    return _json(alert)
 
 
-@router.get("/withdrawal-holds", responses={**json_response(list[HoldView], 200, "Newest first"),
+@router.get("/withdrawal-holds", responses={**json_response(list[HoldRecord], 200, "Newest first"),
                                              **errors(*SIGNED_IN)})  # fmt: skip
 async def holds_route(
     caller: SessionCaller, request: Request, active: bool = Query(True)
@@ -166,11 +143,11 @@ async def holds_route(
     ``active=false`` includes released ones."""
     require_admin(caller)
     found = await _ops(service_of(request)).holds(active)
-    return _json([msgspec.convert(msgspec.to_builtins(h), HoldView) for h in found])
+    return _json(found)
 
 
 @router.post("/withdrawal-holds/{hold_id}/release", openapi_extra=json_body(ReleaseRequest),
-             responses={**json_response(HoldView, 200, "Released"),
+             responses={**json_response(HoldRecord, 200, "Released"),
                         **errors(*SIGNED_IN, 400, 404, 409)})  # fmt: skip
 async def release_route(
     caller: SessionCaller, request: Request, hold_id: int = Path(ge=1, le=2**62)
@@ -186,4 +163,4 @@ async def release_route(
     hold = await _ops(service_of(request)).release_hold(
         caller.user_id, hold_id, payload.totp_code, ip
     )
-    return _json(msgspec.convert(msgspec.to_builtins(hold), HoldView))
+    return _json(hold)
