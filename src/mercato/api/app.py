@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
+from mercato.api.binance import install as install_binance
 from mercato.api.custody_admin_routes import router as custody_admin_router
 from mercato.api.deposit_routes import router as deposit_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
@@ -90,6 +91,7 @@ def create_app(
     app.include_router(deposit_router)
     app.include_router(ws_router)
     app.include_router(custody_admin_router)
+    install_binance(app)
     add_docs(app)
 
     @app.get("/health/live", tags=["health"])
