@@ -43,6 +43,8 @@ WEIGHTS: Final[dict[str, int]] = {
     "/fapi/v1/exchangeInfo": 1,
     "/dapi/v1/exchangeInfo": 1,
     "/sapi/v1/capital/config/getall": 10,
+    "/sapi/v1/margin/allPairs": 1,
+    "/sapi/v1/margin/isolated/allPairs": 10,
 }
 
 

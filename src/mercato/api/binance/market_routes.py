@@ -650,6 +650,18 @@ async def coinm_exchange_info() -> Response:
     return _json(derivatives_exchange_info(_now_ms()))
 
 
+@router.get("/sapi/v1/margin/allPairs")
+async def cross_margin_pairs() -> Response:
+    """No cross margin pairs (CCXT asks when it holds keys)."""
+    return _json([])
+
+
+@router.get("/sapi/v1/margin/isolated/allPairs")
+async def isolated_margin_pairs() -> Response:
+    """No isolated margin pairs."""
+    return _json([])
+
+
 def _networks(config: Config, asset: str) -> list[dict[str, Any]]:
     """The asset's chain from custody's configuration, in Binance's ``networkList``."""
     chains = {c.name for c in config.custody.chains}
