@@ -32,7 +32,7 @@ from mercato.marketdata.history import merge_candles, stored_candles
 from mercato.service import ExchangeService
 from mercato.store.tables import trades as trades_table
 from mercato.wire.binance import BinanceError, Symbols, binance_symbol
-from mercato.wire.binance_errors import mandatory_parameter
+from mercato.wire.binance_errors import OVERLOADED, mandatory_parameter
 from mercato.wire.binance_market import (
     AVG_PRICE_MINS,
     BinanceFormat,
@@ -75,6 +75,8 @@ KLINE_MS: dict[str, int] = {
 }  # fmt: skip
 # Binance's weeks open on Monday 00:00; the Unix epoch was a Thursday.
 WEEK_SHIFT_MS = 4 * DAY_MINUTES * MINUTE_MS
+# Binance's withdrawMax when no daily limit is configured.
+NO_WITHDRAWAL_MAX = "9999999999"
 _NATIVE_BY_SIZE = sorted(INTERVALS, key=INTERVALS.__getitem__, reverse=True)
 
 
@@ -89,8 +91,7 @@ def _now_ms() -> int:
 def _service(request: Request) -> ExchangeService:
     service: ExchangeService = request.app.state.service
     if not service.ready or service.market_data is None:
-        raise BinanceError(503, -1008, "Server is currently overloaded with other requests. "
-                           "Please try again in a few minutes.")  # fmt: skip
+        raise BinanceError(503, -1008, OVERLOADED)
     return service
 
 
@@ -664,17 +665,18 @@ async def isolated_margin_pairs() -> Response:
 
 def _networks(config: Config, asset: str) -> list[dict[str, Any]]:
     """The asset's chain from custody's configuration, in Binance's ``networkList``."""
-    chains = {c.name for c in config.custody.chains}
+    confirmations = {c.name: c.confirmations for c in config.custody.chains}
     out: list[dict[str, Any]] = []
     for custody in config.custody.assets:
-        if custody.symbol != asset or custody.chain not in chains:
+        if custody.symbol != asset:
             continue
         out.append({
-            "network": custody.chain.upper(), "coin": asset, "name": custody.chain,
-            "isDefault": not out, "depositEnable": True, "withdrawEnable": True,
-            "withdrawFee": custody.withdrawal_fee, "withdrawMin": custody.min_withdrawal,
-            "withdrawMax": custody.daily_limit or "9999999999", "depositDust":
-            custody.min_deposit, "contractAddress": custody.contract,
+            "coin": asset, "depositDust": custody.min_deposit, "depositEnable": True,
+            "isDefault": not out, "minConfirm": confirmations[custody.chain],
+            "name": custody.chain, "network": custody.chain.upper(), "withdrawEnable": True,
+            "withdrawFee": custody.withdrawal_fee,
+            "withdrawMax": custody.daily_limit or NO_WITHDRAWAL_MAX,
+            "withdrawMin": custody.min_withdrawal, "contractAddress": custody.contract,
         })  # fmt: skip
     return out
 
