@@ -4,12 +4,18 @@ types, decimals as fixed-point strings, and Binance's error triples for bad inpu
 
 from __future__ import annotations
 
+import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from binance.conftest import Account, Exchange
+from mercato.api.app import create_app
+from mercato.config import load_config
+from mercato.core.commands import SetMarketStatus
+from mercato.service import ExchangeService
 
 DECIMAL = re.compile(r"^-?[0-9]+\.[0-9]{8}$")  # Binance's "4.00000200" (8 decimals here)
 
@@ -305,3 +311,46 @@ def test_derivative_exchange_info_is_empty_and_wallet_needs_a_key(
     unsigned = httpx.get(f"{exchange.url}/sapi/v1/capital/config/getall",
                          headers={"X-MBX-APIKEY": exchange.ann.key}, timeout=30)  # fmt: skip
     assert unsigned.status_code in (400, 401) and unsigned.json()["code"] < 0
+
+
+def test_market_status_in_binance_terms(tmp_path: Path) -> None:
+    """CANCEL_ONLY stays CANCEL_ONLY (Binance's enums have it), HALTED is HALT; symbolStatus
+    filters lists and refuses one symbol that does not match (-1220). In process: a
+    market's status is set by an engine command no HTTP route sends."""
+
+    async def main() -> None:
+        service = ExchangeService(load_config(env={}, data_dir=str(tmp_path / "data")), env={})
+        app = create_app(service)
+        await service.start()
+        try:
+            assert service.port is not None
+            await service.port.submit(SetMarketStatus("SOL-USDT", "CANCEL_ONLY"))
+            await service.port.submit(SetMarketStatus("ETH-BTC", "HALTED"))
+            transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await _statuses(client)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
+
+
+async def _statuses(client: httpx.AsyncClient) -> None:
+    async def ok(path: str, **params: str) -> Any:
+        answer = await client.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    info = await ok("/api/v3/exchangeInfo")
+    assert {s["symbol"]: s["status"] for s in info["symbols"]} == {
+        "BTCUSDT": "TRADING", "ETHUSDT": "TRADING", "SOLUSDT": "CANCEL_ONLY",
+        "ETHBTC": "HALT"}  # fmt: skip
+    halted = (await ok("/api/v3/exchangeInfo", symbolStatus="HALT"))["symbols"]
+    assert [s["symbol"] for s in halted] == ["ETHBTC"]
+    prices = await ok("/api/v3/ticker/price", symbolStatus="TRADING")
+    assert [p["symbol"] for p in prices] == ["BTCUSDT", "ETHUSDT"]
+    mismatch = await client.get("/api/v3/depth", params={"symbol": "ETHBTC",
+                                                         "symbolStatus": "TRADING"})  # fmt: skip
+    assert (mismatch.status_code, mismatch.json()) == (400, {"code": -1220, "msg": (
+        "The symbol's status does not match the requested symbolStatus.")})  # fmt: skip
+    assert (await ok("/api/v3/depth", symbol="ETHBTC", symbolStatus="HALT"))["bids"] == []

@@ -35,6 +35,7 @@ from mercato.wire.binance import BinanceError, Symbols, binance_symbol
 from mercato.wire.binance_errors import OVERLOADED, mandatory_parameter
 from mercato.wire.binance_market import (
     AVG_PRICE_MINS,
+    STATUS,
     BinanceFormat,
     aggregate_trades,
     amount,
@@ -178,6 +179,20 @@ def _one_or_many(request: Request, symbols: Symbols) -> tuple[list[str], bool]:
     return many, False
 
 
+def _matching_status(request: Request, markets: list[str], one: bool) -> list[str]:
+    """``markets`` whose status is ``symbolStatus`` (when sent): one symbol that does not
+    match is refused (-1220), several are filtered, as Binance does."""
+    status = _symbol_status(request)
+    if status is None:
+        return markets
+    view = _market_data(request).view
+    kept = [m for m in markets if STATUS[view.trading_status(m)] == status]
+    if one and not kept:
+        raise BinanceError(400, -1220, "The symbol's status does not match the requested "
+                           "symbolStatus.")  # fmt: skip
+    return kept
+
+
 def symbols_markets(request: Request) -> list[str]:
     """Every market that has a Binance symbol."""
     view = _market_data(request).view
@@ -275,6 +290,7 @@ async def depth(request: Request) -> Response:
     ``lastUpdateId`` is the market's depth sequence (the diff depth stream's ``u``)."""
     market_data = _market_data(request)
     market = _symbol(request, symbols_of(_service(request)))
+    _matching_status(request, [market], one=True)
     limit = _limit(request, 100, MAX_DEPTH)
     book = market_data.depth.books[market]
     fmt = _format(market_data, market)
@@ -560,6 +576,7 @@ async def ticker_24hr(request: Request) -> Response:
     service = _service(request)
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(service))
+    markets = _matching_status(request, markets, one)
     full = _ticker_type(request)
     now = _now_ms()
     out: list[dict[str, Any]] = []
@@ -597,6 +614,7 @@ async def rolling_ticker(request: Request) -> Response:
         raise BinanceError(400, -1102, "Param 'symbol' or 'symbols' must be sent, but both "
                            "were empty/null!")  # fmt: skip
     markets, one = _one_or_many(request, symbols)
+    markets = _matching_status(request, markets, one)
     if len(markets) > 100:
         raise BinanceError(400, -1101, "Too many values sent for parameter 'symbols', "
                            "maximum allowed up to 100.")  # fmt: skip
@@ -617,6 +635,7 @@ async def ticker_price(request: Request) -> Response:
     """The last trade price of ``symbol``, ``symbols`` or every market."""
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(_service(request)))
+    markets = _matching_status(request, markets, one)
     out = [{"symbol": binance_symbol(m),
             "price": _format(market_data, m).price(market_data.view.last_price(m))}
            for m in markets]  # fmt: skip
@@ -628,6 +647,7 @@ async def ticker_book(request: Request) -> Response:
     """The best bid and ask of ``symbol``, ``symbols`` or every market."""
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(_service(request)))
+    markets = _matching_status(request, markets, one)
     out: list[dict[str, Any]] = []
     for market in markets:
         book = market_data.depth.books[market]
