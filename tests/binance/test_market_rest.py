@@ -14,7 +14,7 @@ import httpx
 from binance.conftest import Account, Exchange
 from mercato.api.app import create_app
 from mercato.config import load_config
-from mercato.core.commands import SetMarketStatus
+from mercato.core.commands import CreditDeposit, PlaceOrder, SetMarketStatus
 from mercato.service import ExchangeService
 
 DECIMAL = re.compile(r"^-?[0-9]+\.[0-9]{8}$")  # Binance's "4.00000200" (8 decimals here)
@@ -354,3 +354,50 @@ async def _statuses(client: httpx.AsyncClient) -> None:
     assert (mismatch.status_code, mismatch.json()) == (400, {"code": -1220, "msg": (
         "The symbol's status does not match the requested symbolStatus.")})  # fmt: skip
     assert (await ok("/api/v3/depth", symbol="ETHBTC", symbolStatus="HALT"))["bids"] == []
+
+
+def test_older_trades_come_from_the_projection(tmp_path: Path) -> None:
+    """Past the 1000 trades memory keeps, historicalTrades and aggTrades read the SQL
+    projection: 1100 one-trade taker orders, then the first trades by ``fromId``."""
+
+    async def main() -> None:
+        service = ExchangeService(load_config(env={}, data_dir=str(tmp_path / "data")), env={})
+        app = create_app(service)
+        await service.start()
+        try:
+            assert service.port is not None and service.projection is not None
+            port = service.port
+            await port.submit(CreditDeposit(1, "BTC", 10 * 10**8, "btc"))
+            await port.submit(CreditDeposit(2, "USDT", 10**6 * 10**8, "usdt"))
+            # 1100 x 0.0002 BTC resting at 50000.00 (10 USDT each), taken one by one.
+            await port.submit(PlaceOrder(1, "BTC-USDT", "SELL", quantity=22_000, price=5_000_000))
+            taker = PlaceOrder(2, "BTC-USDT", "BUY", quantity=20, price=5_000_000)
+            taken = await port.submit_many([taker] * 1100)
+            assert {r.status for r in taken} == {"ACCEPTED"}
+            await service.projection.caught_up()
+            transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await _older_trades(client)
+        finally:
+            await service.stop()
+
+    asyncio.run(main())
+
+
+async def _older_trades(client: httpx.AsyncClient) -> None:
+    async def ok(path: str, **params: object) -> Any:
+        answer = await client.get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    recent = await ok("/api/v3/trades", symbol="BTCUSDT", limit=1000)
+    assert len(recent) == 1000
+    oldest_held = recent[0]["id"]  # the oldest trade memory holds
+    first = oldest_held - 100  # trade ids run on: the 100 before it are in SQL only
+    older = await ok("/api/v3/historicalTrades", symbol="BTCUSDT", fromId=first, limit=150)
+    assert [t["id"] for t in older] == list(range(first, first + 150))
+    assert {t["qty"] for t in older} == {"0.00020000"}
+    aggregates = await ok("/api/v3/aggTrades", symbol="BTCUSDT", fromId=first, limit=120)
+    assert [(a["a"], a["f"], a["l"]) for a in aggregates] == [
+        (i, i, i) for i in range(first, first + 120)]  # fmt: skip
+    assert (await ok("/api/v3/depth", symbol="BTCUSDT"))["asks"] == []
