@@ -401,13 +401,23 @@ async def agg_trades(request: Request) -> Response:
         raise BinanceError(400, -1127, "More than 1 hours between startTime and endTime.")
     if from_id is not None and (start is not None or end is not None):
         raise BinanceError(400, -1128, "Combination of optional parameters invalid.")
+    fmt = _format(market_data, market)
+    if from_id is None and start is None:
+        # The newest: memory alone answers when it holds more aggregates than asked (the
+        # oldest of them may have begun before memory's first trade).
+        held = [t for t in _memory_trades(market_data, market) if end is None or t.ts <= end]
+        aggregates = aggregate_trades(fmt, held)
+        if len(aggregates) > limit:
+            return _json(aggregates[-limit:])
     trades = await _trades_in(request, market, from_id, start, end, AGG_SOURCE_ROWS)
-    aggregates = aggregate_trades(_format(market_data, market), trades)
+    aggregates = aggregate_trades(fmt, trades)
+    cut = len(trades) == AGG_SOURCE_ROWS and len(aggregates) > 1
     if from_id is not None or start is not None:
-        # The last aggregate may continue past the trades read: keep only whole ones.
-        if len(trades) == AGG_SOURCE_ROWS and len(aggregates) > 1:
-            aggregates.pop()
+        if cut:
+            aggregates.pop()  # it may continue past the trades read
         return _json(aggregates[:limit])
+    if cut:
+        aggregates.pop(0)  # it may have begun before the trades read
     return _json(aggregates[-limit:])
 
 
