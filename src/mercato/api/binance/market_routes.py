@@ -509,7 +509,7 @@ async def _klines(request: Request) -> Response:
     source_end = None if end is None else end - (end - shift) % length + length - 1
     wanted = limit * ratio
     candles = await _candles(service, market, source, start, source_end, wanted)
-    rolled = _roll_up(candles, length, shift) if ratio > 1 or shift % length else candles
+    rolled = _roll_up(candles, length, shift) if ratio > 1 else candles
     if start is not None and ratio > 1:
         rolled = [c for c in rolled if c.open_time >= start]
     truncated = len(candles) == wanted
