@@ -6,3 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 ALL: list[APIRouter] = []
+
+from mercato.api.binance import market_routes  # noqa: E402
+
+ALL.append(market_routes.router)
