@@ -214,10 +214,10 @@ REFUSALS_IN_UNITS = [
     # A stop-market buy by quote amount is refused, as on Binance.
     ({"side": "BUY", "type": "STOP_LOSS", "stop_price": "60000", "quote_quantity": "100"},
      "INVALID_ORDER",
-     "quote_quantity is only for MARKET buys; a STOP_LOSS BUY takes a quantity"),
+     "quote_quantity is only for MARKET orders; a STOP_LOSS BUY takes a quantity"),
     ({"side": "BUY", "type": "TAKE_PROFIT", "stop_price": "40000", "quote_quantity": "100"},
      "INVALID_ORDER",
-     "quote_quantity is only for MARKET buys; a TAKE_PROFIT BUY takes a quantity"),
+     "quote_quantity is only for MARKET orders; a TAKE_PROFIT BUY takes a quantity"),
     # Refused at the edge: the message names the field that is off its step.
     ({"side": "SELL", "price": "50000", "quantity": "0.1", "iceberg_quantity": "0.000001"},
      "INVALID_ICEBERG_QUANTITY",
