@@ -155,6 +155,22 @@ def test_market_buy_cost_skips_its_own_asks_under_stp(ex: Exchange) -> None:
     assert of_type(result, ev.OrderUpdated)[-1].status == "FILLED"
 
 
+def test_market_buy_meeting_only_its_own_asks_is_prevented_not_short_of_funds(
+    ex: Exchange,
+) -> None:
+    """Its own ask is all the book offers: the buy has nothing to pay for (it may have
+    almost no quote) and self-trade prevention ends it. It used to stop FUNDS_EXHAUSTED
+    when its reservation could not have paid for the prevented lots."""
+    ex.deposit(2, "BTC", 1 * BTC)
+    ex.deposit(2, "USDT", 1 * USDT)
+    own = ex.sell(2, "0.1", "30000").order_id
+    result = ex.place(2, "BUY", "0.1", type="MARKET", stp="EXPIRE_TAKER")
+    final = of_type(result, ev.OrderUpdated)[-1]
+    assert (final.status, final.reason) == ("EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED")
+    assert own in ex.engine.orders
+    assert ex.bal(2, "USDT") == (1 * USDT, 0)
+
+
 def test_market_buy_is_never_cut_short_by_its_funds(funded: Exchange) -> None:
     """No MARKET order placed directly ends FUNDS_EXHAUSTED any more."""
     ex = funded

@@ -452,10 +452,13 @@ def prevent_self_trade(
     events: list[e.Event],
 ) -> str:
     """Apply the taker's STP mode to a maker of the same user. Returns why the walk
-    stops ("STP": the taker expires; "FUNDS_EXHAUSTED": a market buy that cannot afford
-    one more lot of the overlap), or "" to go on."""
+    stops ("STP": the taker expires; "FUNDS_EXHAUSTED": a market buy by quote amount
+    that cannot afford one more lot of the overlap), or "" to go on."""
     overlap = remaining
-    if capped:  # a market buy overlaps only as far as its money reaches
+    if capped and taker.quote_quantity:
+        # A buy by quote amount has no lot quantity: it overlaps only as far as its money
+        # reaches. One by quantity has: preventing a trade costs nothing, and a buy that
+        # can afford all its fills but not the prevented ones must not stop here.
         affordable = taker.reserved // (maker.price * market.notional_unit)
         if affordable == 0:
             return "FUNDS_EXHAUSTED"
