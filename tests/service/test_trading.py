@@ -172,6 +172,32 @@ def test_cancel_amend_cancel_all_and_order_types(traders: tuple[Trader, Trader, 
     assert bob.balances()["BTC"][1] == "0"
 
 
+def test_market_orders_follow_binances_entry_rules(
+    traders: tuple[Trader, Trader, Server],
+) -> None:
+    """Issue 15 over HTTP: a MARKET sell by quote amount, refused on an empty book; a
+    MARKET buy the account cannot pay for in full refused, nothing changed."""
+    ann, bob, _ = traders
+    empty = bob.place(side="SELL", type="MARKET", quote_quantity="2500")
+    assert (empty.status_code, empty.json()["code"]) == (400, "NO_LIQUIDITY"), empty.text
+
+    assert ann.place(side="BUY", price="50000", quantity="0.1").status_code == 201
+    sold = bob.place(side="SELL", type="MARKET", quote_quantity="2500")
+    assert sold.status_code == 201, sold.text
+    order = sold.json()["order"]
+    # 2500 USDT at 50000 is exactly 0.05 BTC: received in full, never more.
+    assert (order["side"], order["quote_quantity"], order["status"]) == ("SELL", "2500", "FILLED")
+    assert (order["filled"], order["filled_quote"]) == ("0.05", "2500")
+    assert bob.balances()["BTC"] == ("1.95", "0")
+
+    assert bob.place(side="SELL", price="60000", quantity="1.9").status_code == 201
+    before = ann.balances()
+    refused = ann.place(side="BUY", type="MARKET", quantity="1.9")
+    assert (refused.status_code, refused.json()["code"]) == (400, "INSUFFICIENT_BALANCE")
+    assert refused.json()["message"] == "order needs 114000 USDT, 95000 USDT available"
+    assert ann.balances() == before
+
+
 BAD_ORDERS = [
     ({"market": "DOGE-USDT", "side": "BUY", "price": "1", "quantity": "1"}, 404, "UNKNOWN_MARKET"),
     ({"side": "BUY", "price": "0", "quantity": "0.1"}, 400, "INVALID_PRICE"),

@@ -223,7 +223,8 @@ def market_buy_cost(market: MarketState, order: Order) -> int:
         return 0
     limit = protection_limit(market, "BUY", best)
     need, cost = order.quantity, 0
-    for price in market.asks.prices_best_first():
+    for key in reversed(market.asks.keys):  # best first, no copy of a deep book
+        price = -key
         if price > limit or not need:
             break
         take = min(need, _lots_for(market, order, price))
@@ -241,7 +242,7 @@ def lots_sold_for_quote(market: MarketState, order: Order) -> int:
         return 0
     limit = protection_limit(market, "SELL", best)
     left, lots = order.quote_quantity, 0
-    for price in market.bids.prices_best_first():
+    for price in reversed(market.bids.keys):  # best first, no copy of a deep book
         lot_value = price * market.notional_unit
         if price < limit or left < lot_value:
             break
