@@ -229,7 +229,7 @@ def validate_order_features(
     state: EngineState, market: MarketState, ts: int, cmd: c.PlaceOrder
 ) -> None:
     """Checks for everything beyond a plain GTC limit: order types, time in force,
-    stops, icebergs, GTD expiry and market buys by quote amount."""
+    stops, icebergs, GTD expiry and market orders by quote amount."""
     otype = cmd.type
     tif = cmd.time_in_force
     price = cmd.price
