@@ -4,6 +4,7 @@ and the real clients (CCXT, python-binance) pointed at it by their URLs only."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
 import sys
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from service.conftest import Backend, Server, backend, env, servers  # noqa: F401
-from service.test_sessions import PASSWORD, bearer, create_user
+from service.test_sessions import PASSWORD, bearer
 
 FUNDS = {"ann@example.com": {"USDT": "1000000", "BTC": "10"},
          "bob@example.com": {"USDT": "1000000", "BTC": "10", "ETH": "100"}}  # fmt: skip
@@ -109,9 +110,27 @@ def _account(server: Server, email: str) -> Account:
     return Account(email, key["key_id"], key["secret"], headers)
 
 
+def _create_users(backend: Backend) -> None:  # noqa: F811
+    """The verified users, written to the store before the server starts (in this process:
+    a `mercato admin create-user` subprocess per user costs seconds per test)."""
+    from mercato.auth.users import create_user
+    from mercato.store import create_engine, migrate
+
+    async def create() -> None:
+        backend.data.mkdir(parents=True, exist_ok=True)
+        await migrate(backend.url)
+        db = create_engine(backend.url)
+        try:
+            for email in FUNDS:
+                await create_user(db, email, PASSWORD, verified=True)
+        finally:
+            await db.dispose()
+
+    asyncio.run(create())
+
+
 def start_exchange(backend: Backend, servers: list[Server]) -> Exchange:  # noqa: F811
-    for email in FUNDS:
-        create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
+    _create_users(backend)
     server = Server(backend.data, backend.env, "--dev")
     servers.append(server)
     server.wait_ready()
