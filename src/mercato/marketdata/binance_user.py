@@ -58,13 +58,15 @@ def _now_ms() -> int:
 class Subscription:
     """One user data stream subscription of one WebSocket API connection."""
 
-    __slots__ = ("client", "session", "subscription_id", "user")
+    __slots__ = ("client", "on_end", "session", "subscription_id", "user")
 
-    def __init__(self, client: Client, user: int, subscription_id: int, session: str) -> None:
+    def __init__(self, client: Client, user: int, subscription_id: int, session: str,
+                 on_end: Callable[[Subscription], None] | None = None) -> None:  # fmt: skip
         self.client = client
         self.user = user
         self.subscription_id = subscription_id
         self.session = session  # the credential it was signed with ("apikey:<id>")
+        self.on_end = on_end  # told when the stream ends it (its connection forgets it)
 
 
 class _Batch:
@@ -119,6 +121,8 @@ class UserDataStreams:
     def terminate(self, subscription: Subscription) -> None:
         """End a subscription, telling its connection (``eventStreamTerminated``)."""
         self.remove(subscription)
+        if subscription.on_end is not None:
+            subscription.on_end(subscription)
         event = _encode(events.stream_terminated(_now_ms())).decode()
         self.hub.send(subscription.client,
                       events.in_envelope(subscription.subscription_id, event))  # fmt: skip

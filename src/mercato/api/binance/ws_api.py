@@ -249,6 +249,9 @@ class Connection:
         self.subscriptions.clear()
         self.client.queue = []
 
+    def forget(self, subscription: Subscription) -> None:
+        self.subscriptions.pop(subscription.subscription_id, None)
+
     def send(self, message: dict[str, Any]) -> None:
         self.hub.send(self.client, json.dumps(message, separators=(",", ":")))
 
@@ -448,7 +451,8 @@ async def subscribe_signature(connection: Connection, params: dict[str, Any]) ->
         raise BinanceError(400, -1211, "Too many subscriptions on this session.")
     subscription_id = connection.next_subscription_id
     connection.next_subscription_id += 1
-    subscription = Subscription(connection.client, user, subscription_id, principal.session)
+    subscription = Subscription(connection.client, user, subscription_id, principal.session,
+                                connection.forget)  # fmt: skip
     connection.subscriptions[subscription_id] = subscription
     connection.streams.add(subscription)
     return {"subscriptionId": subscription_id}
@@ -465,8 +469,7 @@ async def unsubscribe(connection: Connection, params: dict[str, Any]) -> Any:
         except (TypeError, ValueError):
             raise mandatory_parameter("subscriptionId") from None
     for subscription_id in ended:
-        subscription = connection.subscriptions.pop(subscription_id)
-        connection.streams.terminate(subscription)
+        connection.streams.terminate(connection.subscriptions[subscription_id])
     return {}
 
 
