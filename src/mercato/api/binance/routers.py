@@ -6,3 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 ALL: list[APIRouter] = []
+
+from mercato.api.binance.trading_routes import router as trading_router  # noqa: E402
+
+ALL.append(trading_router)
