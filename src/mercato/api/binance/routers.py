@@ -7,6 +7,8 @@ from fastapi import APIRouter
 
 ALL: list[APIRouter] = []
 
+from mercato.api.binance import market_routes  # noqa: E402
 from mercato.api.binance.trading_routes import router as trading_router  # noqa: E402
 
+ALL.append(market_routes.router)
 ALL.append(trading_router)

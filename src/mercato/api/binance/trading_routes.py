@@ -22,10 +22,11 @@ from mercato.api.binance import BinanceRoute, error_response
 from mercato.api.binance import trading as ops
 from mercato.api.binance.auth import request_params, signed_caller
 from mercato.api.binance.errors import binance_error_of
-from mercato.api.binance.weights import ORDER_PLACEMENTS, RATE_LIMITS, Meter, weight
+from mercato.api.binance.weights import ORDER_PLACEMENTS, Limits, Meter, weight
 from mercato.api.ratelimit import RateLimiter
 from mercato.auth.sessions import Principal
 from mercato.service import ExchangeService
+from mercato.wire.binance_market import rate_limits
 
 router = APIRouter(prefix="/api/v3", tags=["binance"], route_class=BinanceRoute)
 
@@ -37,7 +38,10 @@ def meter_of(app: FastAPI) -> Meter:
     meter: Meter | None = getattr(app.state, "binance_meter", None)
     if meter is None:
         limiter: RateLimiter = app.state.limiter
-        meter = app.state.binance_meter = Meter(enforce=bool(limiter.budgets))
+        ip, orders = limiter.budgets.get("ip"), limiter.budgets.get("orders")
+        declared = rate_limits(ip.per_second if ip else None,
+                               orders.per_second if orders else None)  # fmt: skip
+        meter = app.state.binance_meter = Meter(Limits.declared(declared))
     return meter
 
 
@@ -83,9 +87,10 @@ def _shared(operation: Callable[[ExchangeService, Principal, ops.Params], Awaita
 async def order_rate_limits(request: Request, service: ExchangeService, caller: Principal,
                             params: ops.Params) -> list[dict[str, object]]:  # fmt: skip
     """``GET /api/v3/rateLimit/order``: the account's order counts in each window."""
-    counts = meter_of(request.app).order_counts(caller.user_id)
-    orders = [limit for limit in RATE_LIMITS if limit["rateLimitType"] == "ORDERS"]
-    return [{**orders[0], "count": counts.ten_seconds}, {**orders[1], "count": counts.day}]
+    meter = meter_of(request.app)
+    counts = meter.order_counts(caller.user_id)
+    ten_seconds, day = meter.limits.order_limits()
+    return [{**ten_seconds, "count": counts.ten_seconds}, {**day, "count": counts.day}]
 
 
 FORM_BODY = {

@@ -19,19 +19,42 @@ from typing import Any
 
 from mercato.wire.binance import BinanceError
 from mercato.wire.binance_errors import too_many_requests
+from mercato.wire.binance_market import WEIGHTS as MARKET_WEIGHTS
+from mercato.wire.binance_market import depth_weight, ticker_weight
 
 Params = Mapping[str, str]
 
-# Binance spot's limits, as its exchangeInfo declares them ("rateLimits").
+# Binance spot's own limits, for a server whose budgets are off (nothing is refused then).
 REQUEST_WEIGHT_PER_MINUTE = 6000
 ORDERS_PER_10S = 100
 ORDERS_PER_DAY = 200_000
-RATE_LIMITS: list[dict[str, object]] = [
-    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-     "limit": REQUEST_WEIGHT_PER_MINUTE},
-    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": ORDERS_PER_10S},
-    {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1, "limit": ORDERS_PER_DAY},
-]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits a meter enforces, as exchangeInfo's ``rateLimits`` declares them
+    (wire/binance_market.py derives them from Mercato's budgets), None when off."""
+
+    weight_per_minute: int | None
+    orders_per_10s: int | None
+    orders_per_day: int | None
+
+    @classmethod
+    def declared(cls, rate_limits: list[dict[str, Any]]) -> Limits:
+        found: dict[tuple[str, str], int] = {
+            (str(r["rateLimitType"]), str(r["interval"])): int(r["limit"]) for r in rate_limits
+        }
+        return cls(found.get(("REQUEST_WEIGHT", "MINUTE")), found.get(("ORDERS", "SECOND")),
+                   found.get(("ORDERS", "DAY")))  # fmt: skip
+
+    def order_limits(self) -> list[dict[str, object]]:
+        """The ORDERS entries, for ``GET /api/v3/rateLimit/order``."""
+        return [
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10,
+             "limit": self.orders_per_10s or ORDERS_PER_10S},
+            {"rateLimitType": "ORDERS", "interval": "DAY", "intervalNum": 1,
+             "limit": self.orders_per_day or ORDERS_PER_DAY},
+        ]  # fmt: skip
 
 
 def _with_symbol(alone: int, every: int) -> Callable[[Params], int]:
@@ -59,8 +82,30 @@ SIGNED_WEIGHTS: dict[tuple[str, str], int | Callable[[Params], int]] = {
     ("GET", "/api/v3/myPreventedMatches"): _with("orderId", 20, 2),
     ("GET", "/api/v3/rateLimit/order"): 40,
 }
-#: ... and for the public ones, which their module (the market data routes) adds here.
-PUBLIC_WEIGHTS: dict[tuple[str, str], int | Callable[[Params], int]] = {}
+
+
+def _depth(params: Params) -> int:
+    limit = params.get("limit", "")
+    return depth_weight(int(limit) if limit.isdigit() else 100)
+
+
+def _ticker(path: str) -> Callable[[Params], int]:
+    def weigh(params: Params) -> int:
+        if params.get("symbol"):
+            return ticker_weight(path, 1)
+        listed = params.get("symbols")
+        return ticker_weight(path, listed.count(",") + 1 if listed else None)
+
+    return weigh
+
+
+#: ... and for the public ones (wire/binance_market.py's table and rules).
+PUBLIC_WEIGHTS: dict[tuple[str, str], int | Callable[[Params], int]] = {
+    **{("GET", path): count for path, count in MARKET_WEIGHTS.items()},
+    ("GET", "/api/v3/depth"): _depth,
+    **{("GET", path): _ticker(path) for path in ("/api/v3/ticker/24hr", "/api/v3/ticker/price",
+                                                 "/api/v3/ticker/bookTicker", "/api/v3/ticker")},
+}  # fmt: skip
 
 #: The requests that place orders, counted in ORDERS as well.
 ORDER_PLACEMENTS = frozenset({("POST", "/api/v3/order"), ("POST", "/api/v3/order/cancelReplace")})
@@ -107,8 +152,8 @@ class Meter:
 
     MAX_KEYS = 100_000  # windows kept before the stale ones are dropped
 
-    def __init__(self, enforce: bool = True, clock: Callable[[], float] = time.time) -> None:
-        self.enforce = enforce
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.time) -> None:
+        self.limits = limits
         self._clock = clock
         self._weights: dict[str, Window] = {}
         self._orders: dict[int, tuple[Window, Window]] = {}
@@ -122,10 +167,11 @@ class Meter:
             window = self._weights[ip] = Window(60)
         now = self._clock()
         used = window.add(now, amount)
-        if self.enforce and used > REQUEST_WEIGHT_PER_MINUTE:
+        most = self.limits.weight_per_minute
+        if most is not None and used > most:
             refusal = too_many_requests(window.retry_after(now))
             refusal.msg = (
-                f"Too much request weight used; current limit is {REQUEST_WEIGHT_PER_MINUTE} "
+                f"Too much request weight used; current limit is {most} "
                 "request weight per 1 MINUTE. Please use WebSocket Streams for live updates "
                 "to avoid polling the API."
             )
@@ -147,15 +193,15 @@ class Meter:
             windows = self._orders[user] = (Window(10), Window(86_400))
         now = self._clock()
         counts = OrderCounts(windows[0].add(now, 1), windows[1].add(now, 1))
-        if self.enforce:
-            for window, limit, interval in ((windows[0], ORDERS_PER_10S, "10 SECOND"),
-                                            (windows[1], ORDERS_PER_DAY, "1 DAY")):  # fmt: skip
-                if window.count > limit:
-                    raise BinanceError(
-                        429, -1015,
-                        f"Too many new orders; current limit is {limit} orders per {interval}.",
-                        {"Retry-After": str(window.retry_after(now)), **counts.headers()},
-                    )  # fmt: skip
+        limits = ((windows[0], self.limits.orders_per_10s, "10 SECOND"),
+                  (windows[1], self.limits.orders_per_day, "1 DAY"))  # fmt: skip
+        for window, limit, interval in limits:
+            if limit is not None and window.count > limit:
+                raise BinanceError(
+                    429, -1015,
+                    f"Too many new orders; current limit is {limit} orders per {interval}.",
+                    {"Retry-After": str(window.retry_after(now)), **counts.headers()},
+                )  # fmt: skip
         return counts
 
     def order_counts(self, user: int) -> OrderCounts:
