@@ -169,3 +169,65 @@ def test_subscriptions_are_numbered_listed_and_ended(exchange: Exchange) -> None
         await api.close()
 
     run(scenario())
+
+
+def test_orders_over_the_websocket_api(exchange: Exchange) -> None:
+    """order.place / order.status / openOrders.status / order.cancel / account.status
+    answer what the REST API answers (the same operations), signed per request."""
+    ann = exchange.ann
+
+    async def scenario() -> None:
+        api = await WsApi.open(exchange)
+        order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
+                 "price": "20000", "quantity": "0.01", "newClientOrderId": "ws-1"}  # fmt: skip
+        placed = await api.call("order.place", sign(ann, order), 1)
+        assert placed["status"] == 200, placed
+        limits = placed["rateLimits"]
+        assert [(r["rateLimitType"], r["interval"]) for r in limits] == [
+            ("ORDERS", "SECOND"),
+            ("ORDERS", "DAY"),
+            ("REQUEST_WEIGHT", "MINUTE"),
+        ]
+        assert [r["count"] for r in limits[:2]] == [1, 1]
+        result = placed["result"]
+        assert list(result)[:6] == ["symbol", "orderId", "orderListId", "clientOrderId",
+                                    "transactTime", "price"]  # fmt: skip
+        assert (result["symbol"], result["clientOrderId"], result["status"]) == (
+            "BTCUSDT",
+            "ws-1",
+            "NEW",
+        )
+        assert (result["price"], result["origQty"]) == ("20000.00000000", "0.01000000")
+        order_id = result["orderId"]
+        status = assert_ok(
+            await api.call(
+                "order.status", sign(ann, {"symbol": "BTCUSDT", "orderId": order_id}), 2
+            ),
+            2,
+        )
+        assert (status["orderId"], status["status"], status["isWorking"]) == (order_id, "NEW", True)
+        opened = assert_ok(await api.call("openOrders.status", sign(ann, {}), 3), 3)
+        assert [o["orderId"] for o in opened] == [order_id]
+        account = assert_ok(await api.call("account.status", sign(ann, {}), 4), 4)
+        usdt = next(b for b in account["balances"] if b["asset"] == "USDT")
+        assert usdt == {"asset": "USDT", "free": "999800.00000000", "locked": "200.00000000"}
+        canceled = assert_ok(
+            await api.call(
+                "order.cancel", sign(ann, {"symbol": "BTCUSDT", "origClientOrderId": "ws-1"}), 5
+            ),
+            5,
+        )
+        assert (canceled["orderId"], canceled["status"]) == (order_id, "CANCELED")
+        assert assert_ok(await api.call("openOrders.status", sign(ann, {}), 6), 6) == []
+        counts = assert_ok(await api.call("account.rateLimits.orders", sign(ann, {}), 7), 7)
+        assert [c["count"] for c in counts] == [1, 1]
+        # Refusals are the REST API's triples.
+        too_big = {**order, "quantity": "60", "newClientOrderId": "ws-2"}  # 1.2 M USDT
+        poor = await api.call("order.place", sign(ann, too_big), 8)
+        assert_error(poor, 400, -2010, "Account has insufficient balance for requested action.")
+        missing = await api.call("order.status", sign(ann, {"symbol": "BTCUSDT",
+                                                            "orderId": 999999}), 9)  # fmt: skip
+        assert_error(missing, 400, -2013, "Order does not exist.")
+        await api.close()
+
+    run(scenario())

@@ -35,7 +35,6 @@ from mercato.core.events import (
     Transfer,
 )
 from mercato.core.model import DEPOSIT, LOCKED, TERMINAL_STATUSES, WITHDRAWAL
-from mercato.core.money import format_amount
 from mercato.core.order_state import OrderState, accepted, amended, filled, triggered, updated
 from mercato.marketdata.hub import Client, Hub
 from mercato.port import AppliedBatch, ExchangeView
@@ -226,8 +225,9 @@ class UserDataStreams:
                 transfer.reason == WITHDRAWAL and sign == "-"
             )
             if external:
-                amount = format_amount(transfer.amount, self._decimals(transfer.asset))
-                found.add(user, events.balance_update(now, transfer.asset, sign + amount, now))
+                delta = -transfer.amount if sign else transfer.amount
+                decimals = self._decimals(transfer.asset)
+                found.add(user, events.balance_update(now, transfer.asset, delta, decimals, now))
 
     def _publish(self, found: _Batch, ts: int) -> None:
         now = _now_ms()
@@ -242,9 +242,7 @@ class UserDataStreams:
                 rows = []
                 for asset in assets:
                     free, locked = balance(user, asset)
-                    decimals = self._decimals(asset)
-                    rows.append((asset, format_amount(free, decimals),
-                                 format_amount(locked, decimals)))  # fmt: skip
+                    rows.append((asset, free, locked, self._decimals(asset)))
                 texts.append(_encode(events.account_position(now, ts, rows)).decode())
             for subscription in list(subscriptions):
                 client, subscription_id = subscription.client, subscription.subscription_id

@@ -4,22 +4,21 @@ a change touched), ``balanceUpdate`` (a deposit or a withdrawal) and
 ``eventStreamTerminated``; and the WebSocket API's envelope of an event,
 ``{"subscriptionId": n, "event": {...}}``.
 
-Numbers are decimal strings padded to at least 8 places, as Binance sends them
-(``"0.01000000"``); an amount finer than that keeps its digits.
+Numbers are decimal strings of at least 8 places, as Binance sends them
+(``"0.01000000"``), through the order shapes' formatting (:mod:`.binance_orders`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
 from typing import Any
 
 from mercato.core.events import Trade
 from mercato.core.model import LIMIT_PRICED_TYPES
 from mercato.core.order_state import OrderState
+from mercato.wire import binance_orders as shapes
 from mercato.wire.decimals import MarketFormat
 
-EIGHT = Decimal("0.00000001")
 QUOTE_BUY_SENTINEL = 1 << 62
 """The engine's quantity of a quote-quantity market buy while it runs ("as many lots as
 the quote amount buys"): such an order reports what it filled as its quantity."""
@@ -31,19 +30,6 @@ EXPIRY_REASONS = {
     "PROTECTION_LIMIT": "EXECUTION_RULE_PRICE_RANGE_EXCEEDED",
     "FUNDS_EXHAUSTED": "INSUFFICIENT_LIQUIDITY",
 }
-
-
-def padded(text: str) -> str:
-    """``"0.01"`` -> ``"0.01000000"``: at least 8 decimal places, never fewer digits."""
-    value = Decimal(text)
-    if value.as_tuple().exponent >= -8:  # type: ignore[operator]
-        value = value.quantize(EIGHT)
-    return f"{value:f}"
-
-
-def binance_status(status: str) -> str:
-    """An untriggered stop is NEW on Binance (it is accepted, not yet working)."""
-    return "NEW" if status == "UNTRIGGERED" else status
 
 
 def working(state: OrderState, status: str) -> bool:
@@ -76,20 +62,20 @@ def execution_report(
         "S": state.side,
         "o": state.type,
         "f": state.time_in_force,
-        "q": padded(fmt.qty(_quantity(state))),
-        "p": padded(fmt.price(state.price)),
-        "P": padded(fmt.price(state.stop_price)),
-        "F": padded(fmt.qty(state.iceberg_quantity)),
+        "q": shapes.qty(fmt, _quantity(state)),
+        "p": shapes.price(fmt, state.price),
+        "P": shapes.price(fmt, state.stop_price),
+        "F": shapes.qty(fmt, state.iceberg_quantity),
         "g": -1,
         "C": state.client_order_id if execution == "CANCELED" else "",
         "x": execution,
-        "X": binance_status(state.status),
+        "X": shapes.status(state.status),
         "r": "NONE",
         "i": state.order_id,
-        "l": padded(fmt.qty(trade.quantity)) if trade is not None else padded("0"),
-        "z": padded(fmt.qty(state.filled)),
-        "L": padded(fmt.price(trade.price)) if trade is not None else padded("0"),
-        "n": padded(fmt.amount(fee, fee_asset)) if fee_asset is not None else "0",
+        "l": shapes.qty(fmt, trade.quantity) if trade is not None else shapes.ZERO,
+        "z": shapes.qty(fmt, state.filled),
+        "L": shapes.price(fmt, trade.price) if trade is not None else shapes.ZERO,
+        "n": _fee(fmt, state, fee) if trade is not None else "0",
         "N": fee_asset,
         "T": transact_time,
         "t": trade.trade_id if trade is not None else -1,
@@ -98,9 +84,9 @@ def execution_report(
         "m": trade is not None and not taker,
         "M": False,
         "O": state.created_at,
-        "Z": padded(fmt.quote_amount(state.filled_quote)),
-        "Y": padded(fmt.quote_amount(trade.quote_amount)) if trade is not None else padded("0"),
-        "Q": padded(fmt.quote_amount(state.quote_quantity)),
+        "Z": shapes.quote(fmt, state.filled_quote),
+        "Y": shapes.quote(fmt, trade.quote_amount) if trade is not None else shapes.ZERO,
+        "Q": shapes.quote(fmt, state.quote_quantity),
     }
     if state.status not in ("UNTRIGGERED", "REJECTED"):
         report["W"] = state.triggered_at or state.created_at
@@ -114,19 +100,30 @@ def execution_report(
     return report
 
 
+def _fee(fmt: MarketFormat, state: OrderState, fee: int) -> str:
+    """The fill's fee, in the asset the side receives (base for buys, quote for sells)."""
+    return shapes.base(fmt, fee) if state.side == "BUY" else shapes.quote(fmt, fee)
+
+
 def account_position(event_time: int, update_time: int,
-                     balances: Iterable[tuple[str, str, str]]) -> dict[str, Any]:  # fmt: skip
-    """``outboundAccountPosition``: (asset, free, locked) of each asset that changed."""
-    rows = [{"a": asset, "f": padded(free), "l": padded(locked)}
-            for asset, free, locked in balances]  # fmt: skip
+                     balances: Iterable[tuple[str, int, int, int]]) -> dict[str, Any]:  # fmt: skip
+    """``outboundAccountPosition``: (asset, free, locked, decimals) of each asset that
+    changed, in atoms."""
+    rows = [{"a": asset, "f": _amount(free, decimals), "l": _amount(locked, decimals)}
+            for asset, free, locked, decimals in balances]  # fmt: skip
     return {"e": "outboundAccountPosition", "E": event_time, "u": update_time, "B": rows}
 
 
-def balance_update(event_time: int, asset: str, delta: str, clear_time: int) -> dict[str, Any]:
-    """``balanceUpdate``: ``delta`` (signed) reached or left the account outside trading."""
-    sign = "-" if delta.startswith("-") else ""
-    return {"e": "balanceUpdate", "E": event_time, "a": asset,
-            "d": sign + padded(delta.lstrip("-")), "T": clear_time}  # fmt: skip
+def _amount(atoms: int, decimals: int) -> str:
+    return shapes.atoms(atoms, decimals)
+
+
+def balance_update(event_time: int, asset: str, delta: int, decimals: int,
+                   clear_time: int) -> dict[str, Any]:  # fmt: skip
+    """``balanceUpdate``: ``delta`` atoms (negative: out) reached or left the account
+    outside trading (a deposit, a faucet credit, a withdrawal)."""
+    text = ("-" if delta < 0 else "") + _amount(abs(delta), decimals)
+    return {"e": "balanceUpdate", "E": event_time, "a": asset, "d": text, "T": clear_time}
 
 
 def stream_terminated(event_time: int) -> dict[str, Any]:

@@ -29,9 +29,13 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 
 from mercato.api.binance import symbols_of
+from mercato.api.binance import trading as ops
+from mercato.api.binance.auth import KEY_FORMAT, bad_key_format
 from mercato.api.binance.errors import binance_error_of
+from mercato.api.binance.trading_routes import meter_of
+from mercato.api.binance.weights import Meter, OrderCounts
 from mercato.api.ratelimit import RateLimited, RateLimiter
-from mercato.auth.api_keys import authenticate_signed
+from mercato.auth.api_keys import MAX_RECV_WINDOW_MS, authenticate_signed
 from mercato.auth.errors import AuthError
 from mercato.auth.sessions import LIVE_SESSIONS, Principal, live_credentials
 from mercato.auth.users import standing_refusal
@@ -41,7 +45,15 @@ from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Client, Hub
 from mercato.service import ExchangeService
 from mercato.wire.binance import BinanceError, binance_symbol
-from mercato.wire.binance_errors import OVERLOADED, mandatory_parameter, too_many_requests
+from mercato.wire.binance_errors import (
+    BY_CODE,
+    OVERLOADED,
+    UNKNOWN,
+    mandatory_parameter,
+    too_many_requests,
+)
+from mercato.wire.binance_market import BinanceFormat, exchange_info, symbol_info
+from mercato.wire.binance_market import rate_limits as declared_limits
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -76,31 +88,20 @@ def not_logged_on() -> BinanceError:
     return BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
 
 
-# -- rate limit reporting ---------------------------------------------------------------
+# -- rate limits ----------------------------------------------------------------------
 
 
-class Weights:
-    """Request weight per IP in the current minute, for the ``rateLimits`` Binance
-    reports (the limit itself is enforced by Mercato's per-IP budget)."""
-
-    def __init__(self) -> None:
-        self._minute = 0
-        self._counts: dict[str, int] = {}
-
-    def add(self, ip: str, weight: int) -> int:
-        minute = _now_ms() // 60_000
-        if minute != self._minute:
-            self._minute, self._counts = minute, {}
-        count = self._counts[ip] = self._counts.get(ip, 0) + weight
-        return count
-
-
-WEIGHTS = Weights()
-
-
-def rate_limits(count: int) -> list[dict[str, Any]]:
-    return [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-             "limit": WEIGHT_LIMIT, "count": count}]  # fmt: skip
+def rate_limits(meter: Meter, used: int, orders: Any = None) -> list[dict[str, Any]]:
+    """The ``rateLimits`` of an answer: the IP's request weight this minute (the REST
+    API's meter, shared), and the account's order counts after an order placement."""
+    limits: list[dict[str, Any]] = []
+    if orders is not None:
+        ten_seconds, day = meter.limits.order_limits()
+        limits += [{**ten_seconds, "count": orders.ten_seconds}, {**day, "count": orders.day}]
+    most = meter.limits.weight_per_minute or WEIGHT_LIMIT
+    limits.append({"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                   "limit": most, "count": used})  # fmt: skip
+    return limits
 
 
 # -- the shared user data streams -------------------------------------------------------
@@ -222,6 +223,7 @@ async def run_writer(client: Client, websocket: WebSocket) -> None:
 # -- one connection -----------------------------------------------------------------------
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[Any]]
+Weight = int | Callable[[dict[str, Any]], int]
 
 
 class Connection:
@@ -242,6 +244,9 @@ class Connection:
         self.return_rate_limits = websocket.query_params.get("returnRateLimits") != "false"
         self.subscriptions: dict[int, Subscription] = {}
         self.next_subscription_id = 0
+        self.meter = meter_of(websocket.app)
+        self.used = 0  # the IP's request weight after the request being answered
+        self.orders: OrderCounts | None = None  # the account's order counts, after a placement
 
     def close(self) -> None:
         for subscription in self.subscriptions.values():
@@ -262,82 +267,79 @@ class Connection:
         request_id = request.get("id") if isinstance(request, dict) else None
         if isinstance(request_id, bool | float | Decimal | dict | list):
             request_id = None
+        self.orders = None
+        show = self.return_rate_limits
+        params = request.get("params") if isinstance(request, dict) else None
+        if isinstance(params, dict):
+            show = _flag(params.get("returnRateLimits"), show)
         try:
             await self.limiter.check("ip", self.ip, "from this IP")
-        except RateLimited as limited:
-            self.answer_error(request_id, too_many_requests(limited.retry_after), 1)
-            return
-        if not isinstance(request, dict):
-            self.answer_error(request_id, malformed_request(), 1)
-            return
-        if not isinstance(request.get("method"), str) or not request["method"]:
-            self.answer_error(request_id, mandatory_parameter("method"), 1)
-            return
-        method = request["method"].removeprefix("v3/")
-        params = request.get("params", {})
-        entry = METHODS.get(method)
-        if entry is None:
-            self.answer_error(request_id, unknown_method(), 1)
-            return
-        handler, weight = entry
-        if params is None:
-            params = {}
-        if not isinstance(params, dict):
-            self.answer_error(request_id, malformed_request(), weight)
-            return
-        show = _flag(params.pop("returnRateLimits", None), self.return_rate_limits)
-        try:
+            method, params = _method_and_params(request)
+            handler, weight = METHODS.get(method, (None, 1))
+            amount = weight if isinstance(weight, int) else weight(params)
+            self.used = self.meter.charge(self.ip, amount)
+            if handler is None:
+                raise unknown_method()
             result = await handler(self, params)
         except Exception as exc:
             error = binance_error_of(exc)
             if error is None:
-                log.exception("the WebSocket API method %s failed", method)
-                error = BinanceError(500, -1000, "An unknown error occurred while "
-                                     "processing the request.")  # fmt: skip
-            self.answer_error(request_id, error, weight, show)
+                log.exception("a WebSocket API request failed")
+                error = BinanceError(*UNKNOWN)
+            self.used = self.meter.used(self.ip)
+            self.reply({"id": request_id, "status": error.status, "error": error.body()}, show)
             return
-        answer: dict[str, Any] = {"id": request_id, "status": 200, "result": result}
-        count = WEIGHTS.add(self.ip, weight)
-        if show:
-            answer["rateLimits"] = rate_limits(count)
-        self.send(answer)
+        self.reply({"id": request_id, "status": 200, "result": result}, show)
 
-    def answer_error(self, request_id: Any, error: BinanceError, weight: int,
-                     show: bool | None = None) -> None:  # fmt: skip
-        answer: dict[str, Any] = {"id": request_id, "status": error.status,
-                                  "error": error.body()}  # fmt: skip
-        count = WEIGHTS.add(self.ip, weight)
-        if self.return_rate_limits if show is None else show:
-            answer["rateLimits"] = rate_limits(count)
+    def reply(self, answer: dict[str, Any], show: bool) -> None:
+        if show:
+            answer["rateLimits"] = rate_limits(self.meter, self.used, self.orders)
         self.send(answer)
 
     # -- signed requests -----------------------------------------------------------------
 
     async def signed(self, params: dict[str, Any], permission: str) -> Principal:
         """The principal of a signed request (its params' signature checked), allowed
-        ``permission`` ("read" for USER_DATA and USER_STREAM, "trade" for TRADE)."""
-        for name in ("apiKey", "signature", "timestamp"):
-            value = params.get(name)
-            if value is None or value == "":
+        ``permission`` ("read" for USER_DATA and USER_STREAM, "trade" for TRADE), in
+        Binance's words as REST's signed requests are (api/binance/auth.py)."""
+        key = params.get("apiKey")
+        if not isinstance(key, str) or not KEY_FORMAT.match(key):
+            raise mandatory_parameter("apiKey") if not key else bad_key_format()
+        for name in ("signature", "timestamp"):
+            if params.get(name) is None or params.get(name) == "":
                 raise mandatory_parameter(name)
-        key, signature = params["apiKey"], params["signature"]
-        if not isinstance(key, str) or not isinstance(signature, str):
-            raise BinanceError(400, -1022, "Signature for this request is not valid.")
-        payload = signature_payload(params)
+        signature, window = params["signature"], params.get("recvWindow")
+        if not isinstance(signature, str):
+            raise BinanceError(*BY_CODE["INVALID_SIGNATURE"])
+        if isinstance(window, int | Decimal) and window > MAX_RECV_WINDOW_MS:
+            raise BinanceError(400, -1102, "'recvWindow' contains unexpected value. "
+                               f"Cannot be greater than {MAX_RECV_WINDOW_MS}.")  # fmt: skip
         assert self.service.secrets is not None
+        query = f"{signature_payload(params)}&signature={signature}"
         try:
             principal = await authenticate_signed(
-                self.service.reader(), self.service.secrets.master_key, key,
-                f"{payload}&signature={signature}".encode(), b"", self.ip, False,
+                self.service.reader(), self.service.secrets.master_key, key, query.encode(),
+                b"", self.ip, False,
             )  # fmt: skip
         except AuthError as error:
             if error.code == "INVALID_TIMESTAMP":
                 raise mandatory_parameter("timestamp") from None
+            if error.code == "TIMESTAMP_OUTSIDE_WINDOW" and _ahead(params["timestamp"]):
+                raise BinanceError(*BY_CODE["TIMESTAMP_AHEAD"]) from None
             raise
         if permission not in principal.permissions:
             raise AuthError("MISSING_PERMISSION", f"this API key lacks {permission}",
                             kind=ErrorKind.FORBIDDEN)  # fmt: skip
+        await self.limiter.check("account", str(principal.user_id), "for this account")
+        if permission == "trade":
+            await self.limiter.check("orders", str(principal.user_id),
+                                     "of order entry for this account")  # fmt: skip
         return principal
+
+
+def _ahead(timestamp: Any) -> bool:
+    """The request's timestamp is 1 s or more ahead of the server's clock."""
+    return isinstance(timestamp, int) and timestamp >= _now_ms() + 1000
 
 
 def signature_payload(params: Mapping[str, Any]) -> str:
@@ -358,11 +360,6 @@ def text_of(value: Any) -> str:
     return str(value)
 
 
-def string_params(params: Mapping[str, Any]) -> dict[str, str]:
-    """The params as REST's query string would carry them (for the shared handlers)."""
-    return {name: text_of(value) for name, value in params.items()}
-
-
 def _decode(text: str | None) -> Any:
     if text is None or len(text) > MAX_MESSAGE_CHARS:
         return None
@@ -370,6 +367,20 @@ def _decode(text: str | None) -> Any:
         return json.loads(text, parse_float=Decimal)
     except (ValueError, RecursionError):
         return None
+
+
+def _method_and_params(request: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(request, dict):
+        raise malformed_request()
+    method = request.get("method")
+    if not isinstance(method, str) or not method:
+        raise mandatory_parameter("method")
+    params = request.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise malformed_request()
+    return method.removeprefix("v3/"), params
 
 
 def _flag(value: Any, default: bool) -> bool:
@@ -389,24 +400,32 @@ async def server_time(connection: Connection, params: dict[str, Any]) -> Any:
     return {"serverTime": _now_ms()}
 
 
-async def exchange_info(connection: Connection, params: dict[str, Any]) -> Any:
-    """A minimal ``exchangeInfo`` (symbols and their assets and status) until the market
-    dialect's shapes are merged (docs/binance.md)."""
+async def exchange_information(connection: Connection, params: dict[str, Any]) -> Any:
+    """``exchangeInfo`` of ``symbol``, ``symbols`` or every market, in the REST API's
+    shapes (wire/binance_market.py)."""
     service = connection.service
-    assert service.port is not None
-    view = service.port.view
+    market_data = service.market_data
+    assert isinstance(market_data, MarketData)
+    view = market_data.view
     symbols = symbols_of(service)
     wanted = params.get("symbols") or ([params["symbol"]] if params.get("symbol") else None)
+    if wanted is not None and not (isinstance(wanted, list)
+                                   and all(isinstance(s, str) for s in wanted)):  # fmt: skip
+        raise BinanceError(400, -1130, "Data sent for parameter 'symbols' is not valid.")
     markets = [symbols.market(s) for s in wanted] if wanted else view.market_symbols()
     rows = []
     for market in markets:
-        spec = view.spec(market)
-        assert spec is not None
-        rows.append({"symbol": binance_symbol(market), "status": "TRADING",
-                     "baseAsset": spec.base, "quoteAsset": spec.quote})  # fmt: skip
-    return {"timezone": "UTC", "serverTime": _now_ms(), "rateLimits": [
-        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-         "limit": WEIGHT_LIMIT}], "exchangeFilters": [], "symbols": rows}  # fmt: skip
+        spec, rules = view.spec(market), view.rules(market)
+        assert spec is not None and rules is not None
+        fmt = market_data.formats[market]
+        shape = BinanceFormat(rules, fmt.base_decimals, fmt.quote_decimals)
+        status = view.trading_status(market)
+        rows.append(symbol_info(binance_symbol(market), spec, rules, status, shape))
+    budgets = service.config.rate_limits.budgets()
+    ip, orders = budgets.get("ip"), budgets.get("orders")
+    limits = declared_limits(ip.per_second if ip else None,
+                             orders.per_second if orders else None)  # fmt: skip
+    return exchange_info(_now_ms(), limits, rows)
 
 
 def _session(connection: Connection) -> dict[str, Any]:
@@ -473,10 +492,54 @@ async def unsubscribe(connection: Connection, params: dict[str, Any]) -> Any:
     return {}
 
 
-METHODS: dict[str, tuple[Handler, int]] = {
+# -- trading and account methods: thin over the REST API's operations (trading.py) ----------
+
+#: Params that sign a request and are not the operation's.
+_SIGNING = ("apiKey", "signature", "returnRateLimits")
+
+
+def operation_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """The params as REST's query string would carry them to the shared operations."""
+    return {name: text_of(value) for name, value in params.items() if name not in _SIGNING}
+
+
+def _operation(run: Callable[[ExchangeService, Principal, ops.Params], Awaitable[Any]],
+               permission: str, places: bool = False) -> Handler:  # fmt: skip
+    async def handler(connection: Connection, params: dict[str, Any]) -> Any:
+        principal = await connection.signed(params, permission)
+        if places:
+            connection.orders = connection.meter.count_order(principal.user_id)
+        return await run(connection.service, principal, operation_params(params))
+
+    return handler
+
+
+async def order_rate_limits(connection: Connection, params: dict[str, Any]) -> Any:
+    """``account.rateLimits.orders``: the account's order counts in each window."""
+    principal = await connection.signed(params, "read")
+    counts = connection.meter.order_counts(principal.user_id)
+    ten_seconds, day = connection.meter.limits.order_limits()
+    return [{**ten_seconds, "count": counts.ten_seconds}, {**day, "count": counts.day}]
+
+
+def _with_symbol(alone: int, every: int) -> Callable[[dict[str, Any]], int]:
+    return lambda params: alone if params.get("symbol") else every
+
+
+METHODS: dict[str, tuple[Handler, Weight]] = {
+    "order.place": (_operation(ops.place_order, "trade", places=True), 1),
+    "order.test": (_operation(ops.test_order, "trade"), 1),
+    "order.status": (_operation(ops.query_order, "read"), 4),
+    "order.cancel": (_operation(ops.cancel_order, "trade"), 1),
+    "openOrders.status": (_operation(ops.open_orders, "read"), _with_symbol(6, 80)),
+    "openOrders.cancelAll": (_operation(ops.cancel_open_orders, "trade"), 1),
+    "allOrders": (_operation(ops.all_orders, "read"), 20),
+    "myTrades": (_operation(ops.my_trades, "read"), 20),
+    "account.status": (_operation(ops.account, "read"), 20),
+    "account.rateLimits.orders": (order_rate_limits, 40),
     "ping": (ping, 1),
     "time": (server_time, 1),
-    "exchangeInfo": (exchange_info, 20),
+    "exchangeInfo": (exchange_information, 20),
     "session.logon": (session_logon, 2),
     "session.status": (session_status, 2),
     "session.logout": (session_logout, 2),
