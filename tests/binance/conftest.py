@@ -4,9 +4,12 @@ and the real clients (CCXT, python-binance) pointed at it by their URLs only."""
 
 from __future__ import annotations
 
+import importlib
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,11 +66,29 @@ def ccxt_binance(exchange: Exchange, account: Account | None = None, *, pro: boo
     return client
 
 
+def _python_binance() -> Any:
+    """python-binance's ``binance.client``. Its package is named ``binance`` like this test
+    package, which pytest puts first on ``sys.path`` (tests/): import it with tests/ off
+    the path, and keep it as ``binance`` (this package's test modules stay registered
+    under their own names, all imported at collection)."""
+    real = sys.modules.get("binance")
+    if real is not None and Path(real.__file__ or "").parent != Path(__file__).parent:
+        return importlib.import_module("binance.client")
+    tests = Path(__file__).parent.parent.resolve()
+    saved = sys.path[:]
+    sys.modules.pop("binance", None)
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != tests]
+    try:
+        return importlib.import_module("binance.client")
+    finally:
+        sys.path[:] = saved
+
+
 def python_binance_client(exchange: Exchange, account: Account | None = None) -> Any:
     """python-binance's ``Client`` with its URL class attributes set to Mercato's."""
-    from binance.client import Client
+    Client = _python_binance().Client
 
-    class MercatoClient(Client):
+    class MercatoClient(Client):  # type: ignore[misc, valid-type]
         API_URL = f"{exchange.url}/api"
 
     return MercatoClient(account.key if account else None, account.secret if account else None)
