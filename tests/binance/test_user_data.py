@@ -7,13 +7,14 @@ the subscription."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from .conftest import Account, Exchange
-from .wsapi import WsApi, sign
+from .conftest import Account, Exchange, _python_binance, ccxt_binance
+from .wsapi import WAIT, WsApi, sign
 
 REPORT_KEYS = ["e", "E", "s", "c", "S", "o", "f", "q", "p", "P", "F", "g", "C", "x", "X", "r",
                "i", "l", "z", "L", "n", "N", "T", "t", "I", "w", "m", "M", "O", "Z", "Y", "Q",
@@ -197,3 +198,114 @@ def test_a_deleted_key_ends_the_subscription(exchange: Exchange) -> None:
         await api.close()
 
     asyncio.run(scenario())
+
+
+async def until(watch: Any, read: Any, done: Any) -> Any:
+    """Call ccxt's ``watch`` until ``done(read())``: ``read`` looks at the client's cache
+    first, so an update that arrived between two watches is not waited for again."""
+    while not done(read()):
+        await asyncio.wait_for(watch(), WAIT)
+    return read()
+
+
+def test_ccxt_pro_watches_and_trades_over_the_websocket_api(exchange: Exchange) -> None:
+    """ccxt.pro.binance unmodified: watch_orders, watch_my_trades and watch_balance on the
+    user data stream while ann trades with create_order_ws (bob's ask placed natively),
+    and fetch_order_ws, fetch_open_orders_ws, cancel_order_ws, fetch_balance_ws."""
+    ann, bob = exchange.ann, exchange.bob
+
+    async def scenario() -> None:
+        client = ccxt_binance(exchange, ann, pro=True)
+        client.newUpdates = False  # whole caches: what arrived, not what is new
+        try:
+            await client.load_markets()
+            # The first watch subscribes (userDataStream.subscribe.signature) and sets up
+            # the balance cache that every user data event updates.
+            first = asyncio.create_task(client.watch_orders("BTC/USDT"))
+            await client.authenticate()  # the same subscription, once answered
+            while "spot" not in client.balance:
+                await asyncio.sleep(0.01)
+            await asyncio.to_thread(place, exchange, bob, side="SELL", price="50000",
+                                    quantity="0.5")  # fmt: skip
+            taken = await client.create_order_ws("BTC/USDT", "limit", "buy", 0.2, 50000)
+            assert (taken["status"], taken["filled"]) == ("closed", 0.2)
+            resting = await client.create_order_ws("BTC/USDT", "limit", "buy", 0.1, 40000)
+            assert resting["status"] == "open"
+            fetched = await client.fetch_order_ws(resting["id"], "BTC/USDT")
+            assert (fetched["id"], fetched["price"], fetched["amount"]) == (
+                resting["id"],
+                40000.0,
+                0.1,
+            )
+            opened = await client.fetch_open_orders_ws("BTC/USDT")
+            assert [o["id"] for o in opened] == [resting["id"]]
+            canceled = await client.cancel_order_ws(resting["id"], "BTC/USDT")
+            assert canceled["status"] == "canceled"
+            # ccxt 4.5.90 parses account.status' balances with no account type, so they
+            # stay in "info" only (as against Binance): check the answer there.
+            balance = await client.fetch_balance_ws()
+            rows = {b["asset"]: (b["free"], b["locked"]) for b in balance["info"]["balances"]}
+            assert rows["BTC"] == ("10.19980000", "0.00000000")
+            assert rows["USDT"] == ("990000.00000000", "0.00000000")
+
+            def order_states() -> dict[str, str]:
+                return {o["id"]: o["status"] for o in (client.orders or [])}
+
+            states = await until(lambda: client.watch_orders("BTC/USDT"), order_states,
+                                 lambda s: s.get(resting["id"]) == "canceled"
+                                 and s.get(taken["id"]) == "closed")  # fmt: skip
+            assert states == {taken["id"]: "closed", resting["id"]: "canceled"}
+            trades = await until(lambda: client.watch_my_trades("BTC/USDT"),
+                                 lambda: list(client.myTrades or []), lambda t: t)  # fmt: skip
+            (trade,) = trades
+            assert (trade["order"], trade["side"], trade["takerOrMaker"]) == (
+                taken["id"],
+                "buy",
+                "taker",
+            )
+            assert (trade["price"], trade["amount"], trade["cost"]) == (50000.0, 0.2, 10000.0)
+            assert trade["fee"] == {"cost": 0.0002, "currency": "BTC"}
+            settled = await until(client.watch_balance, lambda: client.balance.get("spot") or {},
+                                  lambda b: b.get("USDT", {}).get("used") == 0.0
+                                  and b.get("BTC", {}).get("free") == 10.1998)  # fmt: skip
+            assert settled["USDT"]["free"] == 990000.0
+            assert (await first)[0]["id"] == taken["id"]
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_python_binance_user_socket(exchange: Exchange) -> None:
+    """python-binance's BinanceSocketManager.user_socket (userDataStream.subscribe.signature
+    on its WebSocket API connection), only its URLs pointed at Mercato."""
+    ann, bob = exchange.ann, exchange.bob
+    _python_binance()  # the package, past this test package's own name (conftest.py)
+    async_client = importlib.import_module("binance.async_client")
+    streams = importlib.import_module("binance.ws.streams")
+
+    class MercatoClient(async_client.AsyncClient):  # type: ignore[misc, name-defined]
+        API_URL = f"{exchange.url}/api"
+        WS_API_URL = f"{exchange.ws_url}/ws-api/v3"
+
+    async def scenario() -> list[dict[str, Any]]:
+        client = await MercatoClient.create(ann.key, ann.secret)
+        received: list[dict[str, Any]] = []
+        try:
+            manager = streams.BinanceSocketManager(client)
+            async with manager.user_socket() as socket:
+                await asyncio.to_thread(place, exchange, bob, side="SELL", price="50000",
+                                        quantity="0.5")  # fmt: skip
+                await asyncio.to_thread(place, exchange, ann, side="BUY", price="50000",
+                                        quantity="0.2")  # fmt: skip
+                while len([m for m in received if m.get("e") == "outboundAccountPosition"]) < 1:
+                    received.append(await asyncio.wait_for(socket.recv(), WAIT))
+        finally:
+            await client.close_connection()
+        return received
+
+    received = asyncio.run(scenario())
+    kinds = [(m["e"], m.get("x"), m.get("X")) for m in received]
+    assert kinds == [("executionReport", "NEW", "NEW"), ("executionReport", "TRADE", "FILLED"),
+                     ("outboundAccountPosition", None, None)]  # fmt: skip
+    assert received[1]["l"] == "0.20000000" and received[1]["L"] == "50000.00000000"
