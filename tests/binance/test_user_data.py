@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 
+from service.conftest import Backend
+from service.test_standing import admin
+
 from .conftest import Account, Exchange, _python_binance, ccxt_binance
 from .wsapi import WAIT, WsApi, sign
 
@@ -309,3 +312,21 @@ def test_python_binance_user_socket(exchange: Exchange) -> None:
     assert kinds == [("executionReport", "NEW", "NEW"), ("executionReport", "TRADE", "FILLED"),
                      ("outboundAccountPosition", None, None)]  # fmt: skip
     assert received[1]["l"] == "0.20000000" and received[1]["L"] == "50000.00000000"
+
+
+def test_a_frozen_user_loses_the_stream(exchange: Exchange, sqlite_backend: Backend) -> None:
+    """A freeze by the admin CLI (another process) ends the subscription, as it ends the
+    native private channels; subscribing again is refused."""
+    ann = exchange.ann
+
+    async def scenario() -> None:
+        api = await subscribed(exchange, ann)
+        await asyncio.to_thread(admin, sqlite_backend, "freeze", ann.email)
+        (ended,) = await api.events_until(lambda e: e)
+        assert ended["event"]["e"] == "eventStreamTerminated"
+        again = await api.call(SUBSCRIBE, sign(ann, {}))
+        assert again["status"] == 400
+        assert again["error"] == {"code": -2010, "msg": "This action is disabled on this account."}
+        await api.close()
+
+    asyncio.run(scenario())
