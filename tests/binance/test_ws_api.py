@@ -148,7 +148,8 @@ def test_subscriptions_are_numbered_listed_and_ended(exchange: Exchange) -> None
         bob = assert_ok(await api.call(method, sign(exchange.bob, {}), 2), 2)
         assert (ann, bob) == ({"subscriptionId": 0}, {"subscriptionId": 1})
         again = await api.call(method, sign(exchange.ann, {}), 3)
-        assert again["status"] == 400  # one subscription per account per connection
+        # One subscription per account per connection.
+        assert_error(again, 400, -2035, "User Data Stream subscription already active.")
         listed = assert_ok(await api.call("session.subscriptions", request_id=4), 4)
         assert listed == [{"subscriptionId": 0}, {"subscriptionId": 1}]
         status = assert_ok(await api.call("session.status", request_id=5), 5)

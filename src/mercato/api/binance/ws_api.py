@@ -60,6 +60,7 @@ router = APIRouter()
 
 MAX_MESSAGE_CHARS = 16_384
 MAX_SUBSCRIPTIONS = 1000  # Binance's per-session limit of active subscriptions
+MAX_SUBSCRIPTION_IDS = 65_535  # ... and of subscriptions over a session's life
 WEIGHT_LIMIT = 6000  # REQUEST_WEIGHT per minute, as Binance reports it
 REVOCATION_CHECK_SECONDS = 2.0  # as the native private channels (api/ws.py)
 
@@ -465,9 +466,12 @@ async def subscribe_signature(connection: Connection, params: dict[str, Any]) ->
     principal = await connection.signed(params, "read")
     user = principal.user_id
     if any(s.user == user for s in connection.subscriptions.values()):
-        raise BinanceError(400, -1210, "This account is already subscribed on this session.")
+        raise BinanceError(400, -2035, "User Data Stream subscription already active.")
     if len(connection.subscriptions) >= MAX_SUBSCRIPTIONS:
-        raise BinanceError(400, -1211, "Too many subscriptions on this session.")
+        raise BinanceError(400, -1191, "Too many subscriptions. Connection may create up to "
+                           f"'{MAX_SUBSCRIPTIONS}' subscriptions at a time.")  # fmt: skip
+    if connection.next_subscription_id >= MAX_SUBSCRIPTION_IDS:
+        raise BinanceError(400, -2042, "Maximum subscription ID reached for this connection.")
     subscription_id = connection.next_subscription_id
     connection.next_subscription_id += 1
     subscription = Subscription(connection.client, user, subscription_id, principal.session,
