@@ -5,10 +5,13 @@ errors as Binance's triples, and the user data stream subscription methods."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import websockets
+
 from .conftest import Exchange
-from .wsapi import WsApi, sign
+from .wsapi import WAIT, WsApi, sign
 
 RATE_LIMIT_KEYS = ["rateLimitType", "interval", "intervalNum", "limit", "count"]
 
@@ -230,5 +233,22 @@ def test_orders_over_the_websocket_api(exchange: Exchange) -> None:
                                                             "orderId": 999999}), 9)  # fmt: skip
         assert_error(missing, 400, -2013, "Order does not exist.")
         await api.close()
+
+    run(scenario())
+
+
+def test_a_stopping_server_closes_websocket_api_connections(exchange: Exchange) -> None:
+    """SIGTERM with a subscribed connection open: the server exits cleanly (0) and the
+    connection is closed, not left to hang the shutdown."""
+
+    async def scenario() -> None:
+        api = await WsApi.open(exchange)
+        subscribe = await api.call("userDataStream.subscribe.signature", sign(exchange.ann, {}))
+        assert subscribe["result"] == {"subscriptionId": 0}
+        code = await asyncio.to_thread(exchange.server.stop)
+        assert code == 0, exchange.server.output()[-2000:]
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:  # whatever is still buffered, then the close
+                await asyncio.wait_for(api.socket.recv(), WAIT)
 
     run(scenario())
