@@ -330,3 +330,60 @@ def test_a_frozen_user_loses_the_stream(exchange: Exchange, sqlite_backend: Back
         await api.close()
 
     asyncio.run(scenario())
+
+
+def test_expiry_self_trade_prevention_amend_and_stop_reports(exchange: Exchange) -> None:
+    """The other execution types: an IOC's unfilled rest (EXPIRED with its eR), self-trade
+    prevention (TRADE_PREVENTION, EXPIRED_IN_MATCH), an amendment (REPLACED) and a stop
+    that triggers (NEW, then working)."""
+    ann, bob = exchange.ann, exchange.bob
+
+    async def scenario() -> None:
+        api = await subscribed(exchange, ann)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return asyncio.to_thread(*args, **kwargs)
+
+        await call(place, exchange, bob, side="SELL", price="50000", quantity="0.1")
+        ioc = await call(place, exchange, ann, side="BUY", price="50000", quantity="0.3",
+                         time_in_force="IOC")  # fmt: skip
+        own_ask = await call(place, exchange, ann, side="SELL", price="51000", quantity="0.1")
+        crossing = await call(place, exchange, ann, side="BUY", price="51000", quantity="0.1",
+                              time_in_force="IOC")  # fmt: skip
+        resting = await call(place, exchange, ann, side="BUY", price="40000", quantity="0.1")
+        await call(native, exchange, ann, "PATCH", f"/orders/{resting}", {"price": "41000"})
+        stop = await call(place, exchange, ann, side="SELL", type="STOP_LOSS_LIMIT",
+                          price="44000", stop_price="45000", quantity="0.1")  # fmt: skip
+        await call(place, exchange, bob, side="SELL", price="45000", quantity="0.01")
+        trigger = await call(place, exchange, ann, side="BUY", price="45000", quantity="0.01")
+        await api.events_until(lambda e: len(reports(e, stop)) >= 2)
+        events = api.events
+        assert reports(events, ioc) == [("NEW", "NEW"), ("TRADE", "PARTIALLY_FILLED"),
+                                        ("EXPIRED", "EXPIRED")]  # fmt: skip
+        expired = of_kind(events, "executionReport")[2]
+        assert (expired["eR"], expired["z"], expired["w"]) == (
+            "UNFILLED_IOC_QUANTITY_EXPIRED",
+            "0.10000000",
+            False,
+        )
+        # EXPIRE_MAKER, Mercato's default: the resting order of ann's own is taken out.
+        assert reports(events, own_ask) == [("NEW", "NEW"),
+                                            ("TRADE_PREVENTION", "EXPIRED_IN_MATCH")]  # fmt: skip
+        assert reports(events, crossing) == [("NEW", "NEW"), ("EXPIRED", "EXPIRED")]
+        assert reports(events, resting) == [("NEW", "NEW"), ("REPLACED", "NEW")]
+        executions = of_kind(events, "executionReport")
+        replaced = next(r for r in executions if r["i"] == resting and r["x"] == "REPLACED")
+        assert replaced["p"] == "41000.00000000"
+        stop_reports = [r for r in of_kind(events, "executionReport") if r["i"] == stop]
+        untriggered, triggered = stop_reports[:2]
+        assert (untriggered["o"], untriggered["P"], untriggered["w"]) == (
+            "STOP_LOSS_LIMIT",
+            "45000.00000000",
+            False,
+        )
+        assert "W" not in untriggered and list(untriggered) == [k for k in REPORT_KEYS if k != "W"]
+        assert (triggered["x"], triggered["X"], triggered["w"]) == ("NEW", "NEW", True)
+        assert triggered["W"] >= untriggered["O"]
+        await api.close()
+
+    asyncio.run(scenario())
