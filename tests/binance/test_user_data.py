@@ -355,7 +355,7 @@ def test_expiry_self_trade_prevention_amend_and_stop_reports(exchange: Exchange)
         stop = await call(place, exchange, ann, side="SELL", type="STOP_LOSS_LIMIT",
                           price="44000", stop_price="45000", quantity="0.1")  # fmt: skip
         await call(place, exchange, bob, side="SELL", price="45000", quantity="0.01")
-        trigger = await call(place, exchange, ann, side="BUY", price="45000", quantity="0.01")
+        await call(place, exchange, ann, side="BUY", price="45000", quantity="0.01")  # 45000 trades
         await api.events_until(lambda e: len(reports(e, stop)) >= 2)
         events = api.events
         assert reports(events, ioc) == [("NEW", "NEW"), ("TRADE", "PARTIALLY_FILLED"),
