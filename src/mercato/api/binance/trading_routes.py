@@ -128,6 +128,12 @@ ENDPOINTS: list[tuple[str, str, Operation, str, str]] = [
      "Cancel all open orders on a symbol"),
     ("GET", "/allOrders", _shared(ops.all_orders), "read", "All orders"),
     ("GET", "/myTrades", _shared(ops.my_trades), "read", "Account trade list"),
+    ("POST", "/order/cancelReplace", _shared(ops.cancel_replace), "trade",
+     "Cancel an existing order and send a new order"),
+    ("PUT", "/order/amend/keepPriority", _shared(ops.amend_keep_priority), "trade",
+     "Order amend keep priority"),
+    ("GET", "/myPreventedMatches", _shared(ops.prevented_matches), "read",
+     "Query prevented matches"),
     ("GET", "/rateLimit/order", order_rate_limits, "read", "Query unfilled order count"),
 ]  # fmt: skip
 for _method, _path, _operation, _permission, _summary in ENDPOINTS:
