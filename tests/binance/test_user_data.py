@@ -7,7 +7,6 @@ the subscription."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 from service.conftest import Backend
 from service.test_standing import admin
 
-from .conftest import Account, Exchange, _python_binance, ccxt_binance
+from .conftest import Account, Exchange, ccxt_binance, python_binance
 from .wsapi import WAIT, WsApi, sign
 
 REPORT_KEYS = ["e", "E", "s", "c", "S", "o", "f", "q", "p", "P", "F", "g", "C", "x", "X", "r",
@@ -283,9 +282,7 @@ def test_python_binance_user_socket(exchange: Exchange) -> None:
     """python-binance's BinanceSocketManager.user_socket (userDataStream.subscribe.signature
     on its WebSocket API connection), only its URLs pointed at Mercato."""
     ann, bob = exchange.ann, exchange.bob
-    _python_binance()  # the package, past this test package's own name (conftest.py)
-    async_client = importlib.import_module("binance.async_client")
-    streams = importlib.import_module("binance.ws.streams")
+    async_client, streams = python_binance()[2:]
 
     class MercatoClient(async_client.AsyncClient):  # type: ignore[misc, name-defined]
         API_URL = f"{exchange.url}/api"

@@ -229,3 +229,39 @@ def account(*, maker: Decimal, taker: Decimal, can_trade: bool, can_withdraw: bo
         "updateTime": update_time, "accountType": "SPOT", "balances": list(balances),
         "permissions": ["SPOT"], "uid": uid,
     }  # fmt: skip
+
+
+def amended(fmt: MarketFormat, symbol: str, row: TriggeredRow) -> dict[str, object]:
+    """``amendedOrder`` of an amend-keep-priority answer (Mercato keeps the client id)."""
+    return {
+        "symbol": symbol, "orderId": row.order_id, "orderListId": NO_ORDER_LIST,
+        "origClientOrderId": row.client_order_id, "clientOrderId": row.client_order_id,
+        "price": price(fmt, row.price), "qty": qty(fmt, row.quantity),
+        "executedQty": base(fmt, row.filled_base), "preventedQty": ZERO,
+        "quoteOrderQty": quote(fmt, row.quote_quantity),
+        "cumulativeQuoteQty": quote(fmt, row.filled_quote), "status": status(row.status),
+        "timeInForce": row.time_in_force, "type": row.type, "side": row.side,
+        "workingTime": working_time(row), "selfTradePreventionMode": row.stp,
+    }  # fmt: skip
+
+
+class SequencedRow(TriggeredRow, Protocol):
+    @property
+    def created_seq(self) -> int: ...
+    @property
+    def updated_seq(self) -> int: ...
+    @property
+    def filled(self) -> int: ...
+
+
+def prevented_match(fmt: MarketFormat, symbol: str, row: SequencedRow) -> dict[str, object]:
+    """An order self-trade prevention expired, as a ``myPreventedMatches`` entry."""
+    taker = row.updated_seq == row.created_seq  # expired in the batch that placed it
+    return {
+        "symbol": symbol, "preventedMatchId": row.order_id,
+        "takerOrderId": row.order_id if taker else 0, "makerSymbol": symbol,
+        "makerOrderId": 0 if taker else row.order_id, "tradeGroupId": -1,
+        "selfTradePreventionMode": row.stp, "price": price(fmt, row.price),
+        "makerPreventedQuantity": qty(fmt, row.quantity - row.filled),
+        "transactTime": row.updated_at,
+    }  # fmt: skip

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from mercato.api.auth_routes import caller_with
+from mercato.api.binance.errors import binance_error_of
 from mercato.auth.api_keys import MAX_RECV_WINDOW_MS
 from mercato.auth.sessions import Principal
 from mercato.core.errors import CodedError
@@ -73,4 +74,4 @@ async def signed_caller(request: Request, params: dict[str, str], permission: st
     except CodedError as error:
         if error.code == "TIMESTAMP_OUTSIDE_WINDOW" and _ahead(params):
             raise BinanceError(*BY_CODE["TIMESTAMP_AHEAD"]) from None
-        raise from_coded(error) from None
+        raise binance_error_of(error) or from_coded(error) from None

@@ -401,7 +401,7 @@ async def query_order(service: ExchangeService, principal: Principal, params: Pa
 
 
 async def _changed(service: ExchangeService, user: int, command: CancelOrder | AmendOrder
-                   ) -> shapes.TriggeredRow:  # fmt: skip
+                   ) -> shapes.SequencedRow:  # fmt: skip
     """Submit a cancel or an amend; the order as it left it (the in-memory order states,
     else the projection)."""
     assert service.port is not None
@@ -611,3 +611,143 @@ async def account(service: ExchangeService, principal: Principal, params: Params
 
 
 Operation = Callable[[ExchangeService, Principal, Params], Awaitable[Any]]
+
+
+# -- cancel-replace, amend, prevented matches -----------------------------------------------
+
+REPLACE_MODES = ("STOP_ON_FAILURE", "ALLOW_FAILURE")
+
+
+def _renamed(params: Params, names: dict[str, str]) -> dict[str, str]:
+    """``params`` with cancel-replace's cancel parameters under a cancel's names."""
+    renamed = {k: v for k, v in params.items() if k not in names}
+    renamed.update({new: params[old] for old, new in names.items() if old in params})
+    return renamed
+
+
+class ReplaceFailure(BinanceError):
+    """A cancel-replace that failed in part (-2021, HTTP 409) or in full (-2022, HTTP
+    400), with Binance's ``data``: what each half answered."""
+
+    def __init__(self, code: int, data: dict[str, object]) -> None:
+        if code == -2021:
+            super().__init__(409, -2021, "Order cancel-replace partially failed.")
+        else:
+            super().__init__(400, -2022, "Order cancel-replace failed.")
+        self.data = data
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "data": self.data}
+
+
+async def cancel_replace(service: ExchangeService, principal: Principal, params: Params
+                         ) -> Answer:  # fmt: skip
+    """``POST /api/v3/order/cancelReplace`` / ``order.cancelReplace``: cancel an order,
+    then place a new one on the same symbol (two engine commands, in that order). Every
+    parameter of both halves is checked before either is attempted, as Binance does."""
+    mode = required(params, "cancelReplaceMode")
+    if mode not in REPLACE_MODES:
+        raise invalid_parameter("cancelReplaceMode")
+    cancel_params = {
+        "symbol": required(params, "symbol"),
+        **_renamed({k: v for k, v in params.items() if k.startswith("cancel")},
+                   {"cancelOrderId": "orderId", "cancelOrigClientOrderId": "origClientOrderId",
+                    "cancelNewClientOrderId": "newClientOrderId"}),
+    }  # fmt: skip
+    if not text(cancel_params, "orderId") and not text(cancel_params, "origClientOrderId"):
+        raise BinanceError(400, -1102, "Param 'cancelOrigClientOrderId' or 'cancelOrderId' "
+                           "must be sent, but both were empty/null!")  # fmt: skip
+    request = order_request(service, params)
+    cancelled: Answer | None = None
+    cancel_error: BinanceError | None = None
+    try:
+        cancelled = await cancel_order(service, principal, cancel_params)
+    except BinanceError as error:
+        cancel_error = error
+    if cancel_error is not None and mode == "STOP_ON_FAILURE":
+        raise ReplaceFailure(-2022, {
+            "cancelResult": "FAILURE", "newOrderResult": "NOT_ATTEMPTED",
+            "cancelResponse": cancel_error.body(), "newOrderResponse": None,
+        })  # fmt: skip
+    placed: Answer | None = None
+    place_error: BinanceError | None = None
+    try:
+        result = await _placed(service, principal, request)
+        placed = placement_answer(service, principal.user_id, request.symbol, result,
+                                  request.response_type)  # fmt: skip
+    except BinanceError as error:
+        place_error = error
+    data: dict[str, object] = {
+        "cancelResult": "FAILURE" if cancel_error else "SUCCESS",
+        "newOrderResult": "FAILURE" if place_error else "SUCCESS",
+        "cancelResponse": cancel_error.body() if cancel_error else cancelled,
+        "newOrderResponse": place_error.body() if place_error else placed,
+    }
+    if cancel_error and place_error:
+        raise ReplaceFailure(-2022, data)
+    if cancel_error or place_error:
+        raise ReplaceFailure(-2021, data)
+    return data
+
+
+async def amend_keep_priority(service: ExchangeService, principal: Principal, params: Params
+                              ) -> Answer:  # fmt: skip
+    """``PUT /api/v3/order/amend/keepPriority`` / ``order.amend.keepPriority``: lower an
+    open order's quantity (``newQty``, the new total), keeping its place in the queue.
+    Mercato keeps the order's client order id: ``newClientOrderId`` is not applied."""
+    symbol, market = market_of(service, params)
+    order_id, original = _order_ids(params)
+    new_qty = decimal(params, "newQty")
+    if new_qty is None:
+        raise mandatory_parameter("newQty")
+    user = principal.user_id
+    assert service.port is not None
+    view = service.port.view
+    order = view.order(order_id or view.order_id_of(user, original))
+    if order is None or order.user != user or order.market != market:
+        raise BinanceError(400, -2011, "Unknown order sent.")
+    trading = _trading(service)
+    try:
+        command = await trading.amend_command(user, order.order_id, None, new_qty)
+    except CodedError as error:
+        raise from_coded(error) from None
+    if command.quantity >= order.quantity:
+        code = "AMEND_INCREASE" if command.quantity > order.quantity else "INVALID_AMEND"
+        raise from_coded(CodedError(code, "keepPriority only lowers the quantity"))
+    try:
+        row = await _changed(service, user, command)
+    except CodedError as error:
+        raise from_coded(error, CANCEL_REFUSALS) from None
+    fmt = market_format(service, market)
+    return {
+        "transactTime": row.updated_at, "executionId": row.updated_seq,
+        "amendedOrder": shapes.amended(fmt, symbol, row),
+    }  # fmt: skip
+
+
+async def prevented_matches(service: ExchangeService, principal: Principal, params: Params
+                            ) -> list[Answer]:  # fmt: skip
+    """``GET /api/v3/myPreventedMatches``, derived from the orders self-trade prevention
+    expired (Mercato records no match events): one entry per such order, its id as
+    ``preventedMatchId``, as the taker when it expired in the batch that placed it, else
+    as the maker; the other side's order is not recorded (0)."""
+    symbol, market = market_of(service, params)
+    order_id = integer(params, "orderId", 1)
+    match_id = integer(params, "preventedMatchId", 1)
+    first = integer(params, "fromPreventedMatchId", 0)
+    if order_id is None and match_id is None and first is None:
+        raise BinanceError(400, -1102, "Param 'preventedMatchId' or 'orderId' must be sent, "
+                           "but both were empty/null!")  # fmt: skip
+    page = await _history(service).orders(
+        principal.user_id, market=market, status="EXPIRED_IN_MATCH", limit=queries.MAX_LIMIT
+    )
+    fmt = market_format(service, market)
+    entries = []
+    for record in reversed(page.items):
+        if record.reason != "SELF_TRADE_PREVENTED":
+            continue
+        wanted = order_id or match_id
+        if (wanted and record.order_id != wanted) or (first and record.order_id < first):
+            continue
+        entries.append(shapes.prevented_match(fmt, symbol, record))
+    return entries[: limit_of(params)]

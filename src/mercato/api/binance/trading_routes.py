@@ -117,18 +117,33 @@ def add(method: str, path: str, operation: Operation, permission: str, summary: 
                          openapi_extra=extra, response_class=Response)  # fmt: skip
 
 
+PLACE = _shared(ops.place_order)
+CANCEL = _shared(ops.cancel_order)
+
 ENDPOINTS: list[tuple[str, str, Operation, str, str]] = [
     ("GET", "/account", _shared(ops.account), "read", "Account information"),
-    ("POST", "/order", _shared(ops.place_order), "trade", "New order"),
+    ("POST", "/order", PLACE, "trade", "New order"),
     ("POST", "/order/test", _shared(ops.test_order), "trade", "Test new order"),
     ("GET", "/order", _shared(ops.query_order), "read", "Query order"),
-    ("DELETE", "/order", _shared(ops.cancel_order), "trade", "Cancel order"),
+    ("DELETE", "/order", CANCEL, "trade", "Cancel order"),
     ("GET", "/openOrders", _shared(ops.open_orders), "read", "Current open orders"),
     ("DELETE", "/openOrders", _shared(ops.cancel_open_orders), "trade",
      "Cancel all open orders on a symbol"),
     ("GET", "/allOrders", _shared(ops.all_orders), "read", "All orders"),
     ("GET", "/myTrades", _shared(ops.my_trades), "read", "Account trade list"),
+    ("POST", "/order/cancelReplace", _shared(ops.cancel_replace), "trade",
+     "Cancel an existing order and send a new order"),
+    ("PUT", "/order/amend/keepPriority", _shared(ops.amend_keep_priority), "trade",
+     "Order amend keep priority"),
+    ("GET", "/myPreventedMatches", _shared(ops.prevented_matches), "read",
+     "Query prevented matches"),
     ("GET", "/rateLimit/order", order_rate_limits, "read", "Query unfilled order count"),
 ]  # fmt: skip
 for _method, _path, _operation, _permission, _summary in ENDPOINTS:
     add(_method, _path, _operation, _permission, _summary)
+
+
+async def binance_order_direct(request: Request) -> Response:
+    """``POST`` and ``DELETE /api/v3/order`` served by the fast lane (api/fastlane.py)
+    without FastAPI's layers; the routes above document them and answer the same."""
+    return await serve(request, PLACE if request.method == "POST" else CANCEL, "trade")
