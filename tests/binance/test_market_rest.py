@@ -207,6 +207,11 @@ def test_depth_trades_and_aggregate_trades(exchange: Exchange) -> None:
         refused(exchange, path, 400, -1121, "Invalid symbol.", symbol="DOGEUSDT")
     refused(exchange, "/api/v3/depth", 400, -1100, "Illegal characters found in parameter "
             "'limit'; legal range is '^[0-9]{1,20}$'.", symbol="BTCUSDT", limit="ten")  # fmt: skip
+    refused(exchange, "/api/v3/historicalTrades", 400, -1100, "Illegal characters found in "
+            "parameter 'fromId'; legal range is '^[0-9]{1,20}$'.", symbol="BTCUSDT",
+            fromId="-1")  # fmt: skip
+    refused(exchange, "/api/v3/aggTrades", 400, -1108, "Parameter 'fromId' overflowed.",
+            symbol="BTCUSDT", fromId=str(2**63))  # fmt: skip
     refused(exchange, "/api/v3/aggTrades", 400, -1127,
             "More than 1 hours between startTime and endTime.", symbol="BTCUSDT",
             startTime=0, endTime=3_600_001)  # fmt: skip

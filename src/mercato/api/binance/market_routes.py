@@ -61,7 +61,8 @@ AGG_TRADES_HOUR_MS = 3_600_000
 DAY_MINUTES = 1440
 # Source trades read per aggTrades request from SQL (aggregates are fewer).
 AGG_SOURCE_ROWS = 5000
-_LONG = re.compile(r"^-?[0-9]{1,20}$")
+_LONG = re.compile(r"^[0-9]{1,20}$")
+_LONG_MAX = 2**63 - 1  # a LONG, and what SQL BIGINT holds
 _TIME_ZONE = re.compile(r"^([+-]?)([0-9]{1,2})(?::([0-9]{2}))?$")
 _WINDOW = re.compile(r"^([0-9]{1,2})([mhd])$")
 _SYMBOLS_RANGE = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
@@ -126,7 +127,10 @@ def _long(request: Request, name: str) -> int | None:
     if not _LONG.match(value):
         raise BinanceError(400, -1100, f"Illegal characters found in parameter '{name}'; "
                            "legal range is '^[0-9]{1,20}$'.")  # fmt: skip
-    return int(value)
+    number = int(value)
+    if number > _LONG_MAX:
+        raise BinanceError(400, -1108, f"Parameter '{name}' overflowed.")
+    return number
 
 
 def _limit(request: Request, default: int, most: int) -> int:
@@ -175,7 +179,7 @@ def _one_or_many(request: Request, symbols: Symbols) -> tuple[list[str], bool]:
         return [_symbol(request, symbols)], True
     many = _symbol_list(request, symbols)
     if many is None:
-        return sorted(symbols_markets(request)), False
+        return sorted(_binance_markets(request)), False
     return many, False
 
 
@@ -193,7 +197,7 @@ def _matching_status(request: Request, markets: list[str], one: bool) -> list[st
     return kept
 
 
-def symbols_markets(request: Request) -> list[str]:
+def _binance_markets(request: Request) -> list[str]:
     """Every market that has a Binance symbol."""
     view = _market_data(request).view
     symbols = symbols_of(_service(request))
@@ -505,7 +509,7 @@ async def _klines(request: Request) -> Response:
     source_end = None if end is None else end - (end - shift) % length + length - 1
     wanted = limit * ratio
     candles = await _candles(service, market, source, start, source_end, wanted)
-    rolled = _roll_up(candles, length, shift) if ratio > 1 or shift % length else candles
+    rolled = _roll_up(candles, length, shift) if ratio > 1 else candles
     if start is not None and ratio > 1:
         rolled = [c for c in rolled if c.open_time >= start]
     truncated = len(candles) == wanted
