@@ -183,7 +183,7 @@ def test_orders_over_the_websocket_api(exchange: Exchange) -> None:
     async def scenario() -> None:
         api = await WsApi.open(exchange)
         order = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
-                 "price": "20000", "quantity": "0.01", "newClientOrderId": "ws-1"}  # fmt: skip
+                 "price": "20000", "quantity": "0.02", "newClientOrderId": "ws-1"}  # fmt: skip
         placed = await api.call("order.place", sign(ann, order), 1)
         assert placed["status"] == 200, placed
         limits = placed["rateLimits"]
@@ -201,7 +201,7 @@ def test_orders_over_the_websocket_api(exchange: Exchange) -> None:
             "ws-1",
             "NEW",
         )
-        assert (result["price"], result["origQty"]) == ("20000.00000000", "0.01000000")
+        assert (result["price"], result["origQty"]) == ("20000.00000000", "0.02000000")
         order_id = result["orderId"]
         status = assert_ok(
             await api.call(
@@ -212,6 +212,10 @@ def test_orders_over_the_websocket_api(exchange: Exchange) -> None:
         assert (status["orderId"], status["status"], status["isWorking"]) == (order_id, "NEW", True)
         opened = assert_ok(await api.call("openOrders.status", sign(ann, {}), 3), 3)
         assert [o["orderId"] for o in opened] == [order_id]
+        # Lowered in place (keepPriority): the order now locks 200 USDT.
+        amended = assert_ok(await api.call("order.amend.keepPriority", sign(ann, {
+            "symbol": "BTCUSDT", "orderId": order_id, "newQty": "0.01"}), 40), 40)  # fmt: skip
+        assert amended["amendedOrder"]["qty"] == "0.01000000"
         account = assert_ok(await api.call("account.status", sign(ann, {}), 4), 4)
         usdt = next(b for b in account["balances"] if b["asset"] == "USDT")
         assert usdt == {"asset": "USDT", "free": "999800.00000000", "locked": "200.00000000"}
