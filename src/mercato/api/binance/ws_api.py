@@ -26,7 +26,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
 
 from mercato.api.binance import symbols_of
 from mercato.api.binance import trading as ops
@@ -57,6 +59,7 @@ from mercato.wire.binance_market import rate_limits as declared_limits
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+_encode = msgspec.json.Encoder().encode
 
 MAX_MESSAGE_CHARS = 16_384
 MAX_SUBSCRIPTIONS = 1000  # Binance's per-session limit of active subscriptions
@@ -92,7 +95,7 @@ def not_logged_on() -> BinanceError:
 # -- rate limits ----------------------------------------------------------------------
 
 
-def rate_limits(meter: Meter, used: int, orders: Any = None) -> list[dict[str, Any]]:
+def rate_limits(meter: Meter, used: int, orders: OrderCounts | None) -> list[dict[str, Any]]:
     """The ``rateLimits`` of an answer: the IP's request weight this minute (the REST
     API's meter, shared), and the account's order counts after an order placement."""
     limits: list[dict[str, Any]] = []
@@ -113,7 +116,7 @@ def streams_of(websocket: WebSocket, service: ExchangeService, hub: Hub) -> User
     revoked credentials on first use."""
     state = websocket.app.state
     streams: UserDataStreams | None = getattr(state, "binance_user_data", None)
-    if streams is None or streams.view is not service.port.view:  # type: ignore[union-attr]
+    if streams is None:
         assert service.port is not None
         streams = UserDataStreams(service.port.view, hub, service.order_states.state)
         service.port.subscribe(streams.on_batch)
@@ -193,8 +196,6 @@ async def ws_api(websocket: WebSocket) -> None:
 
 
 async def _deny(websocket: WebSocket, error: BinanceError) -> None:
-    from fastapi.responses import JSONResponse
-
     await websocket.send_denial_response(
         JSONResponse(error.body(), error.status, error.headers or None)
     )
@@ -259,7 +260,7 @@ class Connection:
         self.subscriptions.pop(subscription.subscription_id, None)
 
     def send(self, message: dict[str, Any]) -> None:
-        self.hub.send(self.client, json.dumps(message, separators=(",", ":")))
+        self.hub.send(self.client, _encode(message).decode())
 
     # -- dispatch ---------------------------------------------------------------------------
 
