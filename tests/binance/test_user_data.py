@@ -175,6 +175,25 @@ def test_every_fill_of_one_order_arrives(exchange: Exchange) -> None:
         assert [b["a"] for b in position["B"]] == ["BTC", "USDT"]
         for ask in asks:
             assert reports(bob_ws.events, ask) == [("NEW", "NEW"), ("TRADE", "FILLED")]
+        # A market buy by quote amount: FILLED only on its last fill, its q what it filled.
+        for price in ("50000", "50001"):
+            await asyncio.to_thread(place, exchange, bob, side="SELL", price=price,
+                                    quantity="0.1")  # fmt: skip
+        by_quote = await asyncio.to_thread(place, exchange, ann, side="BUY", type="MARKET",
+                                           quote_quantity="10000.1")  # fmt: skip
+        await ann_ws.events_until(lambda e: ("TRADE", "FILLED") in reports(e, by_quote))
+        assert reports(ann_ws.events, by_quote) == [
+            ("NEW", "NEW"),
+            ("TRADE", "PARTIALLY_FILLED"),
+            ("TRADE", "FILLED"),
+        ]
+        last = [r for r in of_kind(ann_ws.events, "executionReport") if r["i"] == by_quote][-1]
+        assert (last["q"], last["z"], last["Q"], last["Z"]) == (
+            "0.20000000",
+            "0.20000000",
+            "10000.10000000",
+            "10000.10000000",
+        )
         for api in (ann_ws, bob_ws):
             await api.close()
 

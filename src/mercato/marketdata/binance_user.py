@@ -158,8 +158,7 @@ class UserDataStreams:
                             filled(state, event, seq, ts)
                             execution += 1
                             report = self._report(state, "TRADE", ts, execution, event)
-                            status = ("FILLED" if state.filled >= state.quantity
-                                      else "PARTIALLY_FILLED")  # fmt: skip
+                            status = events.status_after_fill(state)
                             report["X"] = status
                             report["w"] = events.working(state, status)
                             last_trade[order_id] = report

@@ -41,7 +41,18 @@ def working(state: OrderState, status: str) -> bool:
 
 
 def _quantity(state: OrderState) -> int:
-    return state.filled if state.quantity >= QUOTE_BUY_SENTINEL else state.quantity
+    """The order's quantity; for a market buy by quote amount, what it has filled."""
+    if state.quote_quantity or state.quantity >= QUOTE_BUY_SENTINEL:
+        return state.filled
+    return state.quantity
+
+
+def status_after_fill(state: OrderState) -> str:
+    """The status a fill leaves the order in. A buy by quote amount is only FILLED when
+    the engine says so (its OrderUpdated follows the last fill and corrects the report)."""
+    if state.quote_quantity == 0 and state.filled >= state.quantity:
+        return "FILLED"
+    return "PARTIALLY_FILLED"
 
 
 def execution_report(
