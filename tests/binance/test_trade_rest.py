@@ -375,6 +375,12 @@ def test_every_order_refusal_is_binances_triple_and_changes_nothing(exchange: Ex
 
 def test_rate_limit_answers_429_with_retry_after(exchange: Exchange) -> None:
     ann = Signed(exchange, exchange.ann)
+    # public endpoints are weighed too, from the same per-IP minute (Binance's weights)
+    signed = int(ann.call("GET", "/api/v3/account").headers["X-MBX-USED-WEIGHT-1M"])
+    depth = ann.http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 500})
+    assert int(depth.headers["X-MBX-USED-WEIGHT-1M"]) in (signed + 25, 25)  # a new minute
+    refused = ann.http.get("/api/v3/depth", params={"symbol": "NOPE"})
+    assert refused.status_code == 400 and "X-MBX-USED-WEIGHT-1M" in refused.headers
     for _ in range(200):
         answer = ann.call("GET", "/api/v3/openOrders", {"symbol": "BTCUSDT"})
         if answer.status_code != 200:
