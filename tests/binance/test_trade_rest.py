@@ -388,3 +388,29 @@ def test_rate_limit_answers_429_with_retry_after(exchange: Exchange) -> None:
     assert answer.status_code == 429
     assert answer.json()["code"] == -1003 and int(answer.headers["Retry-After"]) >= 1
     assert int(answer.headers["X-MBX-USED-WEIGHT-1M"]) >= 6
+
+
+def test_prevented_matches_from_self_trade_prevention(exchange: Exchange) -> None:
+    ann = Signed(exchange, exchange.ann)
+    maker = ann.ok("POST", "/api/v3/order", limit("SELL", "60000"))
+    taker = ann.ok("POST", "/api/v3/order", limit("BUY", "60000"))  # the market's EXPIRE_MAKER
+    assert ann.ok("GET", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": maker["orderId"]})[
+        "status"] == "EXPIRED_IN_MATCH"  # fmt: skip
+    matches = ann.ok("GET", "/api/v3/myPreventedMatches",
+                     {"symbol": "BTCUSDT", "orderId": maker["orderId"]})  # fmt: skip
+    assert matches == [{
+        "symbol": "BTCUSDT", "preventedMatchId": maker["orderId"], "takerOrderId": 0,
+        "makerSymbol": "BTCUSDT", "makerOrderId": maker["orderId"], "tradeGroupId": -1,
+        "selfTradePreventionMode": "EXPIRE_MAKER", "price": "60000.00000000",
+        "makerPreventedQuantity": "0.01000000",
+        "transactTime": matches[0]["transactTime"]}]  # fmt: skip
+    assert ann.ok("GET", "/api/v3/myPreventedMatches",
+                  {"symbol": "BTCUSDT", "orderId": taker["orderId"]}) == []  # fmt: skip
+    ann.refused(
+        "GET",
+        "/api/v3/myPreventedMatches",
+        {"symbol": "BTCUSDT"},
+        400,
+        -1102,
+        "Param 'preventedMatchId' or 'orderId' must be sent, but both were empty/null!",
+    )
