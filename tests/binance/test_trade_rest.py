@@ -15,6 +15,7 @@ from binance.signed import Signed, now_ms
 PLACED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "transactTime", "price",
                "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
                "timeInForce", "type", "side", "workingTime", "selfTradePreventionMode"]  # fmt: skip
+TOO_MANY = "Too many requests; please use the websocket for live updates."
 INSUFFICIENT = "Account has insufficient balance for requested action."
 FILL_KEYS = ["price", "qty", "commission", "commissionAsset", "tradeId"]
 QUERIED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "price", "origQty",
@@ -414,3 +415,13 @@ def test_prevented_matches_from_self_trade_prevention(exchange: Exchange) -> Non
         -1102,
         "Param 'preventedMatchId' or 'orderId' must be sent, but both were empty/null!",
     )
+
+
+def test_a_spent_ip_budget_answers_in_binances_words(exchange: Exchange) -> None:
+    http = httpx.Client(base_url=exchange.url, timeout=30)
+    for _ in range(400):  # the per-IP budget: 100 at once, 50 a second
+        answer = http.get("/api/v3/ping")
+        if answer.status_code != 200:
+            break
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
+    assert answer.json() == {"code": -1003, "msg": TOO_MANY}
