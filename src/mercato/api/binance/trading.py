@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mercato.api.binance import symbols_of
 from mercato.application.history import History
@@ -32,7 +32,7 @@ from mercato.core.results import Result
 from mercato.service import ExchangeService
 from mercato.store import queries
 from mercato.wire import binance_orders as shapes
-from mercato.wire.binance import BinanceError
+from mercato.wire.binance import BinanceError, binance_symbol
 from mercato.wire.binance_errors import (
     CANCEL_REFUSALS,
     QUERY_REFUSALS,
@@ -482,7 +482,7 @@ async def open_orders(service: ExchangeService, principal: Principal, params: Pa
 
 def _queried(service: ExchangeService, record: queries.OrderRecord) -> Answer:
     fmt = market_format(service, record.market)
-    return shapes.queried(fmt, record.market.replace("-", ""), record)
+    return shapes.queried(fmt, binance_symbol(record.market), record)
 
 
 async def cancel_open_orders(service: ExchangeService, principal: Principal, params: Params
@@ -611,9 +611,6 @@ async def account(service: ExchangeService, principal: Principal, params: Params
         update_time=service.port.view.last_ts or int(time.time() * 1000), balances=balances,
         uid=principal.user_id,
     )  # fmt: skip
-
-
-Operation = Callable[[ExchangeService, Principal, Params], Awaitable[Any]]
 
 
 # -- cancel-replace, amend, prevented matches -----------------------------------------------
