@@ -15,6 +15,7 @@ from binance.signed import Signed, now_ms
 PLACED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "transactTime", "price",
                "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
                "timeInForce", "type", "side", "workingTime", "selfTradePreventionMode"]  # fmt: skip
+TOO_MANY = "Too many requests; please use the websocket for live updates."
 INSUFFICIENT = "Account has insufficient balance for requested action."
 FILL_KEYS = ["price", "qty", "commission", "commissionAsset", "tradeId"]
 QUERIED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "price", "origQty",
@@ -375,6 +376,12 @@ def test_every_order_refusal_is_binances_triple_and_changes_nothing(exchange: Ex
 
 def test_rate_limit_answers_429_with_retry_after(exchange: Exchange) -> None:
     ann = Signed(exchange, exchange.ann)
+    # public endpoints are weighed too, from the same per-IP minute (Binance's weights)
+    signed = int(ann.call("GET", "/api/v3/account").headers["X-MBX-USED-WEIGHT-1M"])
+    depth = ann.http.get("/api/v3/depth", params={"symbol": "BTCUSDT", "limit": 500})
+    assert int(depth.headers["X-MBX-USED-WEIGHT-1M"]) in (signed + 25, 25)  # a new minute
+    refused = ann.http.get("/api/v3/depth", params={"symbol": "NOPE"})
+    assert refused.status_code == 400 and "X-MBX-USED-WEIGHT-1M" in refused.headers
     for _ in range(200):
         answer = ann.call("GET", "/api/v3/openOrders", {"symbol": "BTCUSDT"})
         if answer.status_code != 200:
@@ -382,3 +389,39 @@ def test_rate_limit_answers_429_with_retry_after(exchange: Exchange) -> None:
     assert answer.status_code == 429
     assert answer.json()["code"] == -1003 and int(answer.headers["Retry-After"]) >= 1
     assert int(answer.headers["X-MBX-USED-WEIGHT-1M"]) >= 6
+
+
+def test_prevented_matches_from_self_trade_prevention(exchange: Exchange) -> None:
+    ann = Signed(exchange, exchange.ann)
+    maker = ann.ok("POST", "/api/v3/order", limit("SELL", "60000"))
+    taker = ann.ok("POST", "/api/v3/order", limit("BUY", "60000"))  # the market's EXPIRE_MAKER
+    assert ann.ok("GET", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": maker["orderId"]})[
+        "status"] == "EXPIRED_IN_MATCH"  # fmt: skip
+    matches = ann.ok("GET", "/api/v3/myPreventedMatches",
+                     {"symbol": "BTCUSDT", "orderId": maker["orderId"]})  # fmt: skip
+    assert matches == [{
+        "symbol": "BTCUSDT", "preventedMatchId": maker["orderId"], "takerOrderId": 0,
+        "makerSymbol": "BTCUSDT", "makerOrderId": maker["orderId"], "tradeGroupId": -1,
+        "selfTradePreventionMode": "EXPIRE_MAKER", "price": "60000.00000000",
+        "makerPreventedQuantity": "0.01000000",
+        "transactTime": matches[0]["transactTime"]}]  # fmt: skip
+    assert ann.ok("GET", "/api/v3/myPreventedMatches",
+                  {"symbol": "BTCUSDT", "orderId": taker["orderId"]}) == []  # fmt: skip
+    ann.refused(
+        "GET",
+        "/api/v3/myPreventedMatches",
+        {"symbol": "BTCUSDT"},
+        400,
+        -1102,
+        "Param 'preventedMatchId' or 'orderId' must be sent, but both were empty/null!",
+    )
+
+
+def test_a_spent_ip_budget_answers_in_binances_words(exchange: Exchange) -> None:
+    http = httpx.Client(base_url=exchange.url, timeout=30)
+    for _ in range(400):  # the per-IP budget: 100 at once, 50 a second
+        answer = http.get("/api/v3/ping")
+        if answer.status_code != 200:
+            break
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
+    assert answer.json() == {"code": -1003, "msg": TOO_MANY}

@@ -29,14 +29,42 @@ def fixed(value: Decimal) -> str:
     return f"{value:.{max(PLACES, -exponent)}f}"
 
 
+# size -> (mantissa, places): size = mantissa / 10**places, so count * size is an exact
+# integer at that many places and is formatted with integer arithmetic only (the order
+# path formats a dozen numbers per answer).
+_SCALES: dict[Decimal, tuple[int, int]] = {}
+
+
+def _scale(size: Decimal) -> tuple[int, int]:
+    found = _SCALES.get(size)
+    if found is None:
+        _, digits, exponent = size.as_tuple()
+        assert isinstance(exponent, int), "a finite size"
+        mantissa = int("".join(map(str, digits)))
+        found = (mantissa * 10**exponent, 0) if exponent >= 0 else (mantissa, -exponent)
+        if len(_SCALES) < 10_000:
+            _SCALES[size] = found
+    return found
+
+
 def units(count: int, size: Decimal) -> str:
     """``count`` ticks or lots of ``size``."""
-    return fixed(EXACT.multiply(Decimal(count), size)) if count else ZERO
+    mantissa, places = _scale(size)
+    return atoms(count * mantissa, places)
 
 
 def atoms(count: int, decimals: int) -> str:
-    """``count`` atoms of an asset with ``decimals`` ledger decimals."""
-    return fixed(EXACT.scaleb(Decimal(count), -decimals)) if count else ZERO
+    """``count`` (not negative) atoms of an asset with ``decimals`` ledger decimals, at
+    8 places or at more when its digits need them."""
+    if decimals == 0:
+        return f"{count}.00000000"
+    whole, fraction = divmod(count, 10**decimals)
+    digits = f"{fraction:0{decimals}d}"
+    if decimals < PLACES:
+        digits += "0" * (PLACES - decimals)
+    elif decimals > PLACES:
+        digits = digits.rstrip("0").ljust(PLACES, "0")
+    return f"{whole}.{digits}"
 
 
 def price(fmt: MarketFormat, ticks: int) -> str:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 import time
-from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
 from mercato.api.auth_routes import caller_with
 from mercato.api.binance.errors import binance_error_of
-from mercato.auth.api_keys import MAX_RECV_WINDOW_MS
+from mercato.auth.api_keys import MAX_RECV_WINDOW_MS, form_fields
 from mercato.auth.sessions import Principal
 from mercato.core.errors import CodedError
 from mercato.wire.binance import BinanceError
@@ -36,11 +35,9 @@ def bad_key_format() -> BinanceError:
 async def request_params(request: Request) -> dict[str, str]:
     """The parameters of a request: its query string, then its form body (Binance takes
     both, mixed); an empty value is kept (empty counts as not sent)."""
-    params = dict(parse_qsl(request.scope["query_string"].decode("latin-1"),
-                            keep_blank_values=True))  # fmt: skip
+    params = form_fields(request.scope["query_string"])
     if request.headers.get("content-type", "").startswith(FORM):
-        body = await request.body()
-        params.update(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+        form_fields(await request.body(), params)
     return params
 
 

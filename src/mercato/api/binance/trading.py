@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mercato.api.binance import symbols_of
 from mercato.application.history import History
@@ -32,7 +32,7 @@ from mercato.core.results import Result
 from mercato.service import ExchangeService
 from mercato.store import queries
 from mercato.wire import binance_orders as shapes
-from mercato.wire.binance import BinanceError
+from mercato.wire.binance import BinanceError, binance_symbol
 from mercato.wire.binance_errors import (
     CANCEL_REFUSALS,
     QUERY_REFUSALS,
@@ -88,7 +88,6 @@ CLIENT_ID = re.compile(r"^[a-zA-Z0-9\-_.:/]{1,36}$")  # Binance's newClientOrder
 CLIENT_ID_RANGE = "^[a-zA-Z0-9-_]{1,36}$"
 INTEGER = re.compile(r"^-?[0-9]{1,19}$")
 DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 # -- the services ---------------------------------------------------------------------------
@@ -179,8 +178,9 @@ def client_id(params: Params, name: str) -> str | None:
 
 
 def new_client_id() -> str:
-    """A client order id like those Binance generates (22 letters and digits)."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+    """A client order id like those Binance generates: 22 characters (URL-safe base64
+    of 16 random bytes, in Binance's newClientOrderId alphabet)."""
+    return secrets.token_urlsafe(16)
 
 
 def limit_of(params: Params) -> int:
@@ -214,6 +214,7 @@ class OrderRequest:
     symbol: str
     ticket: Ticket
     response_type: str
+    fresh_client_id: bool  # generated here: no idempotency check needed
 
 
 def _order_type(params: Params) -> OrderType:
@@ -289,7 +290,8 @@ def order_request(service: ExchangeService, params: Params) -> OrderRequest:
         decimal(params, "icebergQty"), time_in_force, expire_at,
         client_id(params, "newClientOrderId") or new_client_id(), _stp(params),
     )  # fmt: skip
-    return OrderRequest(symbol, ticket, response_type or default_response)
+    fresh = text(params, "newClientOrderId") is None
+    return OrderRequest(symbol, ticket, response_type or default_response, fresh)
 
 
 async def _placed(service: ExchangeService, principal: Principal, request: OrderRequest
@@ -298,7 +300,8 @@ async def _placed(service: ExchangeService, principal: Principal, request: Order
     ticket = request.ticket
     try:
         await trading.require_trader(principal.user_id)
-        outcome = await trading.place(trading.order_command(principal.user_id, ticket))
+        command = trading.order_command(principal.user_id, ticket)
+        outcome = await trading.place(command, fresh_client_id=request.fresh_client_id)
     except CodedError as error:
         raise order_refusal(error, ticket) from None
     if not isinstance(outcome, Result):
@@ -479,7 +482,7 @@ async def open_orders(service: ExchangeService, principal: Principal, params: Pa
 
 def _queried(service: ExchangeService, record: queries.OrderRecord) -> Answer:
     fmt = market_format(service, record.market)
-    return shapes.queried(fmt, record.market.replace("-", ""), record)
+    return shapes.queried(fmt, binance_symbol(record.market), record)
 
 
 async def cancel_open_orders(service: ExchangeService, principal: Principal, params: Params
@@ -608,9 +611,6 @@ async def account(service: ExchangeService, principal: Principal, params: Params
         update_time=service.port.view.last_ts or int(time.time() * 1000), balances=balances,
         uid=principal.user_id,
     )  # fmt: skip
-
-
-Operation = Callable[[ExchangeService, Principal, Params], Awaitable[Any]]
 
 
 # -- cancel-replace, amend, prevented matches -----------------------------------------------

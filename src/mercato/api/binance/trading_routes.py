@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,27 +22,14 @@ from mercato.api.binance import BinanceRoute, error_response
 from mercato.api.binance import trading as ops
 from mercato.api.binance.auth import request_params, signed_caller
 from mercato.api.binance.errors import binance_error_of
-from mercato.api.binance.weights import ORDER_PLACEMENTS, Limits, Meter, weight
+from mercato.api.binance.weights import ORDER_PLACEMENTS, meter_of, weight
 from mercato.api.ratelimit import RateLimiter
 from mercato.auth.sessions import Principal
 from mercato.service import ExchangeService
-from mercato.wire.binance_market import rate_limits
 
 router = APIRouter(prefix="/api/v3", tags=["binance"], route_class=BinanceRoute)
 
 Operation = Callable[[Request, ExchangeService, Principal, ops.Params], Awaitable[Any]]
-
-
-def meter_of(app: FastAPI) -> Meter:
-    """The app's Binance rate-limit meter (enforcing unless rate limits are off)."""
-    meter: Meter | None = getattr(app.state, "binance_meter", None)
-    if meter is None:
-        limiter: RateLimiter = app.state.limiter
-        ip, orders = limiter.budgets.get("ip"), limiter.budgets.get("orders")
-        declared = rate_limits(ip.per_second if ip else None,
-                               orders.per_second if orders else None)  # fmt: skip
-        meter = app.state.binance_meter = Meter(Limits.declared(declared))
-    return meter
 
 
 def _ip(request: Request) -> str:

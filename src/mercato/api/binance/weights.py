@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mercato.auth.api_keys import form_fields
 from mercato.wire.binance import BinanceError
 from mercato.wire.binance_errors import too_many_requests
 from mercato.wire.binance_market import WEIGHTS as MARKET_WEIGHTS
-from mercato.wire.binance_market import depth_weight, ticker_weight
+from mercato.wire.binance_market import depth_weight, rate_limits, ticker_weight
 
 Params = Mapping[str, str]
 
@@ -216,3 +217,25 @@ class Meter:
     def _prune(self, table: dict[Any, Any]) -> None:
         if len(table) >= self.MAX_KEYS:
             table.clear()  # every window restarts: at worst a client gets a fresh minute
+
+
+def meter_of(app: Any) -> Meter:
+    """The app's meter, enforcing the limits exchangeInfo declares (none when Mercato's
+    rate limits are off)."""
+    meter: Meter | None = getattr(app.state, "binance_meter", None)
+    if meter is None:
+        budgets = app.state.limiter.budgets
+        ip, orders = budgets.get("ip"), budgets.get("orders")
+        declared = rate_limits(ip.per_second if ip else None,
+                               orders.per_second if orders else None)  # fmt: skip
+        meter = app.state.binance_meter = Meter(Limits.declared(declared))
+    return meter
+
+
+def charge_public(app: Any, method: str, path: str, query: bytes, ip: str) -> dict[str, str]:
+    """Charge a public endpoint's weight (the signed ones charge in their own route, with
+    their parameters); the header to answer with, or -1003 over the limit."""
+    if (method, path) not in PUBLIC_WEIGHTS:
+        return {}
+    used = meter_of(app).charge(ip, weight(method, path, form_fields(query)))
+    return {"X-MBX-USED-WEIGHT-1M": str(used)}
