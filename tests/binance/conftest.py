@@ -5,12 +5,10 @@ and the real clients (CCXT, python-binance) pointed at it by their URLs only."""
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,29 +65,42 @@ def ccxt_binance(exchange: Exchange, account: Account | None = None, *, pro: boo
     return client
 
 
-def _python_binance() -> Any:
-    """python-binance's ``binance.client``. Its package is named ``binance`` like this test
-    package, which pytest puts first on ``sys.path`` (tests/): import it with tests/ off
-    the path, and keep it as ``binance`` (this package's test modules stay registered
-    under their own names, all imported at collection)."""
-    real = sys.modules.get("binance")
-    if real is not None and Path(real.__file__ or "").parent != Path(__file__).parent:
-        return importlib.import_module("binance.client")
-    tests = Path(__file__).parent.parent.resolve()
-    saved = sys.path[:]
-    sys.modules.pop("binance", None)
-    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != tests]
+@functools.cache
+def python_binance() -> tuple[Any, Any, Any, Any]:
+    """python-binance's ``binance.client``, ``binance.exceptions``, ``binance.async_client``
+    and ``binance.ws.streams`` modules. This test
+    package is named ``binance`` too and comes first on sys.path, so the library is
+    imported with this directory's parent out of the path and its modules set aside,
+    then this package is put back (the library's modules keep their references). Once:
+    a second import would make exception classes the client does not raise."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    ours = {n: m for n, m in sys.modules.items() if n == "binance" or n.startswith("binance.")}
+    saved_path = sys.path[:]
+    for name in ours:
+        del sys.modules[name]
+    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != tests_dir]
     try:
-        return importlib.import_module("binance.client")
+        client = importlib.import_module("binance.client")
+        exceptions = importlib.import_module("binance.exceptions")
+        async_client = importlib.import_module("binance.async_client")
+        streams = importlib.import_module("binance.ws.streams")
     finally:
-        sys.path[:] = saved
+        for name in [n for n in sys.modules if n == "binance" or n.startswith("binance.")]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+        sys.path[:] = saved_path
+    return client, exceptions, async_client, streams
 
 
 def python_binance_client(exchange: Exchange, account: Account | None = None) -> Any:
     """python-binance's ``Client`` with its URL class attributes set to Mercato's."""
-    Client = _python_binance().Client
+    Client = python_binance()[0].Client
 
-    class MercatoClient(Client):  # type: ignore[misc, valid-type]
+    class MercatoClient(Client):
         API_URL = f"{exchange.url}/api"
 
     return MercatoClient(account.key if account else None, account.secret if account else None)

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from mercato.api.account_routes import router as account_router
 from mercato.api.auth_routes import router as auth_router
 from mercato.api.binance import install as install_binance
+from mercato.api.binance.trading_routes import binance_order_direct
 from mercato.api.custody_admin_routes import router as custody_admin_router
 from mercato.api.deposit_routes import router as deposit_router
 from mercato.api.errors import document_errors, error_response, install_error_handlers
@@ -71,6 +72,7 @@ def create_app(
     # below call the same functions and answer anything the fast lane does not recognise.
     app.place_handler = place_order_direct
     app.cancel_handler = cancel_order_direct
+    app.binance_order_handler = binance_order_direct
     limiter = limiter_for(service.config)
     app.state.service = service
     app.state.limiter = limiter

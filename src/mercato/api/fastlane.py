@@ -1,9 +1,10 @@
 """Order entry served as plain ASGI, ahead of the FastAPI application.
 
-``POST /api/v1/orders`` and ``DELETE /api/v1/orders/{id}`` are most of an exchange's
-traffic. Through FastAPI every request crosses about ten layers (error and telemetry
-middleware, the router's route scan, dependency solving, response wrapping) that cost more
-CPU than placing the order. Here those two requests are recognised by method and path and
+``POST /api/v1/orders`` and ``DELETE /api/v1/orders/{id}`` (and Binance's ``POST`` and
+``DELETE /api/v3/order``) are most of an exchange's traffic. Through FastAPI every
+request crosses about ten layers (error and telemetry middleware, the router's route scan,
+dependency solving, response wrapping) that cost more CPU than placing the order. Here
+those requests are recognised by method and path and
 handed to the same handler functions the documented FastAPI routes use, with the same
 guards the middleware applies to everything else: the per-IP rate budget, the body size
 limit, the JSON media type of the order body, and the application's own exception
@@ -32,6 +33,7 @@ from mercato.api.limits import (
 Handler = Callable[[Request], Awaitable[Response]]
 ORDERS = "/api/v1/orders"
 ORDER_PREFIX = "/api/v1/orders/"
+BINANCE_ORDER = "/api/v3/order"  # Binance's POST and DELETE (api/binance/trading_routes.py)
 MAX_ORDER_ID_DIGITS = 19  # 2^63 - 1; longer paths fall through to FastAPI's 400
 
 
@@ -40,6 +42,7 @@ class OrderEntryApp(FastAPI):
 
     place_handler: Handler | None = None
     cancel_handler: Handler | None = None
+    binance_order_handler: Handler | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -53,6 +56,8 @@ class OrderEntryApp(FastAPI):
         method, path = scope["method"], scope["path"]
         if method == "POST" and path == ORDERS:
             return self.place_handler
+        if path == BINANCE_ORDER and (method == "POST" or method == "DELETE"):
+            return self.binance_order_handler
         if method == "DELETE" and path.startswith(ORDER_PREFIX):
             digits = path[len(ORDER_PREFIX) :]
             if digits.isascii() and digits.isdigit() and len(digits) <= MAX_ORDER_ID_DIGITS:
@@ -96,11 +101,13 @@ class OrderEntryApp(FastAPI):
 
 async def _refused_before_reading(scope: Scope, send: Send) -> bool:
     """Refuse as the middleware stack would, in its order: a declared size over the limit
-    (BodyLimit), then an order body that is not JSON (JsonBodies; a cancel has no body)."""
+    (BodyLimit), then a native order body that is not JSON (JsonBodies; a cancel has no
+    body, Binance's orders come as forms)."""
     if declared_too_large(scope):
         await refuse_too_large(send)
         return True
-    reason = json_media_type_error(scope) if scope["method"] == "POST" else None
+    native_order = scope["method"] == "POST" and scope["path"] == ORDERS
+    reason = json_media_type_error(scope) if native_order else None
     if reason is not None:
         await refuse_media_type(send, reason)
         return True

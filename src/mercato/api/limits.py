@@ -16,6 +16,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mercato.api.ratelimit import RateLimited, RateLimiter
+from mercato.wire.binance_errors import TOO_MANY
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -89,7 +90,13 @@ async def send_error(
     send: Send, status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> None:
     """Answer with the common error body, from ASGI middleware."""
-    body = json.dumps({"code": code, "message": message}).encode()
+    await send_body(send, status, {"code": code, "message": message}, headers)
+
+
+async def send_body(
+    send: Send, status: int, content: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    body = json.dumps(content).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()), *headers]})  # fmt: skip
@@ -172,6 +179,8 @@ CREDENTIAL_ENDPOINTS = frozenset(
        for name in ("password", "api-keys", "2fa/confirm", "2fa/disable")]
 )  # fmt: skip
 UNLIMITED_PREFIXES = ("/health/",)  # probes must never be refused
+# The Binance dialect's paths answer a spent IP budget in Binance's words (docs/binance.md).
+BINANCE_PREFIXES = ("/api/v3/", "/sapi/", "/fapi/", "/dapi/")
 
 
 class RateLimit:
@@ -194,6 +203,9 @@ class RateLimit:
                 await self.limiter.check("auth", ip, "to the sign-in endpoints from this IP")
         except RateLimited as limited:
             retry = (b"retry-after", str(limited.retry_after).encode())
-            await send_error(send, 429, limited.code, limited.message, (retry,))
+            if path.startswith(BINANCE_PREFIXES):  # Binance's body: {"code": -1003, "msg"}
+                await send_body(send, 429, {"code": -1003, "msg": TOO_MANY}, (retry,))
+            else:
+                await send_error(send, 429, limited.code, limited.message, (retry,))
             return
         await self.app(scope, receive, send)

@@ -215,11 +215,14 @@ class Trading:
             ticket.stp,
         )
 
-    async def place(self, command: PlaceOrder) -> Placement:
+    async def place(self, command: PlaceOrder, *, fresh_client_id: bool = False) -> Placement:
         """Place ``command`` (refused with the engine's code). With a client order id
         already used by an order of the user, nothing is placed and that order's (order id,
-        seq) is the answer."""
-        if command.client_order_id:
+        seq) is the answer. ``fresh_client_id``: the id was generated for this order just
+        now (128 random bits, as Binance's dialect does when the client sends none), so it
+        cannot have been used and the idempotency check is skipped (a later repeat of it
+        is still found: the used-ids filter learns it from the order's events)."""
+        if command.client_order_id and not fresh_client_id:
             return await self.client_order_ids.place_once(command)
         result = await self._port.submit(command)
         if result.status != "ACCEPTED":

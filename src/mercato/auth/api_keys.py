@@ -16,7 +16,7 @@ import ipaddress
 import re
 import secrets
 import time
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import msgspec
 from sqlalchemy import insert, select, update
@@ -137,10 +137,25 @@ def _signature_and_payload(query: bytes, body: bytes) -> tuple[str, bytes]:
     raise AuthError("INVALID_SIGNATURE", "the request carries no signature parameter")
 
 
+def form_fields(data: bytes, into: dict[str, str] | None = None) -> dict[str, str]:
+    """The ``name=value`` pairs of a query string or form body (later names win; blank
+    values kept), as ``urllib.parse.parse_qsl`` reads them but several times faster: only
+    a pair holding ``%`` or ``+`` is unquoted (signed requests are parsed on every call)."""
+    fields = {} if into is None else into
+    for pair in data.decode("latin-1").split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        if "%" in pair or "+" in pair:
+            name, value = unquote_plus(name), unquote_plus(value)
+        fields[name] = value
+    return fields
+
+
 def _window(params: dict[str, str], now: int) -> None:
     try:
         timestamp = int(params["timestamp"])
-        window = int(params.get("recvWindow", DEFAULT_RECV_WINDOW_MS))
+        window = int(params.get("recvWindow") or DEFAULT_RECV_WINDOW_MS)
     except (KeyError, ValueError):
         raise AuthError(
             "INVALID_TIMESTAMP",
@@ -226,9 +241,9 @@ async def authenticate_signed(
     expected = hmac.new(key.secret, payload, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthError("INVALID_SIGNATURE", "signature does not match query string + body")
-    params = dict(parse_qsl(query.decode("latin-1")))
+    params = form_fields(query)
     if form_body:
-        params.update(parse_qsl(body.decode("latin-1")))
+        form_fields(body, params)
     _window(params, _now_ms())
     if key.ip_allowlist and not _allowed(client_ip, key.ip_allowlist):
         raise AuthError(

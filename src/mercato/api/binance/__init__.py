@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from mercato.api.binance.errors import binance_error_of
+from mercato.api.binance.weights import charge_public
 from mercato.service import ExchangeService
 from mercato.wire.binance import BinanceError, Symbols
 
@@ -32,15 +33,27 @@ class BinanceRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def binance_handler(request: Request) -> Response:
+            weighed: dict[str, str] = {}
             try:
-                return await handler(request)
+                weighed = _charge(request)
+                response = await handler(request)
             except Exception as exc:  # every refusal is translated; the rest re-raised
                 error = binance_error_of(exc)
                 if error is None:
                     raise
+                error.headers = {**weighed, **error.headers}
                 return error_response(error)
+            response.headers.update(weighed)
+            return response
 
         return binance_handler
+
+
+def _charge(request: Request) -> dict[str, str]:
+    """A public endpoint's request weight (X-MBX-USED-WEIGHT-1M; api/binance/weights.py)."""
+    client = request.client.host if request.client else "unknown"
+    return charge_public(request.app, request.method, request.scope["path"],
+                         request.scope["query_string"], client)  # fmt: skip
 
 
 _SYMBOLS: dict[int, tuple[tuple[str, ...], Symbols]] = {}
