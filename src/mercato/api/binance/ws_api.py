@@ -34,8 +34,7 @@ from mercato.api.binance import symbols_of
 from mercato.api.binance import trading as ops
 from mercato.api.binance.auth import KEY_FORMAT, bad_key_format
 from mercato.api.binance.errors import binance_error_of
-from mercato.api.binance.trading_routes import meter_of
-from mercato.api.binance.weights import Meter, OrderCounts
+from mercato.api.binance.weights import Meter, OrderCounts, meter_of
 from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import MAX_RECV_WINDOW_MS, authenticate_signed
 from mercato.auth.errors import AuthError
