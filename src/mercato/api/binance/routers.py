@@ -5,4 +5,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-ALL: list[APIRouter] = []
+from mercato.api.binance import streams
+
+ALL: list[APIRouter] = [streams.router]
