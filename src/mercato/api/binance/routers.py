@@ -5,6 +5,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from mercato.api.binance import streams
+ALL: list[APIRouter] = []
 
-ALL: list[APIRouter] = [streams.router]
+from mercato.api.binance import market_routes  # noqa: E402
+
+ALL.append(market_routes.router)
+
+from mercato.api.binance import streams  # noqa: E402
+
+ALL.append(streams.router)
