@@ -27,8 +27,8 @@ from mercato.marketdata.depth import DepthChange
 from mercato.marketdata.feed import MarketData
 from mercato.port import AppliedBatch
 from mercato.wire import binance_streams as wire
+from mercato.wire.binance_market import BinanceFormat
 from mercato.wire.binance_streams import stream_symbol
-from mercato.wire.decimals import MarketFormat
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class BinanceFeed:
         self._taker_buys: dict[tuple[str, str], list[int]] = {}  # open time, base, quote
         self._closed_sent: dict[str, int] = {}  # kline stream -> open time sent closed
         self._ticks = 0
+        self._formats: dict[str, BinanceFormat] = {}
         self._timer: asyncio.TimerHandle | None = None
         market_data.followers.append(self.on_batch)
 
@@ -138,8 +139,16 @@ class BinanceFeed:
             counts[1] += fill.base_amount
             counts[2] += fill.quote_amount
 
-    def _format(self, market: str) -> MarketFormat:
-        return self.market_data.formats[market]
+    def _format(self, market: str) -> BinanceFormat:
+        """The market's Binance strings (those of the ``/api/v3`` answers)."""
+        fmt = self._formats.get(market)
+        if fmt is None:
+            rules = self.market_data.view.rules(market)
+            assert rules is not None
+            native = self.market_data.formats[market]
+            fmt = BinanceFormat(rules, native.base_decimals, native.quote_decimals)
+            self._formats[market] = fmt
+        return fmt
 
     def _trade(self, fill: Trade, ts: int) -> None:
         stream = f"{stream_symbol(fill.market)}@trade"

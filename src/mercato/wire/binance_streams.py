@@ -4,7 +4,7 @@ Stream names are Binance's: a lower-case symbol and a kind (``btcusdt@trade``,
 ``btcusdt@depth@100ms``, ``btcusdt@kline_1m``...) or an all-market array
 (``!miniTicker@arr``). :func:`parse_stream` says whether a name is one Mercato serves; the
 payload builders return the JSON text of one event, fields in Binance's order, decimals as
-Binance writes them (at least 8 places: ``"0.01000000"``).
+the REST answers write them (:class:`~mercato.wire.binance_market.BinanceFormat`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ import msgspec
 
 from mercato.core.candles import INTERVALS, Candle
 from mercato.core.events import Trade
-from mercato.wire.decimals import MarketFormat, average_price
+from mercato.wire.binance_market import BinanceFormat
 
 _encode = msgspec.json.Encoder().encode
 _PERCENT = Context(prec=60, rounding=ROUND_HALF_EVEN)
 _CENT = Decimal("0.01")
-
-BINANCE_PLACES = 8
-"""Binance writes spot prices and quantities with 8 decimal places."""
-ZERO = "0.00000000"
 
 PARTIAL_LEVELS = (5, 10, 20)
 ALL_MARKET = ("!miniTicker@arr", "!ticker@arr")
@@ -76,12 +72,6 @@ def stream_symbol(market: str) -> str:
     return market.replace("-", "").lower()
 
 
-def binance_decimal(text: str) -> str:
-    """A Mercato decimal string written as Binance does, with at least 8 places."""
-    whole, _, fraction = text.partition(".")
-    return f"{whole}.{fraction.ljust(BINANCE_PLACES, '0')}"
-
-
 def encode(payload: Any) -> str:
     return _encode(payload).decode()
 
@@ -94,27 +84,27 @@ def combined(stream: str, payload: str) -> str:
 # -- depth ------------------------------------------------------------------------------------
 
 
-def _levels(fmt: MarketFormat, levels: Iterable[tuple[int, int]]) -> list[list[str]]:
+def _levels(fmt: BinanceFormat, levels: Iterable[tuple[int, int]]) -> list[list[str]]:
     price, qty = fmt.price, fmt.qty
-    return [[binance_decimal(price(p)), binance_decimal(qty(q))] for p, q in levels]
+    return [[price(p), qty(q)] for p, q in levels]
 
 
 Levels = Iterable[tuple[int, int]]
 
 
-def depth_update(fmt: MarketFormat, symbol: str, first: int, last: int, now: int,
+def depth_update(fmt: BinanceFormat, symbol: str, first: int, last: int, now: int,
                  bids: Levels, asks: Levels) -> str:  # fmt: skip
     """``depthUpdate``: the levels changed by the market's depth updates ``first..last``."""
     return encode({"e": "depthUpdate", "E": now, "s": symbol, "U": first, "u": last,
                    "b": _levels(fmt, bids), "a": _levels(fmt, asks)})  # fmt: skip
 
 
-def partial_book(fmt: MarketFormat, seq: int, bids: Iterable[tuple[int, int]],
+def partial_book(fmt: BinanceFormat, seq: int, bids: Iterable[tuple[int, int]],
                  asks: Iterable[tuple[int, int]]) -> str:  # fmt: skip
     return encode({"lastUpdateId": seq, "bids": _levels(fmt, bids), "asks": _levels(fmt, asks)})
 
 
-def book_ticker(fmt: MarketFormat, symbol: str, seq: int, bid: tuple[int, int] | None,
+def book_ticker(fmt: BinanceFormat, symbol: str, seq: int, bid: tuple[int, int] | None,
                 ask: tuple[int, int] | None) -> str:  # fmt: skip
     """``bookTicker``; an empty side is written as zeros."""
     b, bq = _level(fmt, bid)
@@ -122,31 +112,31 @@ def book_ticker(fmt: MarketFormat, symbol: str, seq: int, bid: tuple[int, int] |
     return encode({"u": seq, "s": symbol, "b": b, "B": bq, "a": a, "A": aq})
 
 
-def _level(fmt: MarketFormat, level: tuple[int, int] | None) -> tuple[str, str]:
+def _level(fmt: BinanceFormat, level: tuple[int, int] | None) -> tuple[str, str]:
     if level is None:
-        return ZERO, ZERO
-    return binance_decimal(fmt.price(level[0])), binance_decimal(fmt.qty(level[1]))
+        return fmt.price(0), fmt.qty(0)
+    return fmt.price(level[0]), fmt.qty(level[1])
 
 
 # -- trades -----------------------------------------------------------------------------------
 
 
-def trade(fmt: MarketFormat, symbol: str, event_time: int, fill: Trade) -> str:
+def trade(fmt: BinanceFormat, symbol: str, event_time: int, fill: Trade) -> str:
     """``trade``; ``m`` (the buyer is the maker) when the taker sold."""
     return encode({"e": "trade", "E": event_time, "s": symbol, "t": fill.trade_id,
-                   "p": binance_decimal(fmt.price(fill.price)),
-                   "q": binance_decimal(fmt.qty(fill.quantity)), "T": fill.ts,
+                   "p": fmt.price(fill.price),
+                   "q": fmt.qty(fill.quantity), "T": fill.ts,
                    "m": fill.taker_side == "SELL", "M": True})  # fmt: skip
 
 
-def agg_trade(fmt: MarketFormat, symbol: str, event_time: int, fills: list[Trade]) -> str:
+def agg_trade(fmt: BinanceFormat, symbol: str, event_time: int, fills: list[Trade]) -> str:
     """``aggTrade`` of consecutive fills of one taker order at one price; its id ``a`` is
     its first trade id (unique and increasing, as aggregates never overlap)."""
     first, last = fills[0], fills[-1]
     lots = sum(f.quantity for f in fills)
     return encode({"e": "aggTrade", "E": event_time, "s": symbol, "a": first.trade_id,
-                   "p": binance_decimal(fmt.price(first.price)),
-                   "q": binance_decimal(fmt.qty(lots)), "f": first.trade_id,
+                   "p": fmt.price(first.price),
+                   "q": fmt.qty(lots), "f": first.trade_id,
                    "l": last.trade_id, "T": last.ts, "m": first.taker_side == "SELL",
                    "M": True})  # fmt: skip
 
@@ -154,20 +144,20 @@ def agg_trade(fmt: MarketFormat, symbol: str, event_time: int, fills: list[Trade
 # -- klines and tickers ------------------------------------------------------------------------
 
 
-def kline(fmt: MarketFormat, symbol: str, now: int, candle: Candle, taker_buy_base: int,
+def kline(fmt: BinanceFormat, symbol: str, now: int, candle: Candle, taker_buy_base: int,
           taker_buy_quote: int) -> str:  # fmt: skip
     """``kline`` of the current (or just closed: ``x``) candle."""
     price = fmt.price
     return encode({"e": "kline", "E": now, "s": symbol, "k": {
         "t": candle.open_time, "T": candle.close_time, "s": symbol, "i": candle.interval,
         "f": candle.first_trade_id, "L": candle.last_trade_id,
-        "o": binance_decimal(price(candle.open)), "c": binance_decimal(price(candle.close)),
-        "h": binance_decimal(price(candle.high)), "l": binance_decimal(price(candle.low)),
-        "v": binance_decimal(fmt.base_amount(candle.volume)), "n": candle.trades,
+        "o": (price(candle.open)), "c": (price(candle.close)),
+        "h": (price(candle.high)), "l": (price(candle.low)),
+        "v": (fmt.base(candle.volume)), "n": candle.trades,
         "x": candle.close_time < now,
-        "q": binance_decimal(fmt.quote_amount(candle.quote_volume)),
-        "V": binance_decimal(fmt.base_amount(taker_buy_base)),
-        "Q": binance_decimal(fmt.quote_amount(taker_buy_quote)), "B": "0"}})  # fmt: skip
+        "q": (fmt.quote(candle.quote_volume)),
+        "V": (fmt.base(taker_buy_base)),
+        "Q": (fmt.quote(taker_buy_quote)), "B": "0"}})  # fmt: skip
 
 
 class Window(Protocol):
@@ -197,19 +187,15 @@ class Window(Protocol):
     def last_trade_id(self) -> int: ...
 
 
-def _price_or_zero(fmt: MarketFormat, ticks: int) -> str:
-    return binance_decimal(fmt.price(ticks)) if ticks else ZERO
-
-
-def mini_ticker_body(fmt: MarketFormat, symbol: str, now: int, window: Window,
+def mini_ticker_body(fmt: BinanceFormat, symbol: str, now: int, window: Window,
                      last: int) -> dict[str, Any]:  # fmt: skip
     traded = window.trades > 0
-    return {"e": "24hrMiniTicker", "E": now, "s": symbol, "c": _price_or_zero(fmt, last),
-            "o": _price_or_zero(fmt, window.open if traded else 0),
-            "h": _price_or_zero(fmt, window.high if traded else 0),
-            "l": _price_or_zero(fmt, window.low if traded else 0),
-            "v": binance_decimal(fmt.base_amount(window.volume)),
-            "q": binance_decimal(fmt.quote_amount(window.quote_volume))}  # fmt: skip
+    return {"e": "24hrMiniTicker", "E": now, "s": symbol, "c": fmt.price(last),
+            "o": fmt.price(window.open if traded else 0),
+            "h": fmt.price(window.high if traded else 0),
+            "l": fmt.price(window.low if traded else 0),
+            "v": (fmt.base(window.volume)),
+            "q": (fmt.quote(window.quote_volume))}  # fmt: skip
 
 
 class Top(NamedTuple):
@@ -223,27 +209,25 @@ class Top(NamedTuple):
     ask: tuple[int, int] | None
 
 
-def ticker_body(fmt: MarketFormat, symbol: str, now: int, window: Window,
+def ticker_body(fmt: BinanceFormat, symbol: str, now: int, window: Window,
                 top: Top) -> dict[str, Any]:  # fmt: skip
     traded = window.trades > 0
     change = window.close - window.open if traded else 0
-    sign = "-" if change < 0 else ""
-    vwap = average_price(fmt, window.volume, window.quote_volume) if traded else None
     bid, bid_qty = _level(fmt, top.bid)
     ask, ask_qty = _level(fmt, top.ask)
     return {
         "e": "24hrTicker", "E": now, "s": symbol,
-        "p": sign + binance_decimal(fmt.price(abs(change))),
+        "p": fmt.signed_price(change),
         "P": _percent(change, window.open) if traded else "0.00",
-        "w": binance_decimal(vwap) if vwap is not None else ZERO,
-        "x": _price_or_zero(fmt, top.previous), "c": _price_or_zero(fmt, top.last),
-        "Q": binance_decimal(fmt.qty(top.last_qty)),
+        "w": fmt.average(window.volume, window.quote_volume),
+        "x": fmt.price(top.previous), "c": fmt.price(top.last),
+        "Q": fmt.qty(top.last_qty),
         "b": bid, "B": bid_qty, "a": ask, "A": ask_qty,
-        "o": _price_or_zero(fmt, window.open if traded else 0),
-        "h": _price_or_zero(fmt, window.high if traded else 0),
-        "l": _price_or_zero(fmt, window.low if traded else 0),
-        "v": binance_decimal(fmt.base_amount(window.volume)),
-        "q": binance_decimal(fmt.quote_amount(window.quote_volume)),
+        "o": fmt.price(window.open if traded else 0),
+        "h": fmt.price(window.high if traded else 0),
+        "l": fmt.price(window.low if traded else 0),
+        "v": (fmt.base(window.volume)),
+        "q": (fmt.quote(window.quote_volume)),
         "O": window.open_time, "C": window.close_time,
         "F": window.first_trade_id if traded else -1,
         "L": window.last_trade_id if traded else -1, "n": window.trades,
