@@ -1,7 +1,8 @@
 """The real ``ccxt.pro.binance``, only its URLs changed, on Mercato's market streams:
 watch_order_book kept equal to the engine's book across many orders and cancels and
 across a lost message (it resynchronises from ``/api/v3/depth`` when ``U`` does not follow
-the previous ``u``), watch_trades, watch_ticker, watch_tickers, watch_ohlcv."""
+the previous ``u``) and across a server restart, watch_trades, watch_ticker,
+watch_tickers, watch_ohlcv."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest import mock
 
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
 from binance.conftest import Exchange, ccxt_binance
 from binance.test_streams import churn, native_book, place
+from service.conftest import Backend, Server
 
 SYMBOL = "BTC/USDT"
 
@@ -39,6 +42,7 @@ class BookWatcher:
     def __init__(self, client: Any) -> None:
         self.client = client
         self.gaps = 0
+        self.reconnects = 0
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> BookWatcher:
@@ -59,6 +63,9 @@ class BookWatcher:
                 await self.client.watch_order_book(SYMBOL)
             except ccxt.ChecksumError:  # U != previous u + 1: CCXT starts again
                 self.gaps += 1
+            except ccxt.NetworkError:  # the server went away: CCXT reconnects on the next
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
 
     async def in_sync(self, exchange: Exchange) -> tuple[Any, dict[str, Any]]:
         """CCXT's book once it caught up with the engine's depth sequence, and the engine's."""
@@ -153,6 +160,38 @@ def test_watch_order_book_resynchronises_after_a_lost_message(exchange: Exchange
                     assert_same_book(*await watcher.in_sync(exchange))
             finally:
                 await client.close()
+
+    run(scenario())
+
+
+def test_watch_order_book_starts_again_after_a_server_restart(
+    exchange: Exchange, sqlite_backend: Backend, servers: list[Server]
+) -> None:
+    """A restart closes the connection and the depth sequence jumps ahead (docs/marketdata.md):
+    CCXT reconnects, subscribes, takes a new snapshot and follows the book again."""
+
+    def restart() -> None:
+        exchange.server.stop()
+        port = exchange.server.port
+        with mock.patch("service.conftest.free_port", lambda: port):
+            again = Server(sqlite_backend.data, sqlite_backend.env, "--dev")
+        servers.append(again)
+        again.wait_ready()
+
+    async def scenario() -> None:
+        client = ccxt_binance(exchange, pro=True)
+        try:
+            async with BookWatcher(client) as watcher:
+                await churn(exchange, 20, seed=3)
+                before, _ = await watcher.in_sync(exchange)
+                nonce = before["nonce"]
+                await asyncio.to_thread(restart)
+                await churn(exchange, 20, seed=4)
+                book, final = await watcher.in_sync(exchange)
+                assert_same_book(book, final)
+                assert watcher.reconnects >= 1 and final["seq"] > nonce
+        finally:
+            await client.close()
 
     run(scenario())
 
