@@ -208,6 +208,11 @@ def bench_api(
     connections: int = typer.Option(64, "--connections", help="Keep-alive HTTP connections."),
     users: int = typer.Option(8, "--users", help="Trading users sharing the connections."),
     subscribers: int = typer.Option(500, "--subscribers", help="WebSocket subscribers (0: skip)."),
+    dialect: str = typer.Option(
+        "native",
+        "--dialect",
+        help="native (/api/v1/orders), binance (/api/v3/order, signed) or both (alternating).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON line of figures."),
 ) -> None:
     """Start a server on a temporary data dir, then place and cancel orders over HTTP from
@@ -218,7 +223,9 @@ def bench_api(
     except ModuleNotFoundError as missing:
         _exit_without_bench_extra("api", missing)
 
-    figures = run_api_bench(seconds, connections, users, subscribers)
+    if dialect not in ("native", "binance", "both"):
+        raise typer.BadParameter("native, binance or both", param_hint="--dialect")
+    figures = run_api_bench(seconds, connections, users, subscribers, dialect)
     console = Console()
     console.print(
         f"HTTP: {figures['http_orders_per_sec']:,} orders/s placed "
@@ -227,6 +234,13 @@ def bench_api(
         f"{connections} connections, errors {figures['http_errors'] or 'none'}, "
         f"projection {figures['http_projection_lag']:,} commands behind at the end"
     )
+    if dialect == "both":
+        console.print(
+            f"Binance dialect: {figures['binance_http_orders_per_sec']:,} orders/s placed, "
+            f"p50 {figures['binance_http_p50_ms']} ms, p99 {figures['binance_http_p99_ms']} ms, "
+            f"errors {figures['binance_http_errors'] or 'none'}: "
+            f"{figures['binance_to_native_ratio']} x the native dialect's (best of 2 rounds each)"
+        )
     if subscribers:
         console.print(
             f"WebSocket: {subscribers} subscribers received {figures['ws_messages_per_sec']:,} "

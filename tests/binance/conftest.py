@@ -4,16 +4,20 @@ and the real clients (CCXT, python-binance) pointed at it by their URLs only."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from service.conftest import Backend, Server, backend, env, servers  # noqa: F401
-from service.test_sessions import PASSWORD, bearer, create_user
+from service.test_sessions import PASSWORD, bearer
 
 FUNDS = {"ann@example.com": {"USDT": "1000000", "BTC": "10"},
          "bob@example.com": {"USDT": "1000000", "BTC": "10", "ETH": "100"}}  # fmt: skip
@@ -63,11 +67,29 @@ def ccxt_binance(exchange: Exchange, account: Account | None = None, *, pro: boo
     return client
 
 
+def _python_binance() -> Any:
+    """python-binance's ``binance.client``. Its package is named ``binance`` like this test
+    package, which pytest puts first on ``sys.path`` (tests/): import it with tests/ off
+    the path, and keep it as ``binance`` (this package's test modules stay registered
+    under their own names, all imported at collection)."""
+    real = sys.modules.get("binance")
+    if real is not None and Path(real.__file__ or "").parent != Path(__file__).parent:
+        return importlib.import_module("binance.client")
+    tests = Path(__file__).parent.parent.resolve()
+    saved = sys.path[:]
+    sys.modules.pop("binance", None)
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != tests]
+    try:
+        return importlib.import_module("binance.client")
+    finally:
+        sys.path[:] = saved
+
+
 def python_binance_client(exchange: Exchange, account: Account | None = None) -> Any:
     """python-binance's ``Client`` with its URL class attributes set to Mercato's."""
-    from binance.client import Client
+    Client = _python_binance().Client
 
-    class MercatoClient(Client):
+    class MercatoClient(Client):  # type: ignore[misc, valid-type]
         API_URL = f"{exchange.url}/api"
 
     return MercatoClient(account.key if account else None, account.secret if account else None)
@@ -88,9 +110,27 @@ def _account(server: Server, email: str) -> Account:
     return Account(email, key["key_id"], key["secret"], headers)
 
 
+def _create_users(backend: Backend) -> None:  # noqa: F811
+    """The verified users, written to the store before the server starts (in this process:
+    a `mercato admin create-user` subprocess per user costs seconds per test)."""
+    from mercato.auth.users import create_user
+    from mercato.store import create_engine, migrate
+
+    async def create() -> None:
+        backend.data.mkdir(parents=True, exist_ok=True)
+        await migrate(backend.url)
+        db = create_engine(backend.url)
+        try:
+            for email in FUNDS:
+                await create_user(db, email, PASSWORD, verified=True)
+        finally:
+            await db.dispose()
+
+    asyncio.run(create())
+
+
 def start_exchange(backend: Backend, servers: list[Server]) -> Exchange:  # noqa: F811
-    for email in FUNDS:
-        create_user(backend.data, email, backend.url if backend.name == "postgres" else None)
+    _create_users(backend)
     server = Server(backend.data, backend.env, "--dev")
     servers.append(server)
     server.wait_ready()

@@ -184,26 +184,63 @@ def test_market_buy_by_quantity_stops_at_the_band_and_expires_the_rest(ex: Excha
     assert taker not in ex.engine.orders
 
 
-def test_market_buy_reserves_at_most_the_available_quote_and_fills_within_it(
-    ex: Exchange,
-) -> None:
+def test_market_buy_the_account_cannot_fund_in_full_is_refused(ex: Exchange) -> None:
+    """Changed (issue 15): as on Binance (-2010, "insufficient balance"), a MARKET buy
+    whose whole fill against the book costs more than the available quote is refused
+    at entry; it used to fill what 4000 USDT bought (132 lots) and expire
+    FUNDS_EXHAUSTED."""
     ex.deposit(1, "BTC", 1 * BTC)
     ex.deposit(2, "USDT", 4_000 * USDT)
     ex.sell(1, "0.1", "30000")
     ex.sell(1, "0.1", "31000")
+    # 0.1 x 30000 + 0.1 x 31000 = 6100 USDT needed (the buyer's fee is paid in BTC).
+    result = ex.reject(ex.order(2, "BUY", "0.2", type="MARKET"), "INSUFFICIENT_BALANCE")
+    assert result.message == "order needs 6100 USDT, 4000 USDT available"
+    assert ex.depth() == ([], [(3_000_000, 100), (3_100_000, 100)])
+
+
+def test_market_buy_reserves_at_most_the_available_quote_and_fills_in_full(
+    ex: Exchange,
+) -> None:
+    ex.deposit(1, "BTC", 1 * BTC)
+    ex.deposit(2, "USDT", 6_100 * USDT)
+    ex.sell(1, "0.1", "30000")
+    ex.sell(1, "0.1", "31000")
     result = ex.place(2, "BUY", "0.2", type="MARKET")
-    # min(4000 available, 0.2 x 31500 = 6300) = 4000 USDT reserved.
+    # min(6100 available, 0.2 x 31500 = 6300) = 6100 USDT reserved: exactly the cost.
     reserve = of_type(result, ev.Transfer)[0]
-    assert (reserve.reason, reserve.amount) == (RESERVE, 4_000 * USDT)
-    # 100 lots at 30000 cost 3000 USDT; the remaining 1000 USDT buy 32 lots at 31000
-    # (31 USDT each, 992 USDT); the 8 USDT left cannot buy a lot.
+    assert (reserve.reason, reserve.amount) == (RESERVE, 6_100 * USDT)
     trades = of_type(result, ev.Trade)
-    assert [(t.price, t.quantity) for t in trades] == [(3_000_000, 100), (3_100_000, 32)]
+    assert [(t.price, t.quantity) for t in trades] == [(3_000_000, 100), (3_100_000, 100)]
     final = of_type(result, ev.OrderUpdated)[-1]
-    assert (final.status, final.filled, final.quantity) == ("EXPIRED", 132, 200)
-    assert ex.bal(2, "USDT") == (8 * USDT, 0)
-    assert ex.bal(2, "BTC") == (13_200_000 - 20_000 - 6_400, 0)  # fees 0.2 % of each fill
-    assert ex.depth() == ([], [(3_100_000, 68)])
+    assert (final.status, final.filled, final.quantity) == ("FILLED", 200, 200)
+    assert ex.bal(2, "USDT") == (0, 0)
+    assert ex.bal(2, "BTC") == (20_000_000 - 40_000, 0)  # fees 0.2 % of what it got
+    assert ex.depth() == ([], [])
+
+
+def test_market_buy_needs_only_what_the_book_can_fill(ex: Exchange) -> None:
+    """A book thinner than the order: the buyer needs the cost of what is there (it
+    fills that and the rest expires, as on Binance), not of the whole quantity."""
+    ex.deposit(1, "BTC", 1 * BTC)
+    ex.deposit(2, "USDT", 3_000 * USDT)
+    ex.sell(1, "0.1", "30000")
+    result = ex.place(2, "BUY", "0.5", type="MARKET")
+    assert [(t.price, t.quantity) for t in of_type(result, ev.Trade)] == [(3_000_000, 100)]
+    final = of_type(result, ev.OrderUpdated)[-1]
+    assert (final.status, final.filled, final.reason) == ("EXPIRED", 100, "IOC_REMAINDER")
+    assert ex.bal(2, "USDT") == (0, 0)
+
+
+def test_market_buy_cost_stops_at_the_band(ex: Exchange) -> None:
+    """Asks beyond the protection band are not part of what the buyer must afford."""
+    ex.deposit(1, "BTC", 1 * BTC)
+    ex.deposit(2, "USDT", 3_000 * USDT)
+    ex.sell(1, "0.1", "30000")
+    ex.sell(1, "0.1", "31600")  # above 30000 x 1.05 = 31500
+    result = ex.place(2, "BUY", "0.2", type="MARKET")
+    assert [(t.price, t.quantity) for t in of_type(result, ev.Trade)] == [(3_000_000, 100)]
+    assert ex.bal(2, "USDT") == (0, 0)
 
 
 def test_market_sell_by_quantity_stops_at_the_band(ex: Exchange) -> None:
@@ -324,13 +361,19 @@ def test_quote_market_buy_needs_the_quote_amount_available(ex: Exchange) -> None
     )
 
 
-def test_quote_quantity_only_for_market_buys(funded: Exchange) -> None:
+def test_quote_quantity_only_for_market_orders(funded: Exchange) -> None:
+    """A MARKET sell by quote amount is allowed now (issue 15, Binance's quoteOrderQty
+    on SELL; see test_quote_market_sell_* below); only the type, a quantity given too
+    and min_notional are refused."""
     ex = funded
-    ex.reject(ex.order(1, "SELL", type="MARKET", quote_quantity=100 * USDT), "INVALID_ORDER")
+    ex.reject(ex.order(1, "SELL", 0, "30000", quote_quantity=100 * USDT), "INVALID_ORDER")
     ex.reject(ex.order(1, "BUY", "0.1", type="MARKET", quote_quantity=100 * USDT),
+              "INVALID_ORDER")  # fmt: skip
+    ex.reject(ex.order(1, "SELL", "0.1", type="MARKET", quote_quantity=100 * USDT),
               "INVALID_ORDER")  # fmt: skip
     ex.reject(ex.order(1, "BUY", 0, "30000", quote_quantity=100 * USDT), "INVALID_ORDER")
     ex.reject(ex.order(1, "BUY", type="MARKET", quote_quantity=9 * USDT), "NOTIONAL_TOO_SMALL")
+    ex.reject(ex.order(1, "SELL", type="MARKET", quote_quantity=9 * USDT), "NOTIONAL_TOO_SMALL")
 
 
 # ---------------------------------------------------------------------------- LIMIT_MAKER

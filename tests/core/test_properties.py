@@ -3,9 +3,10 @@
 Two markets with different units, five users, and every kind of command: deposits and
 withdrawal holds (issued now, long ago, ahead of the clock; some repeated), time jumps
 beyond the deposit id window, limit / market / quote / IOC / FOK / post-only / stop /
-iceberg / GTD orders with random STP modes, cancels (also of random or foreign ids),
-amends, cancel-all, ticks, settles and releases, freezes, market status and kill switch
-changes, fee tiers.
+iceberg / GTD orders with random STP modes (market orders by quote amount on both sides),
+cancels (also of random or foreign ids), amends (some keeping priority only),
+cancel-all, ticks, settles and releases, freezes, market status and kill switch changes,
+fee tiers.
 
 After every command: the engine's own invariants, plus independent checks made here:
 accounts rebuilt from the event stream equal the engine's balances; a rejection (or a
@@ -58,6 +59,7 @@ from mercato.core.model import (
     TRADE,
     MarketSpec,
 )
+from mercato.core.state import trading_status
 
 USERS = (1, 2, 3, 4, 5)
 ASSETS = (("AAA", 4), ("BBB", 2), ("QQQ", 4))
@@ -492,15 +494,33 @@ class ExchangeMachine(RuleBasedStateMachine):
         quote=st.sampled_from([0, 0, 5_000, 20_000, 60_000, 250_000]),
         tif=st.sampled_from(["GTC", "IOC", "FOK"]),
         stp=STP,
+        squeeze=st.sampled_from([None, None, None, 0, 300, 2_000, 8_000]),
     )
     def market_order(
-        self, user: int, market: str, side: str, qty: int, quote: int, tif: str, stp: str | None
+        self,
+        user: int,
+        market: str,
+        side: str,
+        qty: int,
+        quote: int,
+        tif: str,
+        stp: str | None,
+        squeeze: int | None,
     ) -> None:
-        if quote and side == "BUY":
+        """A MARKET order by quantity or, either side, by quote amount; checked against
+        a model of Binance's entry rules: funded in full against the book as it stands,
+        and a quote amount refused on an empty side. ``squeeze``: first hold a withdrawal
+        of all but that much of what the order pays with, so that some cannot pay."""
+        paid_in = self.units[market][1 if side == "BUY" else 0]
+        if squeeze is not None:
+            held = self.engine.balances.get(user, {}).get(paid_in, [0, 0])[0] - squeeze
+            if held > 0:
+                self.run(c.HoldWithdrawal(user, paid_in, held, f"squeeze{self.seq}", 0, self.ts))
+        if quote:
             command = c.PlaceOrder(
                 user,
                 market,
-                "BUY",
+                side,
                 "MARKET",
                 quote_quantity=quote,
                 time_in_force="IOC" if tif == "FOK" else tif,
@@ -508,7 +528,89 @@ class ExchangeMachine(RuleBasedStateMachine):
             )
         else:
             command = c.PlaceOrder(user, market, side, "MARKET", qty, time_in_force=tif, stp=stp)
-        self.run(command)
+        mode = stp or self.engine.markets[market].default_stp
+        levels = self.walkable(market, side, user, mode)
+        need = self.market_need(market, side, qty, quote, levels)
+        available = self.engine.balances.get(user, {}).get(paid_in, [0, 0])[0]
+        result = self.run(command)
+        if any(type(e) is ev.OrderUpdated and e.reason == "GTD_EXPIRED" for e in result.events):
+            return  # expiries changed the book the model read
+        if quote and not levels:
+            assert result.code in ("NO_LIQUIDITY", "MARKET_HALTED", "MARKET_CANCEL_ONLY",
+                                   "USER_FROZEN", "NOTIONAL_TOO_SMALL"), result  # fmt: skip
+        if result.status == "ACCEPTED":
+            assert need <= available, (command, need, available)
+            assert not (quote and not levels)
+            self.check_market_outcome(command, result, need)
+        elif result.code == "INSUFFICIENT_BALANCE":
+            assert need > available or available == 0, (command, need, available)
+        elif result.code == "NO_LIQUIDITY":
+            assert quote and not levels
+
+    def walkable(self, market: str, side: str, user: int, stp: str) -> list[tuple[int, int]]:
+        """(price, lots) a market order may trade with, best first, within the band:
+        each maker's whole remainder, without the user's own makers when STP is on
+        (EXPIRE_MAKER removes them; the other modes stop or cut the taker, so this is
+        what it may take at most)."""
+        book = self.engine.markets[market]
+        opposite = book.asks if side == "BUY" else book.bids
+        bps = self.units[market][4]
+        best = opposite.best()
+        levels = []
+        for price in opposite.prices_best_first():
+            if side == "BUY" and price > best * (10_000 + bps) // 10_000:
+                break
+            if side == "SELL" and price < ceil_div(best * (10_000 - bps), 10_000):
+                break
+            lots = sum(
+                o.quantity - o.filled
+                for o in opposite.live_orders(price)
+                if o.user != user or stp == "NONE"
+            )
+            levels.append((price, lots))
+        return levels
+
+    def market_need(
+        self, market: str, side: str, qty: int, quote: int, levels: list[tuple[int, int]]
+    ) -> int:
+        """What the order must find available: the quote amount of a buy by quote; the
+        base of a sell by quantity; the quote a buy by quantity pays walking ``levels``;
+        the base a sell by quote sells walking them (whole lots, up to the amount)."""
+        _base, _quote, lot, unit, _bps, _fees = self.units[market]
+        if quote and side == "BUY":
+            return quote
+        if side == "SELL" and not quote:
+            return qty * lot
+        if side == "BUY":
+            cost = 0
+            for price, lots in levels:
+                take = min(qty, lots)
+                qty -= take
+                cost += take * price * unit
+            return cost
+        sold = 0
+        for price, lots in levels:
+            fits = quote // (price * unit)
+            take = min(fits, lots)
+            sold += take
+            quote -= take * price * unit
+            if take == fits:
+                break
+        return sold * lot
+
+    def check_market_outcome(self, command: c.PlaceOrder, result: Any, need: int) -> None:
+        """A MARKET order placed directly is never cut short by its funds any more; a
+        sell by quote amount sells at most what the model locked."""
+        (final,) = [
+            e for e in result.events
+            if type(e) is ev.OrderUpdated and e.order_id == result.order_id
+            and e.status in TERMINAL_STATUSES
+        ]  # fmt: skip
+        if not command.quote_quantity:
+            assert final.reason != "FUNDS_EXHAUSTED", final
+        if command.quote_quantity and command.side == "SELL":
+            lot = self.units[command.market][2]
+            assert final.filled * lot <= need, (final, need)
 
     @rule(
         user=st.sampled_from(USERS),
@@ -584,8 +686,16 @@ class ExchangeMachine(RuleBasedStateMachine):
         user = info["user"] if info and foreign else stranger
         self.run(c.CancelOrder(user, order_id=oid))
 
-    @rule(pick=st.integers(0, 10**6), dq=st.integers(-5, 5), dp=st.integers(-3, 3))
-    def amend(self, pick: int, dq: int, dp: int) -> None:
+    @rule(
+        pick=st.integers(0, 10**6),
+        dq=st.integers(-5, 5),
+        dp=st.integers(-3, 3),
+        keep=st.sampled_from([False, False, True]),
+    )
+    def amend(self, pick: int, dq: int, dp: int, keep: bool) -> None:
+        """Amends, some asking to keep priority (decrease only). Modelled: a keep-priority
+        amend never raises the quantity or moves the price; on a CANCEL_ONLY market only
+        an in-place decrease is taken, and it is not refused for the market's status."""
         oid = self.pick_order(pick, closed_too=False)
         info = self.orders.get(oid)
         if info is None:
@@ -593,7 +703,31 @@ class ExchangeMachine(RuleBasedStateMachine):
             return
         quantity = max(0, info["quantity"] + dq) if dq else 0
         price = max(1, info["price"] + dp) if dp else 0
-        self.run(c.AmendOrder(info["user"], order_id=oid, quantity=quantity, price=price))
+        if keep and dp != 3:
+            price = 0  # mostly what the keep-priority amend is for: a quantity only
+        open_order = self.engine.orders.get(oid)  # (DECREMENT may have cut it since)
+        before_qty = open_order.quantity if open_order else info["quantity"]
+        before_price = open_order.price if open_order else info["price"]
+        market = self.engine.markets[info["market"]]
+        status = trading_status(self.engine, market)
+        result = self.run(
+            c.AmendOrder(info["user"], order_id=oid, quantity=quantity, price=price,
+                         keep_priority=keep)
+        )  # fmt: skip
+        decrease = (price in (0, before_price)) and 0 < quantity < before_qty
+        if keep and quantity > before_qty and result.code not in (
+            "UNKNOWN_ORDER", "MARKET_HALTED", "MARKET_CANCEL_ONLY", "USER_FROZEN",
+            "ORDER_NOT_AMENDABLE", "INVALID_AMEND",
+        ):  # fmt: skip
+            assert result.code == "AMEND_QUANTITY_INCREASE", result
+        if status == "CANCEL_ONLY" and decrease:
+            assert result.code != "MARKET_CANCEL_ONLY", result
+        if result.status != "ACCEPTED":
+            return
+        (amended,) = [e for e in result.events if type(e) is ev.OrderAmended]
+        if keep or status == "CANCEL_ONLY":
+            assert amended.kept_priority and amended.price == before_price, amended
+            assert amended.quantity < before_qty, amended
 
     @rule(user=st.sampled_from(USERS), market=st.sampled_from(["", "", *MARKETS]))
     def cancel_all(self, user: int, market: str) -> None:

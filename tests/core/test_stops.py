@@ -268,7 +268,7 @@ def test_a_stop_by_quote_amount_is_refused(traded: Exchange, otype: str) -> None
     stop = "31000" if otype == "STOP_LOSS" else "29000"
     order = ex.order(1, "BUY", type=otype, stop_price=stop, quote_quantity=1_000 * USDT)
     assert ex.reject(order, "INVALID_ORDER").message == (
-        f"quote_quantity is only for MARKET buys; a {otype} BUY takes a quantity"
+        f"quote_quantity is only for MARKET orders; a {otype} BUY takes a quantity"
     )
     ex.place(1, "BUY", "0.01", type=otype, stop_price=stop)  # by quantity it waits
     ex.engine.check_invariants()

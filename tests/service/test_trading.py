@@ -172,6 +172,32 @@ def test_cancel_amend_cancel_all_and_order_types(traders: tuple[Trader, Trader, 
     assert bob.balances()["BTC"][1] == "0"
 
 
+def test_market_orders_follow_binances_entry_rules(
+    traders: tuple[Trader, Trader, Server],
+) -> None:
+    """Issue 15 over HTTP: a MARKET sell by quote amount, refused on an empty book; a
+    MARKET buy the account cannot pay for in full refused, nothing changed."""
+    ann, bob, _ = traders
+    empty = bob.place(side="SELL", type="MARKET", quote_quantity="2500")
+    assert (empty.status_code, empty.json()["code"]) == (400, "NO_LIQUIDITY"), empty.text
+
+    assert ann.place(side="BUY", price="50000", quantity="0.1").status_code == 201
+    sold = bob.place(side="SELL", type="MARKET", quote_quantity="2500")
+    assert sold.status_code == 201, sold.text
+    order = sold.json()["order"]
+    # 2500 USDT at 50000 is exactly 0.05 BTC: received in full, never more.
+    assert (order["side"], order["quote_quantity"], order["status"]) == ("SELL", "2500", "FILLED")
+    assert (order["filled"], order["filled_quote"]) == ("0.05", "2500")
+    assert bob.balances()["BTC"] == ("1.95", "0")
+
+    assert bob.place(side="SELL", price="60000", quantity="1.9").status_code == 201
+    before = ann.balances()
+    refused = ann.place(side="BUY", type="MARKET", quantity="1.9")
+    assert (refused.status_code, refused.json()["code"]) == (400, "INSUFFICIENT_BALANCE")
+    assert refused.json()["message"] == "order needs 114000 USDT, 95000 USDT available"
+    assert ann.balances() == before
+
+
 BAD_ORDERS = [
     ({"market": "DOGE-USDT", "side": "BUY", "price": "1", "quantity": "1"}, 404, "UNKNOWN_MARKET"),
     ({"side": "BUY", "price": "0", "quantity": "0.1"}, 400, "INVALID_PRICE"),
@@ -214,10 +240,10 @@ REFUSALS_IN_UNITS = [
     # A stop-market buy by quote amount is refused, as on Binance.
     ({"side": "BUY", "type": "STOP_LOSS", "stop_price": "60000", "quote_quantity": "100"},
      "INVALID_ORDER",
-     "quote_quantity is only for MARKET buys; a STOP_LOSS BUY takes a quantity"),
+     "quote_quantity is only for MARKET orders; a STOP_LOSS BUY takes a quantity"),
     ({"side": "BUY", "type": "TAKE_PROFIT", "stop_price": "40000", "quote_quantity": "100"},
      "INVALID_ORDER",
-     "quote_quantity is only for MARKET buys; a TAKE_PROFIT BUY takes a quantity"),
+     "quote_quantity is only for MARKET orders; a TAKE_PROFIT BUY takes a quantity"),
     # Refused at the edge: the message names the field that is off its step.
     ({"side": "SELL", "price": "50000", "quantity": "0.1", "iceberg_quantity": "0.000001"},
      "INVALID_ICEBERG_QUANTITY",

@@ -267,10 +267,19 @@ class Trading:
         raise ServiceError("UNKNOWN_ORDER", "you have no such open order")
 
     async def amend_command(
-        self, user: int, order_id: int, price: str | None, quantity: str | None
+        self,
+        user: int,
+        order_id: int,
+        price: str | None,
+        quantity: str | None,
+        *,
+        keep_priority: bool = False,
     ) -> AmendOrder:
         """The command that amends the user's open order ``order_id`` to ``price`` and/or
-        the new total ``quantity`` (decimal strings on the market's sizes)."""
+        the new total ``quantity`` (decimal strings on the market's sizes). With
+        ``keep_priority`` (Binance's order amend keep priority) the engine takes only a
+        smaller quantity at the same price and refuses a larger one
+        (``AMEND_QUANTITY_INCREASE``)."""
         order = self._view.order(order_id)
         if order is None or order.user != user:
             await self.why_not_open(user, order_id, "")
@@ -280,6 +289,7 @@ class Trading:
             user, order_id,
             quantity=parse_field(quantity, rules.parse_quantity, "quantity"),
             price=parse_field(price, rules.parse_price, "price", MAX_PRICE_TICKS),
+            keep_priority=keep_priority,
         )  # fmt: skip
 
     def check_market(self, market: str | None) -> str | None:

@@ -59,8 +59,9 @@ def protection_limit(market: MarketState, side: str, reference: int) -> int:
 
 def market_buy_reserve(state: EngineState, market: MarketState, order: Order) -> int:
     """What a market buy locks: its quote amount, or its quantity at the worst price
-    the protection band allows (capped at what the user has; a stop reserves it in full
-    at the band above its stop price, as the book at trigger time is unknown)."""
+    the protection band allows (capped at what the user has, which placement checked
+    covers the fill against the book; a stop reserves it in full at the band above its
+    stop price, as the book at trigger time is unknown)."""
     if order.quote_quantity:
         return order.quote_quantity
     unit = market.notional_unit

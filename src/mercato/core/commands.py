@@ -135,13 +135,16 @@ class CancelAll(_Command):
 class AmendOrder(_Command):
     """Change an open limit order. ``quantity`` is the new total quantity (lots, more than
     already filled) and ``price`` the new price (ticks); 0 keeps the current value. Only a
-    quantity decrease at the same price keeps time priority; anything else re-queues."""
+    quantity decrease at the same price keeps time priority; anything else re-queues.
+    ``keep_priority`` asks for that decrease only (Binance's order amend keep priority):
+    a larger quantity is refused (``AMEND_QUANTITY_INCREASE``), and so is a price."""
 
     user: int
     order_id: int = 0
     client_order_id: str = ""
     quantity: int = 0
     price: int = 0
+    keep_priority: bool = False
 
 
 class FreezeUser(_Command):

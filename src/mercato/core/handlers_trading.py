@@ -31,6 +31,8 @@ from mercato.core.matching import (
     crosses,
     execute,
     finish_removed,
+    lots_sold_for_quote,
+    market_buy_cost,
     remove_stop,
     stop_holds,
     unplace,
@@ -102,21 +104,30 @@ def place(
     buy = order.side == "BUY"
     if not buy:
         asset = market.base
-        reserve = order.quantity * market.lot_atoms
+        if order.quote_quantity:
+            reserve = lots_sold_for_quote(market, order) * market.lot_atoms
+        else:
+            reserve = order.quantity * market.lot_atoms
+        cost = reserve
     elif order.type in LIMIT_PRICED_TYPES:
         asset = market.quote
-        reserve = order.price * order.quantity * market.notional_unit
+        cost = reserve = order.price * order.quantity * market.notional_unit
     else:
         asset = market.quote
         reserve = market_buy_reserve(state, market, order)
+        cost = reserve
+        if order.type == "MARKET" and not order.quote_quantity:
+            # As on Binance, a MARKET buy must afford its whole fill against the book
+            # now (it used to fill what its money reached and expire FUNDS_EXHAUSTED).
+            cost = market_buy_cost(market, order)
     # No account answers as an emptied one: snapshots keep no zero balances, and an
     # engine restored from one must give the same results as the one that wrote it.
     accounts = state.balances.get(user)
     funds = accounts.get(asset) if accounts is not None else None
     available = funds[0] if funds is not None else 0
-    if funds is None or reserve > available or (available == 0 and order.type == "MARKET"):
-        # A market buy into an empty book reserves nothing, but it needs some funds.
-        needs = amount_text(state, reserve, asset) if reserve else f"some {asset}"
+    if funds is None or cost > available or (available == 0 and order.type == "MARKET"):
+        # A market order into an empty book reserves nothing, but it needs some funds.
+        needs = amount_text(state, cost, asset) if cost else f"some {asset}"
         raise Rejection(
             "INSUFFICIENT_BALANCE",
             f"order needs {needs}, {amount_text(state, available, asset)} available",
@@ -218,7 +229,7 @@ def validate_order_features(
     state: EngineState, market: MarketState, ts: int, cmd: c.PlaceOrder
 ) -> None:
     """Checks for everything beyond a plain GTC limit: order types, time in force,
-    stops, icebergs, GTD expiry and market buys by quote amount."""
+    stops, icebergs, GTD expiry and market orders by quote amount."""
     otype = cmd.type
     tif = cmd.time_in_force
     price = cmd.price
@@ -243,19 +254,7 @@ def validate_order_features(
     elif cmd.stop_price:
         raise Rejection("INVALID_ORDER", f"{otype} orders take no stop_price")
     if cmd.quote_quantity:
-        # As on Binance (quoteOrderQty), only a MARKET order spends a quote amount: a
-        # stop by quote amount would wait with no quantity and no reservation rule.
-        if otype != "MARKET" or cmd.side != "BUY":
-            raise Rejection(
-                "INVALID_ORDER",
-                f"quote_quantity is only for MARKET buys; a {otype} {cmd.side} takes a quantity",
-            )
-        if cmd.quantity:
-            raise Rejection("INVALID_ORDER", "give quote_quantity or quantity, not both")
-        if cmd.quote_quantity < market.min_notional:
-            raise notional_too_small(state, market, "quote_quantity", cmd.quote_quantity)
-        if tif == "FOK":
-            raise Rejection("INVALID_ORDER", "a market buy by quote amount cannot be FOK")
+        validate_quote_amount(state, market, cmd)
     if is_market and tif == "GTD":
         raise Rejection("INVALID_ORDER", "market orders cannot be GTD")
     if tif not in ("GTC", "IOC", "FOK", "GTD"):
@@ -272,6 +271,31 @@ def validate_order_features(
             raise Rejection("INVALID_ORDER", "LIMIT_MAKER orders are always GTC")
         if crosses(market, cmd.side, price):
             raise Rejection("ORDER_WOULD_TAKE", "a LIMIT_MAKER order would trade immediately")
+
+
+def validate_quote_amount(state: EngineState, market: MarketState, cmd: c.PlaceOrder) -> None:
+    """An order by quote amount: as on Binance (quoteOrderQty), only a MARKET order,
+    buy (spend it) or sell (receive it); a stop by quote amount would wait with no
+    quantity and no reservation rule. Binance refuses one when the book has no order to
+    trade with: NO_LIQUIDITY (an order by quantity is accepted there and expires)."""
+    otype = cmd.type
+    if otype != "MARKET":
+        raise Rejection(
+            "INVALID_ORDER",
+            f"quote_quantity is only for MARKET orders; a {otype} {cmd.side} takes a quantity",
+        )
+    if cmd.quantity:
+        raise Rejection("INVALID_ORDER", "give quote_quantity or quantity, not both")
+    if cmd.quote_quantity < market.min_notional:
+        raise notional_too_small(state, market, "quote_quantity", cmd.quote_quantity)
+    if cmd.time_in_force == "FOK":
+        raise Rejection("INVALID_ORDER", "a market order by quote amount cannot be FOK")
+    if not (market.asks if cmd.side == "BUY" else market.bids).keys:
+        other = "sell" if cmd.side == "BUY" else "buy"
+        raise Rejection(
+            "NO_LIQUIDITY",
+            f"no {other} orders in {market.symbol} to trade a quote amount against",
+        )
 
 
 def validate_iceberg(market: MarketState, cmd: c.PlaceOrder) -> None:
@@ -372,17 +396,39 @@ def amend(
 ) -> Result:
     order = order_for(state, cmd.user, cmd.order_id, cmd.client_order_id)
     market = state.markets[order.market]
-    require_can_trade(state, market, cmd.user)
-    if not order.in_book:
-        raise Rejection("ORDER_NOT_AMENDABLE", "only resting limit orders can be amended")
     price = cmd.price or order.price
     quantity = cmd.quantity or order.quantity
+    keeps_priority = price == order.price and quantity < order.quantity
+    if not keeps_priority or trading_status(state, market) != "CANCEL_ONLY":
+        # As on Binance, a CANCEL_ONLY market still takes the amend that only reduces
+        # an order in place: like a cancel, it only takes risk off the book.
+        require_can_trade(state, market, cmd.user)
+    elif cmd.user in state.frozen:
+        raise Rejection("USER_FROZEN", f"user {cmd.user} is frozen")
+    if not order.in_book:
+        raise Rejection("ORDER_NOT_AMENDABLE", "only resting limit orders can be amended")
+    if cmd.keep_priority:
+        _check_keeps_priority(market, order, cmd)
     _check_amendment(state, market, order, price, quantity)
-    if price == order.price and quantity < order.quantity:
+    if keeps_priority:
         _shrink_in_place(state, market, order, quantity, events)
     else:
         _requeue(state, market, order, price, quantity, ts, events)
     return Result(seq, "ACCEPTED", events, order_id=order.order_id)
+
+
+def _check_keeps_priority(market: MarketState, order: Order, cmd: c.AmendOrder) -> None:
+    """Binance's keep-priority amend only reduces the quantity: the larger quantity that
+    Mercato's own amend takes (re-queued) is refused with a code of its own."""
+    if cmd.price and cmd.price != order.price:
+        raise Rejection("INVALID_AMEND", "an amend that keeps priority cannot change the price")
+    if cmd.quantity > order.quantity:
+        raise Rejection(
+            "AMEND_QUANTITY_INCREASE",
+            f"an amend that keeps priority only reduces the quantity: "
+            f"{quantity_text(market, cmd.quantity)} is more than the order's "
+            f"{quantity_text(market, order.quantity)}",
+        )
 
 
 def _check_amendment(

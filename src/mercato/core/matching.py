@@ -29,7 +29,7 @@ FIRES_ON_RISE = {
     ("SELL", "TAKE_PROFIT"),
     ("SELL", "TAKE_PROFIT_LIMIT"),
 }
-_QUOTE_BUY_SENTINEL = 1 << 62  # "as many lots as the quote amount buys"
+_QUOTE_SENTINEL = 1 << 62  # "as many lots as the quote amount buys (or sells for)"
 
 
 # ------------------------------------------------------------------ leaving the open orders
@@ -97,7 +97,7 @@ def execute(
         best = opposite.best()
         order.price = protection_limit(market, order.side, best) if best else 0
         if order.quote_quantity:
-            order.quantity = _QUOTE_BUY_SENTINEL
+            order.quantity = _QUOTE_SENTINEL
         rests = False
     else:
         rests = tif == "GTC" or tif == "GTD"
@@ -127,10 +127,10 @@ def _taker_outcome(
     if stopped == "STP":
         return "EXPIRED_IN_MATCH", "SELF_TRADE_PREVENTED"
     if order.quote_quantity:
-        # Spent down to less than one more lot: FILLED; stopped by the book or the band
-        # with money left for more: EXPIRED.
+        # Spent (a buy) or received (a sell) down to less than one more lot: FILLED;
+        # stopped by the book or the band with some amount left for more: EXPIRED.
         spent = stopped == "FUNDS_EXHAUSTED" or (
-            order.reserved < market.last_price * market.notional_unit
+            order.side == "BUY" and order.reserved < market.last_price * market.notional_unit
         )
         if order.filled and spent:
             return "FILLED", ""
@@ -192,6 +192,69 @@ def can_fill_fully(market: MarketState, order: Order) -> bool:
     return False
 
 
+# ------------------------------------------------------------------ market orders at entry
+
+
+def _lots_for(market: MarketState, order: Order, price: int) -> int:
+    """The lots at ``price`` that a market order may take, counted at entry: every live
+    maker's whole remainder (iceberg slices refill at the same level), except the same
+    user's makers when STP is on. Skipping those is never less than what matching takes:
+    EXPIRE_MAKER removes them, the other modes stop the taker or cut it, so this bounds
+    both the cost of a buy and the lots of a sell by quote amount from above."""
+    user, stp = order.user, order.stp
+    return sum(
+        maker.quantity - maker.filled
+        for maker in book_side(market, maker_side(order)).levels[price].orders
+        if maker.in_book and (maker.user != user or stp == "NONE")
+    )
+
+
+def maker_side(order: Order) -> str:
+    return "SELL" if order.side == "BUY" else "BUY"
+
+
+def market_buy_cost(market: MarketState, order: Order) -> int:
+    """What a MARKET buy by quantity pays (quote atoms) if it fills as the book stands,
+    within the protection band, as far as the book reaches. The engine is single-threaded:
+    the book matching meets is this one. Fees are not part of it: a buyer pays its fee in
+    the base it receives."""
+    best = market.asks.best()
+    if not best:
+        return 0
+    limit = protection_limit(market, "BUY", best)
+    need, cost = order.quantity, 0
+    for key in reversed(market.asks.keys):  # best first, no copy of a deep book
+        price = -key
+        if price > limit or not need:
+            break
+        take = min(need, _lots_for(market, order, price))
+        need -= take
+        cost += take * price * market.notional_unit
+    return cost
+
+
+def lots_sold_for_quote(market: MarketState, order: Order) -> int:
+    """How many lots a MARKET sell by quote amount sells as the book stands: level by
+    level within the protection band, whole lots only, stopping at the first level where
+    one more lot would bring more than what is left of the quote amount."""
+    best = market.bids.best()
+    if not best:
+        return 0
+    limit = protection_limit(market, "SELL", best)
+    left, lots = order.quote_quantity, 0
+    for price in reversed(market.bids.keys):  # best first, no copy of a deep book
+        lot_value = price * market.notional_unit
+        if price < limit or left < lot_value:
+            break
+        fits = left // lot_value
+        take = min(fits, _lots_for(market, order, price))
+        lots += take
+        left -= take * lot_value
+        if take == fits:
+            break
+    return lots
+
+
 # ------------------------------------------------------------------ the book walk
 
 
@@ -200,8 +263,14 @@ def match(
 ) -> str:
     """Fill ``taker`` against the opposite side. Returns why matching stopped early:
     "STP" if self-trade prevention expired the taker, "FUNDS_EXHAUSTED" if a market buy
-    ran out of reserved quote, "NO_LIQUIDITY" if a market order met an empty book, else
-    "" (filled, or the book stopped crossing its limit price)."""
+    ran out of reserved quote or a sell by quote amount received all of it that whole
+    lots can reach, "NO_LIQUIDITY" if a market order met an empty book, else "" (filled,
+    or the book stopped crossing its limit price).
+
+    A sell by quote amount has no lot quantity: before each level its quantity is set to
+    what the quote still to receive buys at that level's price (so it never receives
+    more than its amount), and the walk ends at the first level where not one more whole
+    lot fits, as on Binance."""
     limit = taker.price
     if limit == 0:
         return "NO_LIQUIDITY"
@@ -221,14 +290,29 @@ def match(
     taker_rate = state.fee_tiers[tier][1] if tier else market.taker_fee
     levels = side.levels
     stopped = ""
+    for_quote = not buy and taker.quote_quantity > 0  # a sell by quote amount
+    to_receive = taker.quote_quantity  # (for one: the quote it may still receive)
+    lot_value = lots_before = 0
     while taker.quantity - taker.filled and keys:
         key = keys[-1]
         price = -key if buy else key
         if (price > limit) if buy else (price < limit):
             break
         level = levels[price]
+        if for_quote:
+            lot_value = price * market.notional_unit
+            if to_receive < lot_value:
+                stopped = "FUNDS_EXHAUSTED"
+                break
+            taker.quantity = taker.filled + to_receive // lot_value
+            lots_before = taker.quantity - taker.filled
         stopped = _take_level(state, market, side, level, price, taker, ts, events,
                               taker_rate, taker_pays, taker_gets, pay_asset, get_asset)  # fmt: skip
+        if for_quote:
+            # Fills and STP decrements both use up lots of this level's share.
+            to_receive -= (lots_before - (taker.quantity - taker.filled)) * lot_value
+            if not stopped and taker.quantity == taker.filled:
+                stopped = "FUNDS_EXHAUSTED"  # what is left buys less than a lot here
         if level.live == 0:
             side.drop_level(price)
         if stopped:
@@ -369,10 +453,13 @@ def prevent_self_trade(
     events: list[e.Event],
 ) -> str:
     """Apply the taker's STP mode to a maker of the same user. Returns why the walk
-    stops ("STP": the taker expires; "FUNDS_EXHAUSTED": a market buy that cannot afford
-    one more lot of the overlap), or "" to go on."""
+    stops ("STP": the taker expires; "FUNDS_EXHAUSTED": a market buy by quote amount
+    that cannot afford one more lot of the overlap), or "" to go on."""
     overlap = remaining
-    if capped:  # a market buy overlaps only as far as its money reaches
+    if capped and taker.quote_quantity:
+        # A buy by quote amount has no lot quantity: it overlaps only as far as its money
+        # reaches. One by quantity has: preventing a trade costs nothing, and a buy that
+        # can afford all its fills but not the prevented ones must not stop here.
         affordable = taker.reserved // (maker.price * market.notional_unit)
         if affordable == 0:
             return "FUNDS_EXHAUSTED"
@@ -424,16 +511,20 @@ def _decrement(
     maker.display -= cut
     level.qty -= cut
     release(state, market, maker, required_reserve(market, maker, cut), events)
-    if taker.quote_quantity:
+    if taker.quote_quantity and taker.side == "BUY":
         # A buy by quote amount has no lot quantity to cut: its amount shrinks by
         # what the cut lots cost, and it expires once it cannot buy another lot.
         lot_cost = maker.price * market.notional_unit
         release(state, market, taker, cut * lot_cost, events)
         expired = taker.reserved < lot_cost
     else:
+        # (A sell by quote amount cuts the lots its amount reaches at this level: match
+        # takes what they would have brought off the quote still to receive.)
         taker.quantity -= cut
         expired = taker.quantity == taker.filled
-        if not expired:  # (an expiring taker's EXPIRED update carries its new quantity)
+        if not expired and not taker.quote_quantity:
+            # (an expiring taker's EXPIRED update carries its new quantity; a quote
+            # order's quantity is a placeholder until it ends)
             _say_decremented(taker, events)
     if maker.quantity == maker.filled:
         level.orders.popleft()

@@ -26,6 +26,11 @@ BY_CODE: dict[str, tuple[int, int, str]] = {
     "IP_NOT_ALLOWED": (401, -2015, "Invalid API-key, IP, or permissions for action."),
     "MISSING_PERMISSION": (401, -2015, "Invalid API-key, IP, or permissions for action."),
     "TIMESTAMP_OUTSIDE_WINDOW": (400, -1021, OUTSIDE_WINDOW),
+    # The engine's Binance rules (issue 15, docs/core.md "Binance's market and amend rules"):
+    # errors.md, "Messages for -2010 ... and -2038 ORDER_AMEND_REJECTED".
+    "NO_LIQUIDITY": (400, -2010, "Order book liquidity is less than symbol minimum quantity."),
+    "AMEND_QUANTITY_INCREASE": (400, -2038, "Order amend (quantity increase) is not supported."),
+    "INVALID_AMEND": (400, -2038, "The requested action would change no state; rejecting"),
 }
 
 #: When a code is not in the table: the answer for its kind.

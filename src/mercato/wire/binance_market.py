@@ -23,8 +23,9 @@ from mercato.core.model import (
 )
 from mercato.core.money import EXACT
 
-#: Binance's request weight of each endpoint this module answers, by path (the "trade"
-#: part's weight accounting reads it). A callable takes the request's query parameters.
+#: Binance's request weight of each endpoint api/binance/market_routes.py answers, by
+#: path (for the weight accounting); depth and the tickers vary: depth_weight,
+#: ticker_weight.
 WEIGHTS: Final[dict[str, int]] = {
     "/api/v3/ping": 1,
     "/api/v3/time": 1,
@@ -43,6 +44,8 @@ WEIGHTS: Final[dict[str, int]] = {
     "/fapi/v1/exchangeInfo": 1,
     "/dapi/v1/exchangeInfo": 1,
     "/sapi/v1/capital/config/getall": 10,
+    "/sapi/v1/margin/allPairs": 1,
+    "/sapi/v1/margin/isolated/allPairs": 10,
 }
 
 

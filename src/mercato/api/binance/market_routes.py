@@ -32,9 +32,10 @@ from mercato.marketdata.history import merge_candles, stored_candles
 from mercato.service import ExchangeService
 from mercato.store.tables import trades as trades_table
 from mercato.wire.binance import BinanceError, Symbols, binance_symbol
-from mercato.wire.binance_errors import mandatory_parameter
+from mercato.wire.binance_errors import OVERLOADED, mandatory_parameter
 from mercato.wire.binance_market import (
     AVG_PRICE_MINS,
+    STATUS,
     BinanceFormat,
     aggregate_trades,
     amount,
@@ -60,7 +61,8 @@ AGG_TRADES_HOUR_MS = 3_600_000
 DAY_MINUTES = 1440
 # Source trades read per aggTrades request from SQL (aggregates are fewer).
 AGG_SOURCE_ROWS = 5000
-_LONG = re.compile(r"^-?[0-9]{1,20}$")
+_LONG = re.compile(r"^[0-9]{1,20}$")
+_LONG_MAX = 2**63 - 1  # a LONG, and what SQL BIGINT holds
 _TIME_ZONE = re.compile(r"^([+-]?)([0-9]{1,2})(?::([0-9]{2}))?$")
 _WINDOW = re.compile(r"^([0-9]{1,2})([mhd])$")
 _SYMBOLS_RANGE = '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$'
@@ -75,6 +77,8 @@ KLINE_MS: dict[str, int] = {
 }  # fmt: skip
 # Binance's weeks open on Monday 00:00; the Unix epoch was a Thursday.
 WEEK_SHIFT_MS = 4 * DAY_MINUTES * MINUTE_MS
+# Binance's withdrawMax when no daily limit is configured.
+NO_WITHDRAWAL_MAX = "9999999999"
 _NATIVE_BY_SIZE = sorted(INTERVALS, key=INTERVALS.__getitem__, reverse=True)
 
 
@@ -89,8 +93,7 @@ def _now_ms() -> int:
 def _service(request: Request) -> ExchangeService:
     service: ExchangeService = request.app.state.service
     if not service.ready or service.market_data is None:
-        raise BinanceError(503, -1008, "Server is currently overloaded with other requests. "
-                           "Please try again in a few minutes.")  # fmt: skip
+        raise BinanceError(503, -1008, OVERLOADED)
     return service
 
 
@@ -124,7 +127,10 @@ def _long(request: Request, name: str) -> int | None:
     if not _LONG.match(value):
         raise BinanceError(400, -1100, f"Illegal characters found in parameter '{name}'; "
                            "legal range is '^[0-9]{1,20}$'.")  # fmt: skip
-    return int(value)
+    number = int(value)
+    if number > _LONG_MAX:
+        raise BinanceError(400, -1108, f"Parameter '{name}' overflowed.")
+    return number
 
 
 def _limit(request: Request, default: int, most: int) -> int:
@@ -173,11 +179,25 @@ def _one_or_many(request: Request, symbols: Symbols) -> tuple[list[str], bool]:
         return [_symbol(request, symbols)], True
     many = _symbol_list(request, symbols)
     if many is None:
-        return sorted(symbols_markets(request)), False
+        return sorted(_binance_markets(request)), False
     return many, False
 
 
-def symbols_markets(request: Request) -> list[str]:
+def _matching_status(request: Request, markets: list[str], one: bool) -> list[str]:
+    """``markets`` whose status is ``symbolStatus`` (when sent): one symbol that does not
+    match is refused (-1220), several are filtered, as Binance does."""
+    status = _symbol_status(request)
+    if status is None:
+        return markets
+    view = _market_data(request).view
+    kept = [m for m in markets if STATUS[view.trading_status(m)] == status]
+    if one and not kept:
+        raise BinanceError(400, -1220, "The symbol's status does not match the requested "
+                           "symbolStatus.")  # fmt: skip
+    return kept
+
+
+def _binance_markets(request: Request) -> list[str]:
     """Every market that has a Binance symbol."""
     view = _market_data(request).view
     symbols = symbols_of(_service(request))
@@ -274,6 +294,7 @@ async def depth(request: Request) -> Response:
     ``lastUpdateId`` is the market's depth sequence (the diff depth stream's ``u``)."""
     market_data = _market_data(request)
     market = _symbol(request, symbols_of(_service(request)))
+    _matching_status(request, [market], one=True)
     limit = _limit(request, 100, MAX_DEPTH)
     book = market_data.depth.books[market]
     fmt = _format(market_data, market)
@@ -384,13 +405,23 @@ async def agg_trades(request: Request) -> Response:
         raise BinanceError(400, -1127, "More than 1 hours between startTime and endTime.")
     if from_id is not None and (start is not None or end is not None):
         raise BinanceError(400, -1128, "Combination of optional parameters invalid.")
+    fmt = _format(market_data, market)
+    if from_id is None and start is None:
+        # The newest: memory alone answers when it holds more aggregates than asked (the
+        # oldest of them may have begun before memory's first trade).
+        held = [t for t in _memory_trades(market_data, market) if end is None or t.ts <= end]
+        aggregates = aggregate_trades(fmt, held)
+        if len(aggregates) > limit:
+            return _json(aggregates[-limit:])
     trades = await _trades_in(request, market, from_id, start, end, AGG_SOURCE_ROWS)
-    aggregates = aggregate_trades(_format(market_data, market), trades)
+    aggregates = aggregate_trades(fmt, trades)
+    cut = len(trades) == AGG_SOURCE_ROWS and len(aggregates) > 1
     if from_id is not None or start is not None:
-        # The last aggregate may continue past the trades read: keep only whole ones.
-        if len(trades) == AGG_SOURCE_ROWS and len(aggregates) > 1:
-            aggregates.pop()
+        if cut:
+            aggregates.pop()  # it may continue past the trades read
         return _json(aggregates[:limit])
+    if cut:
+        aggregates.pop(0)  # it may have begun before the trades read
     return _json(aggregates[-limit:])
 
 
@@ -478,7 +509,7 @@ async def _klines(request: Request) -> Response:
     source_end = None if end is None else end - (end - shift) % length + length - 1
     wanted = limit * ratio
     candles = await _candles(service, market, source, start, source_end, wanted)
-    rolled = _roll_up(candles, length, shift) if ratio > 1 or shift % length else candles
+    rolled = _roll_up(candles, length, shift) if ratio > 1 else candles
     if start is not None and ratio > 1:
         rolled = [c for c in rolled if c.open_time >= start]
     truncated = len(candles) == wanted
@@ -559,6 +590,7 @@ async def ticker_24hr(request: Request) -> Response:
     service = _service(request)
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(service))
+    markets = _matching_status(request, markets, one)
     full = _ticker_type(request)
     now = _now_ms()
     out: list[dict[str, Any]] = []
@@ -596,6 +628,7 @@ async def rolling_ticker(request: Request) -> Response:
         raise BinanceError(400, -1102, "Param 'symbol' or 'symbols' must be sent, but both "
                            "were empty/null!")  # fmt: skip
     markets, one = _one_or_many(request, symbols)
+    markets = _matching_status(request, markets, one)
     if len(markets) > 100:
         raise BinanceError(400, -1101, "Too many values sent for parameter 'symbols', "
                            "maximum allowed up to 100.")  # fmt: skip
@@ -616,6 +649,7 @@ async def ticker_price(request: Request) -> Response:
     """The last trade price of ``symbol``, ``symbols`` or every market."""
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(_service(request)))
+    markets = _matching_status(request, markets, one)
     out = [{"symbol": binance_symbol(m),
             "price": _format(market_data, m).price(market_data.view.last_price(m))}
            for m in markets]  # fmt: skip
@@ -627,6 +661,7 @@ async def ticker_book(request: Request) -> Response:
     """The best bid and ask of ``symbol``, ``symbols`` or every market."""
     market_data = _market_data(request)
     markets, one = _one_or_many(request, symbols_of(_service(request)))
+    markets = _matching_status(request, markets, one)
     out: list[dict[str, Any]] = []
     for market in markets:
         book = market_data.depth.books[market]
@@ -650,19 +685,32 @@ async def coinm_exchange_info() -> Response:
     return _json(derivatives_exchange_info(_now_ms()))
 
 
+@router.get("/sapi/v1/margin/allPairs")
+async def cross_margin_pairs() -> Response:
+    """No cross margin pairs (CCXT asks when it holds keys)."""
+    return _json([])
+
+
+@router.get("/sapi/v1/margin/isolated/allPairs")
+async def isolated_margin_pairs() -> Response:
+    """No isolated margin pairs."""
+    return _json([])
+
+
 def _networks(config: Config, asset: str) -> list[dict[str, Any]]:
     """The asset's chain from custody's configuration, in Binance's ``networkList``."""
-    chains = {c.name for c in config.custody.chains}
+    confirmations = {c.name: c.confirmations for c in config.custody.chains}
     out: list[dict[str, Any]] = []
     for custody in config.custody.assets:
-        if custody.symbol != asset or custody.chain not in chains:
+        if custody.symbol != asset:
             continue
         out.append({
-            "network": custody.chain.upper(), "coin": asset, "name": custody.chain,
-            "isDefault": not out, "depositEnable": True, "withdrawEnable": True,
-            "withdrawFee": custody.withdrawal_fee, "withdrawMin": custody.min_withdrawal,
-            "withdrawMax": custody.daily_limit or "9999999999", "depositDust":
-            custody.min_deposit, "contractAddress": custody.contract,
+            "coin": asset, "depositDust": custody.min_deposit, "depositEnable": True,
+            "isDefault": not out, "minConfirm": confirmations[custody.chain],
+            "name": custody.chain, "network": custody.chain.upper(), "withdrawEnable": True,
+            "withdrawFee": custody.withdrawal_fee,
+            "withdrawMax": custody.daily_limit or NO_WITHDRAWAL_MAX,
+            "withdrawMin": custody.min_withdrawal, "contractAddress": custody.contract,
         })  # fmt: skip
     return out
 
