@@ -476,6 +476,10 @@ def serve(
             http=http_protocol,
             ws=ws_protocol,
             ws_max_size=WS_MAX_MESSAGE_BYTES,
+            # Protocol pings every 20 s, closed without a pong within a minute (Binance's
+            # streams; native clients answer them as well, their libraries do it for them).
+            ws_ping_interval=20.0,
+            ws_ping_timeout=60.0,
             proxy_headers=False,
             limit_concurrency=limits.max_connections,
             lifespan="on",

@@ -41,6 +41,7 @@ from mercato.journal import (
     journal_ts,
     lock_directory,
 )
+from mercato.marketdata.binance_feed import BinanceFeed
 from mercato.marketdata.feed import MarketData
 from mercato.marketdata.hub import Hub
 from mercato.port import ExchangePort
@@ -101,6 +102,7 @@ class ExchangeService:
         self._tick_task: asyncio.Task[None] | None = None
         self._mail_task: asyncio.Task[None] | None = None
         self.market_data: MarketData | None = None
+        self.binance_feed: BinanceFeed | None = None
         self.projector: ProjectorProcess | None = None
         self.order_states = OrderStates()  # open orders folded, for cancel and amend answers
         self.known_client_ids = KnownClientIds()  # every client order id ever used
@@ -181,6 +183,7 @@ class ExchangeService:
         # Market data follows every batch from now on (before the bootstrap submits), and
         # starts from the recent trades and candles of the SQL projection.
         self.market_data = MarketData(port.view, self.hub)
+        self.binance_feed = BinanceFeed(self.market_data)
         port.subscribe(self.market_data.on_batch)
         await self.market_data.load_history(self.database)
         self.projection = projection = ProjectionReads(port, self.projector, self.reads)

@@ -59,3 +59,39 @@ def test_a_flush_promised_for_later_does_not_hold_back_the_next_one() -> None:
         await hub.close_all()
 
     asyncio.run(scenario())
+
+
+def test_a_binance_client_gets_one_message_per_frame_and_no_json_pings() -> None:
+    """Binance's streams never batch messages into an array; their heartbeat is the
+    WebSocket protocol's ping, so the hub neither pings them in JSON nor drops them as
+    idle (protocol pongs never reach the application)."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        hub = Hub(flush_interval=0.01, idle_timeout=0.0)
+        native, binance = await _clients(hub, 2)
+        binance.native = False
+        frames: dict[Client, list[str]] = {native: [], binance: []}
+
+        async def never_closes(code: int, reason: str) -> None:
+            pass
+
+        for client in (native, binance):
+
+            async def send(text: str, client: Client = client) -> None:
+                frames[client].append(text)
+
+            client.writer = asyncio.get_running_loop().create_task(
+                hub.run_writer(client, send, never_closes)
+            )
+        for n in range(3):
+            hub.publish("trades.BTC-USDT", f'{{"n":{n}}}')
+        await asyncio.sleep(0.05)
+        hub.heartbeat()  # idle_timeout 0: the native client is closed as idle
+        await asyncio.sleep(0.05)
+        assert native.closing and not binance.closing
+        await hub.close_all()
+        return frames[native], frames[binance]
+
+    native_frames, binance_frames = asyncio.run(scenario())
+    assert native_frames == ['[{"n":0},{"n":1},{"n":2}]']
+    assert binance_frames == ['{"n":0}', '{"n":1}', '{"n":2}']

@@ -24,6 +24,7 @@ import msgspec
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 
+from mercato.api.binance.streams import is_binance_request, take_over
 from mercato.api.errors import http_status
 from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.api_keys import authenticate_signed
@@ -88,7 +89,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     client.writer = asyncio.get_running_loop().create_task(
         hub.run_writer(client, websocket.send_text, _closer(websocket)), name="mercato-ws-writer"
     )
+    binance_first: str | None = None
     try:
+        first = True
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -100,6 +103,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             if text is None:
                 session.error(None, "INVALID_REQUEST", "send JSON in text frames")
                 continue
+            if first and not header and is_binance_request(text):
+                binance_first = text  # a Binance client: see the end
+                break
+            first = False
             await session.handle(text)
     finally:
         hub.disconnect(client)
@@ -111,6 +118,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         elif writer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(writer), 6)
+    if binance_first is not None:
+        # Its first message was a Binance request ({"method": ...}): the connection is a
+        # Binance raw stream connection from now on (docs/binance.md, "Market streams").
+        await take_over(websocket, binance_first)
 
 
 def _closer(websocket: WebSocket) -> Any:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
@@ -98,6 +98,8 @@ class MarketData:
         self._last_stats = 0.0
         self.hub.before_flush.append(self._flush)
         self.batches = 0
+        self.followers: list[Callable[[AppliedBatch, list[DepthChange]], None]] = []
+        """Called after each batch with its depth changes (other dialects' streams)."""
 
     def _add_market(self, symbol: str) -> None:
         spec, rules = self.view.spec(symbol), self.view.rules(symbol)
@@ -147,10 +149,12 @@ class MarketData:
                 elif kind is AssetUpserted:
                     assert isinstance(event, AssetUpserted)
                     self.decimals[event.symbol] = event.decimals
-        if touched:
-            for change in depth.commit(touched, batch.ts):
-                if f"depth.{change.market}" in subscribers:
-                    self._pend(change)
+        changes = depth.commit(touched, batch.ts) if touched else []
+        for change in changes:
+            if f"depth.{change.market}" in subscribers:
+                self._pend(change)
+        for follower in self.followers:
+            follower(batch, changes)
         if balances:
             self._publish_balances(balances, batch.last_seq, batch.ts)
         if self._pending or self._stats_dirty:

@@ -17,7 +17,8 @@ A client whose queue reaches ``max_queue`` messages is a slow consumer: it is dr
 from every channel at once (it costs nothing more) and its connection is closed with
 code 4001 and the reason. A client that sent nothing for ``idle_timeout`` seconds (the
 server pings every ``ping_interval``; any message, such as ``{"op": "pong"}``, counts) is
-closed with code 4002.
+closed with code 4002. Binance-dialect clients (``native`` False) get one message per
+frame and no JSON pings: the server's WebSocket ping frames watch them instead.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Client:
         "ip",
         "last_received",
         "last_sent",
+        "native",
         "queue",
         "sent_frames",
         "sent_messages",
@@ -85,6 +87,9 @@ class Client:
         self.writer: asyncio.Task[None] | None = None
         self.sent_frames = 0
         self.sent_messages = 0
+        self.native = True
+        """Mercato's protocol: batched frames, JSON pings. False for the Binance dialect:
+        one message per frame, and the WebSocket protocol's pings only (the server's)."""
 
     @property
     def closing(self) -> bool:
@@ -275,10 +280,15 @@ class Hub:
                 if not queue:
                     continue
                 client.queue = []
-                frame = queue[0] if len(queue) == 1 else "[" + ",".join(queue) + "]"
-                client.sent_frames += 1
                 client.sent_messages += len(queue)
-                await send_text(frame)  # type: ignore[misc]
+                if client.native:
+                    client.sent_frames += 1
+                    frame = queue[0] if len(queue) == 1 else "[" + ",".join(queue) + "]"
+                    await send_text(frame)  # type: ignore[misc]
+                else:
+                    client.sent_frames += len(queue)
+                    for message in queue:
+                        await send_text(message)  # type: ignore[misc]
                 client.last_sent = time.monotonic()
         except asyncio.CancelledError:
             if not client.close_code:
@@ -301,8 +311,8 @@ class Hub:
         now = time.monotonic()
         ping = f'{{"type":"ping","ts":{_now_ms()}}}'
         for client in list(self.clients):
-            if client.close_code:
-                continue
+            if client.close_code or not client.native:
+                continue  # a Binance client: the server's protocol pings watch it
             if now - client.last_received >= self.idle_timeout:
                 self.close(client, CLOSE_IDLE,
                            f"idle: nothing received for {self.idle_timeout:g} s "
