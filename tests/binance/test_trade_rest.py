@@ -11,6 +11,8 @@ import httpx
 
 from binance.conftest import Account, Exchange
 from binance.signed import Signed, now_ms
+from service.conftest import Backend
+from service.test_standing import admin
 
 PLACED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "transactTime", "price",
                "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
@@ -425,3 +427,18 @@ def test_a_spent_ip_budget_answers_in_binances_words(exchange: Exchange) -> None
             break
     assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
     assert answer.json() == {"code": -1003, "msg": TOO_MANY}
+
+
+def test_a_frozen_account_is_disabled_in_binances_words(
+    exchange: Exchange, sqlite_backend: Backend
+) -> None:
+    created = httpx.post(f"{exchange.url}/api/v1/account/api-keys", headers=exchange.bob.session,
+                         json={"label": "later", "permissions": ["read", "trade"]})  # fmt: skip
+    assert created.status_code == 201, created.text
+    key = Account(exchange.bob.email, created.json()["key_id"], created.json()["secret"], {})
+    admin(sqlite_backend, "freeze", exchange.bob.email)
+    # a key never used before is read from the store at its first request: frozen at once
+    bob = Signed(exchange, key)
+    disabled = (400, -2010, "This action is disabled on this account.")
+    bob.refused("GET", "/api/v3/account", {}, *disabled)
+    bob.refused("POST", "/api/v3/order", limit("SELL", "60000"), *disabled)

@@ -51,7 +51,8 @@ def _json_operations(server: Server) -> list[tuple[str, str]]:
         (method.upper(), path.replace("{order_id}", "1"))
         for path, operations in document["paths"].items()
         for method, operation in operations.items()
-        if "requestBody" in operation
+        # Binance's dialect documents form bodies (docs/binance.md): not JSON ones
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
     ]
 
 
