@@ -14,9 +14,6 @@ from binance.conftest import Exchange, ccxt_binance
 
 def trader(exchange: Exchange, who: str = "ann") -> Any:
     client = ccxt_binance(exchange, getattr(exchange, who))
-    # Temporary: load_markets also asks sapi margin/allPairs, which the market data part
-    # does not answer yet (reported); without it CCXT loads everything else as usual.
-    client.options["fetchMargins"] = False
     client.load_markets()
     return client
 

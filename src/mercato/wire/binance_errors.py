@@ -67,7 +67,6 @@ BY_CODE: dict[str, tuple[int, int, str]] = {
     "ORDER_NOT_OPEN": UNKNOWN_ORDER_SENT,
     "ORDER_NOT_AMENDABLE": (400, -2038, "Unsupported order combination"),
     "INVALID_AMEND": (400, -2038, "The requested action would change no state; rejecting"),
-    "AMEND_INCREASE": (400, -2038, "Order amend (quantity increase) is not supported."),
     # who may trade
     "EMAIL_NOT_VERIFIED": DISABLED,
     "USER_FROZEN": DISABLED,

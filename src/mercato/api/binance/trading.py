@@ -708,12 +708,13 @@ async def amend_keep_priority(service: ExchangeService, principal: Principal, pa
         raise BinanceError(400, -2011, "Unknown order sent.")
     trading = _trading(service)
     try:
-        command = await trading.amend_command(user, order.order_id, None, new_qty)
+        # The engine refuses a larger quantity (AMEND_QUANTITY_INCREASE) or the same one
+        # (INVALID_AMEND), and allows the reduction on a CANCEL_ONLY market, as Binance.
+        command = await trading.amend_command(
+            user, order.order_id, None, new_qty, keep_priority=True
+        )
     except CodedError as error:
         raise from_coded(error) from None
-    if command.quantity >= order.quantity:
-        code = "AMEND_INCREASE" if command.quantity > order.quantity else "INVALID_AMEND"
-        raise from_coded(CodedError(code, "keepPriority only lowers the quantity"))
     try:
         row = await _changed(service, user, command)
     except CodedError as error:
