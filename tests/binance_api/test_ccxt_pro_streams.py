@@ -15,8 +15,8 @@ from unittest import mock
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from binance.conftest import Exchange, ccxt_binance
-from binance.test_streams import churn, native_book, place
+from binance_api.conftest import Exchange, ccxt_binance
+from binance_api.test_streams import churn, native_book, place
 from service.conftest import Backend, Server
 
 SYMBOL = "BTC/USDT"

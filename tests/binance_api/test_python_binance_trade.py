@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from binance.conftest import Exchange, python_binance, python_binance_client
+from binance_api.conftest import Exchange, python_binance, python_binance_client
 
 
 def test_python_binance_orders_reads_and_exceptions(exchange: Exchange) -> None:

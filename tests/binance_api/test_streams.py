@@ -15,7 +15,7 @@ import httpx
 import pytest
 import websockets
 
-from binance.conftest import Account, Exchange
+from binance_api.conftest import Account, Exchange
 
 MARKET = "BTC-USDT"
 SYMBOL = "BTCUSDT"
@@ -409,24 +409,10 @@ def test_diff_depth_stitches_onto_api_v3_depth_by_binances_procedure(exchange: E
 
 
 def python_binance() -> Any:
-    """python-binance's ``binance`` package: this test package is also named ``binance``
-    and comes first on sys.path, so it is set aside while the library is imported (the
-    library keeps the name afterwards; this package's modules stay imported)."""
-    import importlib
-    import sys
-    from pathlib import Path
+    """python-binance's ``binance`` package."""
+    import binance
 
-    ours = sys.modules.get("binance")
-    if ours is not None and getattr(ours, "BinanceSocketManager", None) is not None:
-        return ours
-    tests = str(Path(__file__).resolve().parents[1])
-    saved = sys.path[:]
-    sys.modules.pop("binance", None)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != tests]
-    try:
-        return importlib.import_module("binance")
-    finally:
-        sys.path[:] = saved
+    return binance
 
 
 def test_python_binance_socket_manager_trade_depth_and_kline_sockets(exchange: Exchange) -> None:

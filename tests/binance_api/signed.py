@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from binance.conftest import Account, Exchange
+from binance_api.conftest import Account, Exchange
 
 
 def now_ms() -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from binance.conftest import Account, Exchange, ccxt_binance, python_binance_client
+from binance_api.conftest import Account, Exchange, ccxt_binance, python_binance_client
 
 
 def place(account: Account, exchange: Exchange, **order: str) -> None:

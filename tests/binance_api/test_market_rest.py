@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from binance.conftest import Account, Exchange
+from binance_api.conftest import Account, Exchange
 from mercato.api.app import create_app
 from mercato.config import load_config
 from mercato.core.commands import CreditDeposit, PlaceOrder, SetMarketStatus

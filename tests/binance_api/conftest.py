@@ -5,7 +5,6 @@ and the real clients (CCXT, python-binance) pointed at it by their URLs only."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,35 +64,15 @@ def ccxt_binance(exchange: Exchange, account: Account | None = None, *, pro: boo
     return client
 
 
-@functools.cache
 def python_binance() -> tuple[Any, Any, Any, Any]:
     """python-binance's ``binance.client``, ``binance.exceptions``, ``binance.async_client``
-    and ``binance.ws.streams`` modules. This test
-    package is named ``binance`` too and comes first on sys.path, so the library is
-    imported with this directory's parent out of the path and its modules set aside,
-    then this package is put back (the library's modules keep their references). Once:
-    a second import would make exception classes the client does not raise."""
-    import importlib
-    import sys
-    from pathlib import Path
+    and ``binance.ws.streams`` modules."""
+    import binance.async_client
+    import binance.client
+    import binance.exceptions
+    import binance.ws.streams
 
-    tests_dir = str(Path(__file__).resolve().parents[1])
-    ours = {n: m for n, m in sys.modules.items() if n == "binance" or n.startswith("binance.")}
-    saved_path = sys.path[:]
-    for name in ours:
-        del sys.modules[name]
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != tests_dir]
-    try:
-        client = importlib.import_module("binance.client")
-        exceptions = importlib.import_module("binance.exceptions")
-        async_client = importlib.import_module("binance.async_client")
-        streams = importlib.import_module("binance.ws.streams")
-    finally:
-        for name in [n for n in sys.modules if n == "binance" or n.startswith("binance.")]:
-            del sys.modules[name]
-        sys.modules.update(ours)
-        sys.path[:] = saved_path
-    return client, exceptions, async_client, streams
+    return binance.client, binance.exceptions, binance.async_client, binance.ws.streams
 
 
 def python_binance_client(exchange: Exchange, account: Account | None = None) -> Any:

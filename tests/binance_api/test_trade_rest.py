@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from binance.conftest import Account, Exchange
-from binance.signed import Signed, now_ms
+from binance_api.conftest import Account, Exchange
+from binance_api.signed import Signed, now_ms
 from service.conftest import Backend
 from service.test_standing import admin
 

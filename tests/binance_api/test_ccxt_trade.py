@@ -9,7 +9,7 @@ from typing import Any
 import ccxt
 import pytest
 
-from binance.conftest import Exchange, ccxt_binance
+from binance_api.conftest import Exchange, ccxt_binance
 
 
 def trader(exchange: Exchange, who: str = "ann") -> Any:
