@@ -97,17 +97,17 @@ async def decode(request: Request, kind: type[msgspec.Struct]) -> Any:
         raise ApiError(400, "INVALID_REQUEST", f"body is not valid JSON: {error}") from None
 
 
-def _trading(service: ExchangeService) -> Trading:
+def trading_of(service: ExchangeService) -> Trading:
     assert service.trading is not None, "a ready service has its application services"
     return service.trading
 
 
-def _history(service: ExchangeService) -> History:
+def history_of(service: ExchangeService) -> History:
     assert service.history is not None, "a ready service has its application services"
     return service.history
 
 
-def _portfolio(service: ExchangeService) -> Portfolio:
+def portfolio_of(service: ExchangeService) -> Portfolio:
     assert service.portfolio is not None, "a ready service has its application services"
     return service.portfolio
 
@@ -117,7 +117,7 @@ async def trader(request: Request) -> Principal:
     caller = await caller_with(request, "trade")
     limiter: RateLimiter = request.app.state.limiter
     await limiter.check("orders", str(caller.user_id), "of order entry for this account")
-    await _trading(service_of(request)).require_trader(caller.user_id)
+    await trading_of(service_of(request)).require_trader(caller.user_id)
     return caller
 
 
@@ -155,7 +155,7 @@ async def place_order(caller: Trader, request: Request) -> Response:
     market's tick and step sizes. ``client_order_id`` is an idempotency key: the same id
     again answers 200 with the original order (``duplicate: true``), never a second one."""
     service = service_of(request)
-    trading = _trading(service)
+    trading = trading_of(service)
     body: OrderRequest = await decode(request, OrderRequest)
     outcome = await trading.place(trading.order_command(caller.user_id, body))
     if isinstance(outcome, Result):
@@ -182,7 +182,7 @@ def _view(service: ExchangeService) -> ExchangeView:
 )
 async def balances(request: Request, caller: Caller) -> Response:
     """Available and locked balance of every asset, live from the engine."""
-    portfolio = _portfolio(service_of(request))
+    portfolio = portfolio_of(service_of(request))
     return _json([balance_view(b) for b in portfolio.balances(caller.user_id)])
 
 
@@ -202,11 +202,11 @@ async def faucet(request: Request, caller: Trader) -> Response:
     """Test funds, only when the server runs with ``--dev`` (refused otherwise): credits
     up to 1,000,000 units of an asset to the caller, through the engine like a deposit."""
     service = service_of(request)
-    trading = _trading(service)
+    trading = trading_of(service)
     trading.require_faucet()
     body: FaucetRequest = await decode(request, FaucetRequest)
     await trading.faucet(caller.user_id, body.asset, body.amount)
-    return _json(balance_view(_portfolio(service).balance(caller.user_id, body.asset)))
+    return _json(balance_view(portfolio_of(service).balance(caller.user_id, body.asset)))
 
 
 # -- reads of the projection -------------------------------------------------------------
@@ -250,7 +250,7 @@ def _order_views(service: ExchangeService, records: list[queries.OrderRecord]) -
 
 
 def _market_filter(service: ExchangeService, market: str | None) -> str | None:
-    return _trading(service).check_market(market)
+    return trading_of(service).check_market(market)
 
 
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT)]
@@ -272,7 +272,7 @@ async def list_open_orders(
     """The caller's open orders (resting, partially filled, untriggered stops)."""
     service = service_of(request)
     _market_filter(service, market)
-    records = await _history(service).open_orders(caller.user_id, market=market)
+    records = await history_of(service).open_orders(caller.user_id, market=market)
     return _json(_order_views(service, records))
 
 
@@ -294,7 +294,7 @@ async def order_history(
     next page."""
     service = service_of(request)
     _market_filter(service, market)
-    page = await _history(service).orders(
+    page = await history_of(service).orders(
         caller.user_id, market=market, status=status, start_time=start_time,
         end_time=end_time, before=before, limit=limit,
     )  # fmt: skip
@@ -308,7 +308,7 @@ async def _one_order(
     order_id: int | None = None,
     client_order_id: str | None = None,
 ) -> OrderView:
-    record = await _trading(service).order_record(
+    record = await trading_of(service).order_record(
         user, order_id=order_id, client_order_id=client_order_id
     )
     return _order_views(service, [record])[0]
@@ -357,7 +357,7 @@ async def _not_open(
 ) -> NoReturn:
     """Why an order cannot be changed: 409 if it is the caller's and finished, else 404
     (another user's order is indistinguishable from no order)."""
-    await _trading(service).why_not_open(user, order_id, client_order_id)
+    await trading_of(service).why_not_open(user, order_id, client_order_id)
 
 
 async def _changed_order(
@@ -418,7 +418,7 @@ class Cancelled(msgspec.Struct):
 )
 async def cancel_all(caller: Trader, request: Request, market: MarketFilter = None) -> Response:
     """Cancel all the caller's open orders, or those of one market."""
-    ids = await _trading(service_of(request)).cancel_all(caller.user_id, market)
+    ids = await trading_of(service_of(request)).cancel_all(caller.user_id, market)
     return _json(Cancelled(ids))
 
 
@@ -450,7 +450,7 @@ async def amend_order(caller: Trader, request: Request, order_id: OrderId) -> Re
     body: AmendRequest = await decode(request, AmendRequest)
     if body.price is None and body.quantity is None:
         raise ApiError(400, "INVALID_REQUEST", "give price, quantity or both")
-    command = await _trading(service).amend_command(
+    command = await trading_of(service).amend_command(
         caller.user_id, order_id, body.price, body.quantity
     )
     return await _changed_order(service, caller.user_id, command)
@@ -476,7 +476,7 @@ async def my_trades(
     """The caller's fills with price, quantity, fee and fee asset, maker or taker."""
     service = service_of(request)
     _market_filter(service, market)
-    page = await _history(service).fills(
+    page = await history_of(service).fills(
         caller.user_id, market=market, order_id=order_id,
         start_time=start_time, end_time=end_time, before=before, limit=limit,
     )  # fmt: skip
@@ -500,7 +500,7 @@ async def ledger(
 ) -> Response:
     """Every change of the caller's balances: the account (available or locked), the
     signed amount, the balance after it, the reason and its reference (order or trade id)."""
-    portfolio = _portfolio(service_of(request))
+    portfolio = portfolio_of(service_of(request))
     page = await portfolio.ledger(caller.user_id, asset, before, limit)
     items = []
     for entry in page.items:
@@ -551,7 +551,7 @@ async def portfolio_view(caller: Caller, request: Request) -> Response:
     """Per market the caller has traded: the base balance, the position bought there, its
     weighted average cost, realised P&L and unrealised P&L at the last price, all in the
     market's quote asset (method in docs/trading.md)."""
-    holdings = await _portfolio(service_of(request)).holdings(caller.user_id)
+    holdings = await portfolio_of(service_of(request)).holdings(caller.user_id)
     return _json([holding_view(h) for h in holdings])
 
 

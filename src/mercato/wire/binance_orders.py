@@ -15,7 +15,7 @@ from typing import Protocol
 from mercato.core.events import Trade
 from mercato.core.money import EXACT
 from mercato.wire.decimals import MarketFormat, fee_asset
-from mercato.wire.native import OrderRow
+from mercato.wire.native import FillRow, OrderRow
 
 PLACES = 8
 ZERO = "0.00000000"
@@ -195,32 +195,7 @@ def canceled(fmt: MarketFormat, symbol: str, row: OrderRow, cancel_client_id: st
     }  # fmt: skip
 
 
-class TradeRow(Protocol):
-    """A projected fill (store.queries.FillRecord)."""
-
-    @property
-    def trade_id(self) -> int: ...
-    @property
-    def order_id(self) -> int: ...
-    @property
-    def side(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def price(self) -> int: ...
-    @property
-    def base_amount(self) -> int: ...
-    @property
-    def quote_amount(self) -> int: ...
-    @property
-    def fee(self) -> int: ...
-    @property
-    def fee_asset(self) -> str: ...
-    @property
-    def ts(self) -> int: ...
-
-
-def my_trade(fmt: MarketFormat, symbol: str, fill: TradeRow) -> dict[str, object]:
+def my_trade(fmt: MarketFormat, symbol: str, fill: FillRow) -> dict[str, object]:
     """One of the user's trades as ``GET /api/v3/myTrades`` answers it."""
     return {
         "symbol": symbol, "id": fill.trade_id, "orderId": fill.order_id,

@@ -19,9 +19,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from mercato.api.binance import symbols_of
-from mercato.application.history import History
-from mercato.application.portfolio import Portfolio
-from mercato.application.trading import Trading
+from mercato.api.trading_routes import history_of, market_format, portfolio_of, trading_of
 from mercato.auth.sessions import Principal
 from mercato.core.commands import AmendOrder, CancelOrder
 from mercato.core.errors import CodedError
@@ -43,7 +41,6 @@ from mercato.wire.binance_errors import (
     not_required,
     order_refusal,
 )
-from mercato.wire.decimals import MarketFormat
 
 Params = Mapping[str, str]
 Answer = dict[str, object]
@@ -91,26 +88,6 @@ DEFAULT_LIMIT, MAX_LIMIT = 500, 1000
 
 
 # -- the services ---------------------------------------------------------------------------
-
-
-def _trading(service: ExchangeService) -> Trading:
-    assert service.trading is not None, "a ready service has its application services"
-    return service.trading
-
-
-def _history(service: ExchangeService) -> History:
-    assert service.history is not None, "a ready service has its application services"
-    return service.history
-
-
-def _portfolio(service: ExchangeService) -> Portfolio:
-    assert service.portfolio is not None, "a ready service has its application services"
-    return service.portfolio
-
-
-def market_format(service: ExchangeService, market: str) -> MarketFormat:
-    assert service.market_data is not None
-    return service.market_data.formats[market]
 
 
 # -- parameters -----------------------------------------------------------------------------
@@ -296,7 +273,7 @@ def order_request(service: ExchangeService, params: Params) -> OrderRequest:
 
 async def _placed(service: ExchangeService, principal: Principal, request: OrderRequest
                   ) -> Result:  # fmt: skip
-    trading = _trading(service)
+    trading = trading_of(service)
     ticket = request.ticket
     try:
         await trading.require_trader(principal.user_id)
@@ -339,7 +316,7 @@ async def test_order(service: ExchangeService, principal: Principal, params: Par
     happen only when placing), and nothing placed. With ``computeCommissionRates`` the
     market's rates."""
     request = order_request(service, params)
-    trading = _trading(service)
+    trading = trading_of(service)
     try:
         await trading.require_trader(principal.user_id)
         trading.order_command(principal.user_id, request.ticket)
@@ -384,7 +361,7 @@ async def _record(service: ExchangeService, user: int, market: str, order_id: in
     Binance does), or UNKNOWN_ORDER."""
     assert service.projection is not None
     await service.projection.caught_up()
-    record = await _trading(service).order_record(
+    record = await trading_of(service).order_record(
         user, order_id=order_id or None, client_order_id=None if order_id else original
     )
     if record.market != market or (order_id and original and record.client_order_id != original):
@@ -412,7 +389,7 @@ async def _changed(service: ExchangeService, user: int, command: CancelOrder | A
     order_id = command.order_id or view.order_id_of(user, command.client_order_id)
     order = view.order(order_id)
     result = await service.port.submit(command)
-    trading = _trading(service)
+    trading = trading_of(service)
     if result.status != "ACCEPTED":
         if result.code == "UNKNOWN_ORDER":
             await trading.why_not_open(user, command.order_id, command.client_order_id)
@@ -476,7 +453,7 @@ async def open_orders(service: ExchangeService, principal: Principal, params: Pa
                       ) -> list[Answer]:  # fmt: skip
     """``GET /api/v3/openOrders`` / ``openOrders.status``: of one symbol, or all."""
     market = market_of(service, params)[1] if text(params, "symbol") else None
-    records = await _history(service).open_orders(principal.user_id, market=market)
+    records = await history_of(service).open_orders(principal.user_id, market=market)
     return [_queried(service, r) for r in records]
 
 
@@ -492,7 +469,7 @@ async def cancel_open_orders(service: ExchangeService, principal: Principal, par
     symbol, market = market_of(service, params)
     user = principal.user_id
     try:
-        cancelled = await _trading(service).cancel_all(user, market)
+        cancelled = await trading_of(service).cancel_all(user, market)
     except CodedError as error:
         raise from_coded(error, CANCEL_REFUSALS) from None
     if not cancelled:
@@ -502,7 +479,7 @@ async def cancel_open_orders(service: ExchangeService, principal: Principal, par
     fmt = market_format(service, market)
     answers = []
     for order_id in cancelled:
-        record = await _trading(service).order_record(user, order_id=order_id)
+        record = await trading_of(service).order_record(user, order_id=order_id)
         answers.append(shapes.canceled(fmt, symbol, record, new_client_id(), record.updated_at))
     return answers
 
@@ -544,7 +521,7 @@ async def all_orders(service: ExchangeService, principal: Principal, params: Par
     symbol, market = market_of(service, params)
     start, end = _window(params)
     first = integer(params, "orderId", 1)
-    history = _history(service)
+    history = history_of(service)
 
     def fetch(before: int | None, limit: int) -> Awaitable[queries.Page[queries.OrderRecord]]:
         return history.orders(principal.user_id, market=market, start_time=start,
@@ -562,7 +539,7 @@ async def my_trades(service: ExchangeService, principal: Principal, params: Para
     start, end = _window(params)
     order_id = integer(params, "orderId", 1)
     first = integer(params, "fromId", 0)
-    history = _history(service)
+    history = history_of(service)
 
     def fetch(before: int | None, limit: int) -> Awaitable[queries.Page[queries.FillRecord]]:
         return history.fills(
@@ -597,7 +574,7 @@ def account_rates(service: ExchangeService) -> tuple[Decimal, Decimal]:
 async def account(service: ExchangeService, principal: Principal, params: Params) -> Answer:
     """``GET /api/v3/account`` / ``account.status``: balances live from the engine."""
     omit_zero = boolean(params, "omitZeroBalances")
-    figures = _portfolio(service).balances(principal.user_id)
+    figures = portfolio_of(service).balances(principal.user_id)
     balances = [
         shapes.balance(f.asset, f.decimals, f.available, f.locked)
         for f in figures
@@ -706,7 +683,7 @@ async def amend_keep_priority(service: ExchangeService, principal: Principal, pa
     order = view.order(order_id or view.order_id_of(user, original))
     if order is None or order.user != user or order.market != market:
         raise BinanceError(400, -2011, "Unknown order sent.")
-    trading = _trading(service)
+    trading = trading_of(service)
     try:
         # The engine refuses a larger quantity (AMEND_QUANTITY_INCREASE) or the same one
         # (INVALID_AMEND), and allows the reduction on a CANCEL_ONLY market, as Binance.
@@ -739,7 +716,7 @@ async def prevented_matches(service: ExchangeService, principal: Principal, para
     if order_id is None and match_id is None and first is None:
         raise BinanceError(400, -1102, "Param 'preventedMatchId' or 'orderId' must be sent, "
                            "but both were empty/null!")  # fmt: skip
-    page = await _history(service).orders(
+    page = await history_of(service).orders(
         principal.user_id, market=market, status="EXPIRED_IN_MATCH", limit=queries.MAX_LIMIT
     )
     fmt = market_format(service, market)

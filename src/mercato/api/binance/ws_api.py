@@ -175,7 +175,8 @@ async def ws_api(websocket: WebSocket) -> None:
     connection = Connection(websocket, service, limiter, ip, hub,
                             streams_of(websocket, service, hub))  # fmt: skip
     writer = asyncio.get_running_loop().create_task(
-        run_writer(connection.client, websocket), name="mercato-binance-ws-api-writer"
+        hub.run_writer(connection.client, websocket.send_text, websocket.close),
+        name="mercato-binance-ws-api-writer",
     )
     connection.client.writer = writer
     try:
@@ -200,27 +201,6 @@ async def _deny(websocket: WebSocket, error: BinanceError) -> None:
     )
 
 
-async def run_writer(client: Client, websocket: WebSocket) -> None:
-    """Send ``client``'s queue, one message per frame (Binance's clients read one JSON
-    object per frame), until it is closed; then the close frame."""
-    try:
-        while True:
-            await client.wake.wait()
-            client.wake.clear()
-            if client.close_code:
-                break
-            queue, client.queue = client.queue, []
-            for text in queue:
-                await websocket.send_text(text)
-            client.sent_frames += len(queue)
-            client.sent_messages += len(queue)
-    except asyncio.CancelledError:
-        if not client.close_code:
-            raise
-    with contextlib.suppress(Exception, asyncio.TimeoutError):
-        await asyncio.wait_for(websocket.close(client.close_code, client.close_reason), 5)
-
-
 # -- one connection -----------------------------------------------------------------------
 
 Handler = Callable[["Connection", dict[str, Any]], Awaitable[Any]]
@@ -241,6 +221,7 @@ class Connection:
         # Not one of the hub's clients: no native pings or idle timeout (Binance's
         # clients answer protocol pings, which the server sends), but its queue.
         self.client = Client(ip)
+        self.client.native = False  # one message per frame
         self.connected_since = _now_ms()
         self.return_rate_limits = websocket.query_params.get("returnRateLimits") != "false"
         self.subscriptions: dict[int, Subscription] = {}
