@@ -171,7 +171,7 @@ def symbol_info(symbol: str, spec: MarketSpec, rules: MarketRules, status: Marke
         "orderTypes": list(ORDER_TYPES),
         "icebergAllowed": True, "ocoAllowed": False, "otoAllowed": False,
         "opoAllowed": False, "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": False,
-        "cancelReplaceAllowed": False, "amendAllowed": False,
+        "cancelReplaceAllowed": True, "amendAllowed": True,
         "pegInstructionsAllowed": False, "isSpotTradingAllowed": True,
         "isMarginTradingAllowed": False,
         "filters": _filters(spec, fmt, rules),
