@@ -110,7 +110,7 @@ def test_ping_time_and_exchange_info(exchange: Exchange) -> None:
                                  "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"]  # fmt: skip
     assert (btc["icebergAllowed"], btc["ocoAllowed"], btc["isMarginTradingAllowed"]) == (
         True, False, False)  # fmt: skip
-    # Served: order/cancelReplace and order/amend/keepPriority (tests/binance_api/test_trade_rest.py).
+    # Both are served (tests/binance_api/test_trade_rest.py).
     assert (btc["cancelReplaceAllowed"], btc["amendAllowed"]) == (True, True)
     assert btc["permissionSets"] == [["SPOT"]]
     assert btc["defaultSelfTradePreventionMode"] == "EXPIRE_MAKER"
