@@ -17,7 +17,7 @@ from service.test_standing import admin
 PLACED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "transactTime", "price",
                "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty", "status",
                "timeInForce", "type", "side", "workingTime", "selfTradePreventionMode"]  # fmt: skip
-TOO_MANY = "Too many requests; please use the websocket for live updates."
+TOO_MANY = "Too many requests queued."  # errors.md, -1003
 INSUFFICIENT = "Account has insufficient balance for requested action."
 FILL_KEYS = ["price", "qty", "commission", "commissionAsset", "tradeId"]
 QUERIED_KEYS = ["symbol", "orderId", "orderListId", "clientOrderId", "price", "origQty",
@@ -427,6 +427,22 @@ def test_a_spent_ip_budget_answers_in_binances_words(exchange: Exchange) -> None
             break
     assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
     assert answer.json() == {"code": -1003, "msg": TOO_MANY}
+
+
+def test_a_spent_order_budget_answers_too_many_new_orders(exchange: Exchange) -> None:
+    """Mercato's own order-entry budget (50 at once, 10 a second) answers as Binance's
+    order count does: 429, -1015 with the declared 10 s limit, and Retry-After."""
+    ann = Signed(exchange, exchange.ann)
+    for _ in range(200):
+        answer = ann.call("POST", "/api/v3/order/test", limit("BUY", "50000"))
+        if answer.status_code != 200:
+            break
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) >= 1
+    assert answer.json() == {
+        "code": -1015,
+        "msg": "Too many new orders; current limit is 100 orders per 10 SECOND.",
+    }
+    assert ann.ok("GET", "/api/v3/openOrders") == []  # nothing was placed
 
 
 def test_a_frozen_account_is_disabled_in_binances_words(

@@ -118,6 +118,7 @@ class RateLimited(CodedError):
 
     def __init__(self, scope: str, budget: Budget, wait: float) -> None:
         self.retry_after = max(1, math.ceil(wait))
+        self.budget = budget
         message = f"too many requests {scope} ({budget.describe()}); retry in {self.retry_after} s"
         super().__init__("RATE_LIMITED", message)
 

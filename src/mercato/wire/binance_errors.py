@@ -14,7 +14,9 @@ from mercato.core.errors import CodedError, ErrorKind
 from mercato.core.model import MAX_ICEBERG_PARTS
 from mercato.wire.binance import BinanceError
 
-TOO_MANY = "Too many requests; please use the websocket for live updates."
+# Binance's -1003 text for a server-side budget (its other, for request weight, names the
+# limit: api/binance/weights.py).
+TOO_MANY = "Too many requests queued."
 OUTSIDE_WINDOW = "Timestamp for this request is outside of the recvWindow."
 OVERLOADED = (
     "Server is currently overloaded with other requests. Please try again in a few minutes."
@@ -192,5 +194,14 @@ def not_required(name: str) -> BinanceError:
 def too_many_requests(retry_after: int) -> BinanceError:
     return BinanceError(
         429, -1003, TOO_MANY,
+        {"Retry-After": str(retry_after)},
+    )  # fmt: skip
+
+
+def too_many_orders(limit: int | None, interval: str, retry_after: int) -> BinanceError:
+    """-1015: the account placed too many orders in ``interval`` (Binance's words)."""
+    shown = "" if limit is None else f" current limit is {limit} orders per {interval}."
+    return BinanceError(
+        429, -1015, f"Too many new orders;{shown}" if shown else "Too many new orders.",
         {"Retry-After": str(retry_after)},
     )  # fmt: skip

@@ -23,9 +23,10 @@ from mercato.api.binance import trading as ops
 from mercato.api.binance.auth import request_params, signed_caller
 from mercato.api.binance.errors import binance_error_of
 from mercato.api.binance.weights import ORDER_PLACEMENTS, meter_of, weight
-from mercato.api.ratelimit import RateLimiter
+from mercato.api.ratelimit import RateLimited, RateLimiter
 from mercato.auth.sessions import Principal
 from mercato.service import ExchangeService
+from mercato.wire.binance_errors import too_many_orders
 
 router = APIRouter(prefix="/api/v3", tags=["binance"], route_class=BinanceRoute)
 
@@ -48,8 +49,7 @@ async def serve(request: Request, operation: Operation, permission: str) -> Resp
         headers["X-MBX-USED-WEIGHT-1M"] = str(used)
         caller = await signed_caller(request, params, permission)
         if permission == "trade":
-            limiter: RateLimiter = request.app.state.limiter
-            await limiter.check("orders", str(caller.user_id), "of order entry for this account")
+            await _order_budget(request, caller.user_id)
         if (method, path) in ORDER_PLACEMENTS:
             headers.update(meter.count_order(caller.user_id).headers())
         answer = await operation(request, service, caller, params)
@@ -60,6 +60,17 @@ async def serve(request: Request, operation: Operation, permission: str) -> Resp
         error.headers = {**headers, **error.headers}
         return error_response(error)
     return Response(msgspec.json.encode(answer), media_type="application/json", headers=headers)
+
+
+async def _order_budget(request: Request, user_id: int) -> None:
+    """Mercato's own order-entry budget (every trading request, cancels included, as on
+    the native API), answered as Binance answers a spent order count (-1015)."""
+    limiter: RateLimiter = request.app.state.limiter
+    try:
+        await limiter.check("orders", str(user_id), "of order entry for this account")
+    except RateLimited as limited:
+        declared = meter_of(request.app).limits.orders_per_10s
+        raise too_many_orders(declared, "10 SECOND", limited.retry_after) from None
 
 
 def _shared(operation: Callable[[ExchangeService, Principal, ops.Params], Awaitable[Any]]

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mercato.auth.api_keys import form_fields
-from mercato.wire.binance import BinanceError
-from mercato.wire.binance_errors import too_many_requests
+from mercato.wire.binance_errors import too_many_orders, too_many_requests
 from mercato.wire.binance_market import WEIGHTS as MARKET_WEIGHTS
 from mercato.wire.binance_market import depth_weight, rate_limits, ticker_weight
 
@@ -198,11 +197,9 @@ class Meter:
                   (windows[1], self.limits.orders_per_day, "1 DAY"))  # fmt: skip
         for window, limit, interval in limits:
             if limit is not None and window.count > limit:
-                raise BinanceError(
-                    429, -1015,
-                    f"Too many new orders; current limit is {limit} orders per {interval}.",
-                    {"Retry-After": str(window.retry_after(now)), **counts.headers()},
-                )  # fmt: skip
+                refusal = too_many_orders(limit, interval, window.retry_after(now))
+                refusal.headers.update(counts.headers())
+                raise refusal
         return counts
 
     def order_counts(self, user: int) -> OrderCounts:
