@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from mercato.wire.binance_errors import BY_CODE, CANCEL_REFUSALS, OUTSIDE_SPOT
+from mercato.wire.binance_errors import BY_CODE, CANCEL_REFUSALS, OUTSIDE_SPOT, QUERY_REFUSALS
 
 ROOT = Path(__file__).resolve().parents[2]
 RAISED = re.compile(
@@ -41,5 +41,6 @@ def test_the_doc_lists_every_entry() -> None:
     doc = (ROOT / "docs" / "binance.md").read_text()
     missing = [row(c, t) for c, t in BY_CODE.items() if row(c, t) not in doc]
     missing += [row(c, t) for c, t in CANCEL_REFUSALS.items() if row(c, t) not in doc]
+    missing += [row(c, t) for c, t in QUERY_REFUSALS.items() if row(c, t) not in doc]
     assert not missing, "docs/binance.md, Errors, lacks:\n" + "\n".join(missing)
     assert all(f"`{code}`" in doc for code in OUTSIDE_SPOT)

@@ -354,6 +354,10 @@ def test_every_order_refusal_is_binances_triple_and_changes_nothing(exchange: Ex
     ann.refused("GET", "/api/v3/order", unknown, 400, -2013, "Order does not exist.")
     ann.refused("GET", "/api/v3/order", {"symbol": "BTCUSDT", "origClientOrderId": "nobody"},
                 400, -2013, "Order does not exist.")  # fmt: skip
+    resting = ann.ok("POST", "/api/v3/order", limit("BUY", "40000", newClientOrderId="mine1"))
+    mismatched = {"symbol": "BTCUSDT", "orderId": resting["orderId"], "origClientOrderId": "x"}
+    ann.refused("GET", "/api/v3/order", mismatched,
+                400, -2039, "Client order ID is not correct for this order ID.")  # fmt: skip
     ann.refused(
         "DELETE",
         "/api/v3/order",

@@ -92,6 +92,8 @@ BY_CODE: dict[str, tuple[int, int, str]] = {
     "PROJECTION_LAGGING": (503, -1007, TIMEOUT),
     # The engine's Binance rules (issue 15, docs/core.md "Binance's market and amend rules"):
     # errors.md, "Messages for -2010 ... and -2038 ORDER_AMEND_REJECTED".
+    # a query's orderId and origClientOrderId name different orders (errors.md -2039)
+    "CLIENT_ORDER_ID_MISMATCH": (400, -2039, "Client order ID is not correct for this order ID."),
     "NO_LIQUIDITY": (400, -2010, "Order book liquidity is less than symbol minimum quantity."),
     "AMEND_QUANTITY_INCREASE": (400, -2038, "Order amend (quantity increase) is not supported."),
 }

@@ -358,14 +358,17 @@ def _order_ids(params: Params) -> tuple[int, str]:
 async def _record(service: ExchangeService, user: int, market: str, order_id: int,
                   original: str) -> queries.OrderRecord:  # fmt: skip
     """The user's order on ``market`` by id (then checked against its client id, as
-    Binance does), or UNKNOWN_ORDER."""
+    Binance does: CLIENT_ORDER_ID_MISMATCH), or UNKNOWN_ORDER."""
     assert service.projection is not None
     await service.projection.caught_up()
     record = await trading_of(service).order_record(
         user, order_id=order_id or None, client_order_id=None if order_id else original
     )
-    if record.market != market or (order_id and original and record.client_order_id != original):
+    if record.market != market:
         raise from_coded(CodedError("UNKNOWN_ORDER", "no such order"), QUERY_REFUSALS)
+    if order_id and original and record.client_order_id != original:
+        mismatch = CodedError("CLIENT_ORDER_ID_MISMATCH", "another order has that client id")
+        raise from_coded(mismatch, QUERY_REFUSALS)
     return record
 
 
