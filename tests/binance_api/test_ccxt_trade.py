@@ -103,7 +103,7 @@ def test_error_classes(exchange: Exchange) -> None:
     with pytest.raises(ccxt.InvalidOrder, match="LOT_SIZE"):  # off the step
         ann.create_order("BTC/USDT", "limit", "buy", 0.01, 50000, {"quantity": "0.000001"})
     # CCXT reads -1013 as BadRequest unless the text names LOT_SIZE or PRICE_FILTER
-    with pytest.raises(ccxt.BadRequest, match="Filter failure: NOTIONAL"):
+    with pytest.raises(ccxt.BadRequest, match="Filter failure: MIN_NOTIONAL"):
         ann.create_order("BTC/USDT", "limit", "buy", 0.00001, 100)
     with pytest.raises(ccxt.OrderNotFound):
         ann.fetch_order("424242", "BTC/USDT")

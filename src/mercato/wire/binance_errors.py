@@ -56,7 +56,7 @@ BY_CODE: dict[str, tuple[int, int, str]] = {
     "INVALID_QUANTITY": filter_failure("LOT_SIZE"),
     "INVALID_ICEBERG_QUANTITY": filter_failure("LOT_SIZE"),
     "INVALID_QUOTE_QUANTITY": (400, -1111, "Parameter 'quoteOrderQty' has too much precision."),
-    "NOTIONAL_TOO_SMALL": filter_failure("NOTIONAL"),
+    "NOTIONAL_TOO_SMALL": filter_failure("MIN_NOTIONAL"),  # the filter exchangeInfo lists
     "ORDER_WOULD_TAKE": (400, -2010, "Order would immediately match and take."),
     "ORDER_WOULD_TRIGGER_IMMEDIATELY": (400, -2010, "Order would trigger immediately."),
     "DUPLICATE_CLIENT_ORDER_ID": (400, -2010, "Duplicate order sent."),
@@ -159,13 +159,17 @@ class OrderParams(Protocol):
 
 def order_refusal(error: CodedError, order: OrderParams) -> BinanceError:
     """Binance's answer to a refused placement: a bad quantity is MARKET_LOT_SIZE for a
-    market order and ICEBERG_PARTS for an iceberg in too many parts, as Binance names
-    the filter that failed; the rest goes through the table."""
+    market order, "IcebergQty exceeds QTY." for an iceberg slice not below the quantity
+    and ICEBERG_PARTS for one in too many parts, as Binance answers; the rest goes
+    through the table."""
     if error.code == "INVALID_QUANTITY":
         if order.type in ("MARKET", "STOP_LOSS", "TAKE_PROFIT"):
             return BinanceError(*filter_failure("MARKET_LOT_SIZE"))
-        if order.iceberg_quantity and order.quantity and _too_many_parts(order):
-            return BinanceError(*filter_failure("ICEBERG_PARTS"))
+        if order.iceberg_quantity and order.quantity:
+            if Decimal(order.iceberg_quantity) >= Decimal(order.quantity):
+                return BinanceError(400, -2010, "IcebergQty exceeds QTY.")  # errors.md
+            if _too_many_parts(order):
+                return BinanceError(*filter_failure("ICEBERG_PARTS"))
     return from_coded(error)
 
 
