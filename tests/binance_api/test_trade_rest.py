@@ -282,6 +282,12 @@ def test_signature_key_and_time_errors(exchange: Exchange) -> None:
         -1102,
         "'recvWindow' contains unexpected value. Cannot be greater than 60000.",
     )
+    # recvWindow takes up to three decimal places (rest-api.md: "e.g., 6000.346")
+    assert "balances" in ann.ok("GET", path, {"recvWindow": "6000.346"})
+    too_large = "'recvWindow' contains unexpected value. Cannot be greater than 60000."
+    ann.refused("GET", path, {"recvWindow": "60000.5"}, 400, -1102, too_large)
+    malformed = "Mandatory parameter 'recvWindow' was not sent, was empty/null, or malformed."
+    ann.refused("GET", path, {"recvWindow": "5000.1234"}, 400, -1102, malformed)
     # the signature covers the query string and the form body as sent, mixed
     query_part = "symbol=BTCUSDT&side=BUY&type=LIMIT"
     body_part = f"timeInForce=GTC&quantity=0.01&price=50000&timestamp={now_ms()}"

@@ -16,6 +16,7 @@ import ipaddress
 import re
 import secrets
 import time
+from decimal import Decimal
 from urllib.parse import unquote_plus
 
 import msgspec
@@ -152,14 +153,26 @@ def form_fields(data: bytes, into: dict[str, str] | None = None) -> dict[str, st
     return fields
 
 
+def _recv_window(text: str | None) -> Decimal:
+    """``recvWindow`` in ms: Binance takes up to three decimal places (``6000.346``)."""
+    if not text:
+        return Decimal(DEFAULT_RECV_WINDOW_MS)
+    if not _RECV_WINDOW.match(text):
+        raise ValueError(text)
+    return Decimal(text)
+
+
+_RECV_WINDOW = re.compile(r"^[0-9]{1,7}(\.[0-9]{1,3})?$")
+
+
 def _window(params: dict[str, str], now: int) -> None:
     try:
         timestamp = int(params["timestamp"])
-        window = int(params.get("recvWindow") or DEFAULT_RECV_WINDOW_MS)
+        window = _recv_window(params.get("recvWindow"))
     except (KeyError, ValueError):
         raise AuthError(
             "INVALID_TIMESTAMP",
-            "send timestamp (ms) and optionally recvWindow",
+            "send timestamp (ms) and optionally recvWindow (ms, up to 3 decimals)",
             kind=ErrorKind.INVALID,
         ) from None
     if not 0 < window <= MAX_RECV_WINDOW_MS:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import time
+from decimal import Decimal
 
 from starlette.requests import Request
 
@@ -26,6 +27,7 @@ from mercato.wire.binance_errors import BY_CODE, from_coded, mandatory_parameter
 
 FORM = "application/x-www-form-urlencoded"
 KEY_FORMAT = re.compile(r"^[A-Za-z0-9]{1,128}$")
+RECV_WINDOW = re.compile(r"^[0-9]{1,7}(\.[0-9]{1,3})?$")
 
 
 def bad_key_format() -> BinanceError:
@@ -46,7 +48,11 @@ def _check_window(params: dict[str, str]) -> None:
         if not params.get(name):
             raise mandatory_parameter(name)
     window = params.get("recvWindow")
-    if window and window.isdigit() and int(window) > MAX_RECV_WINDOW_MS:
+    if not window:
+        return
+    if not RECV_WINDOW.match(window):  # up to 3 decimal places, as Binance takes it
+        raise mandatory_parameter("recvWindow")
+    if Decimal(window) > MAX_RECV_WINDOW_MS:
         raise BinanceError(
             400, -1102,
             f"'recvWindow' contains unexpected value. Cannot be greater than {MAX_RECV_WINDOW_MS}.",
