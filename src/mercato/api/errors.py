@@ -18,6 +18,7 @@ from mercato.api.openapi import error_response as documented_error
 from mercato.api.ratelimit import RateLimited
 from mercato.core.errors import CodedError, ErrorKind
 from mercato.port import CommandEncodeError
+from mercato.wire import binance
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +161,17 @@ def document_errors(app: FastAPI) -> None:
             assert schemas.get(name, component) == component, f"two schemas named {name}"
             schemas[name] = component
         schemas["Error"] = ERROR_SCHEMA
+        schemas["BinanceError"] = binance.ERROR_SCHEMA
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
         for path, operations in schema.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
+                if path.startswith(binance.PATH_PREFIXES):
+                    for status in binance.ERROR_STATUSES:
+                        responses[str(status)] = documented_error(status, "BinanceError")
+                    continue
                 for status in implied_errors(path, operation):
                     responses.setdefault(str(status), documented_error(status))
         app.openapi_schema = schema

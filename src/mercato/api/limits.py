@@ -16,6 +16,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mercato.api.ratelimit import RateLimited, RateLimiter
+from mercato.wire import binance
 from mercato.wire.binance_errors import TOO_MANY
 
 MAX_BODY_BYTES = 64 * 1024
@@ -180,7 +181,7 @@ CREDENTIAL_ENDPOINTS = frozenset(
 )  # fmt: skip
 UNLIMITED_PREFIXES = ("/health/",)  # probes must never be refused
 # The Binance dialect's paths answer a spent IP budget in Binance's words (docs/binance.md).
-BINANCE_PREFIXES = ("/api/v3/", "/sapi/", "/fapi/", "/dapi/")
+BINANCE_PREFIXES = binance.PATH_PREFIXES
 
 
 class RateLimit:

@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 
 REF_TEMPLATE = "#/components/schemas/{name}"
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
 
 _documented: list[Any] = []  # every msgspec type a route documents, in first-use order
 
@@ -59,10 +58,27 @@ def json_response(kind: Any, status: int, description: str) -> dict[int | str, A
     return {status: {"description": description, "content": content}}
 
 
-def error_response(status: int) -> dict[str, Any]:
+# The Binance dialect's refusals (docs/binance.md): Binance's statuses, Binance's body.
+BINANCE_ERROR_DESCRIPTIONS = {
+    400: "Refused: Binance's code and message (docs/binance.md, Errors)",
+    401: "Bad or missing API key, IP or permission (-2014, -2015)",
+    403: "Refused by the web application firewall",
+    404: "No such path",
+    409: "A cancelReplace whose cancel or new order failed (-2021)",
+    418: "Banned after repeated rate limit violations",
+    429: "Over a request weight or order count: see Retry-After (-1003, -1015)",
+    500: "Internal error",
+    503: "Starting, stopping or overloaded (-1008, -1016)",
+}
+
+
+def error_response(status: int, schema: str = "Error") -> dict[str, Any]:
+    """The documented answer for ``status``: the native error body, or Binance's for the
+    Binance dialect's operations (``schema="BinanceError"``)."""
+    binance = schema == "BinanceError"
     answer: dict[str, Any] = {
-        "description": ERROR_DESCRIPTIONS[status],
-        "content": {"application/json": {"schema": ERROR_REF}},
+        "description": (BINANCE_ERROR_DESCRIPTIONS if binance else ERROR_DESCRIPTIONS)[status],
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
     }
     if status == 429:
         answer["headers"] = RETRY_AFTER

@@ -11,6 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: Where the dialect answers (its refusals are Binance's body, not the native one).
+PATH_PREFIXES = ("/api/v3/", "/sapi/", "/fapi/", "/dapi/")
+
+#: Binance's error body, for the OpenAPI document.
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "msg"],
+    "properties": {"code": {"type": "integer"}, "msg": {"type": "string"}},
+    "additionalProperties": False,
+}
+
+#: The statuses Binance answers refusals with (rest-api.md, "HTTP Return Codes").
+ERROR_STATUSES = (400, 401, 403, 404, 409, 418, 429, 500, 503)
+
 
 class BinanceError(Exception):
     """A refusal in Binance's terms: HTTP ``status``, numeric ``code`` and the exact
