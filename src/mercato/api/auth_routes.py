@@ -153,14 +153,15 @@ async def _bearer(request: Request, service: ExchangeService) -> Principal:
     return await authenticate(service.reader(), _keys(service), token.strip())
 
 
-async def _signed(request: Request, service: ExchangeService, key_id: str) -> Principal:
+async def _signed(request: Request, service: ExchangeService, key_id: str,
+                  params: dict[str, str] | None) -> Principal:  # fmt: skip
     assert service.secrets is not None
     content_type = request.headers.get("content-type", "")
     return await authenticate_signed(
         service.reader(), service.secrets.master_key, key_id,
         request.scope["query_string"], await request.body(),
         request.client.host if request.client else "",
-        content_type.startswith("application/x-www-form-urlencoded"),
+        content_type.startswith("application/x-www-form-urlencoded"), params,
     )  # fmt: skip
 
 
@@ -171,14 +172,16 @@ async def _spend(request: Request, caller: Principal) -> Principal:
     return caller
 
 
-async def caller_with(request: Request, permission: str) -> Principal:
+async def caller_with(request: Request, permission: str,
+                      params: dict[str, str] | None = None) -> Principal:  # fmt: skip
     """A bearer session, or an API key holding ``permission`` that signs the request
-    (``X-MBX-APIKEY`` + ``timestamp`` + ``signature``); its account budget is charged."""
+    (``X-MBX-APIKEY`` + ``timestamp`` + ``signature``); its account budget is charged.
+    ``params``: the signed request's fields, if the caller has parsed them already."""
     service = service_of(request)
     key_id = request.headers.get("x-mbx-apikey")
     if key_id is None:
         return await _spend(request, await _bearer(request, service))
-    caller = await _signed(request, service, key_id)
+    caller = await _signed(request, service, key_id, params)
     if permission not in caller.permissions:
         raise ApiError(403, "MISSING_PERMISSION", f"this API key lacks the {permission} permission")
     return await _spend(request, caller)

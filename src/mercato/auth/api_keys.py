@@ -10,7 +10,7 @@ re-serialised form, so any client that signs for Binance signs for Mercato.
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import hmac
 import ipaddress
 import re
@@ -204,11 +204,37 @@ _SIGNING_KEYS_CAPACITY = 10_000
 KEY_TRUST_SECONDS = 2.0
 
 
+# Lookups in flight, by (key, revocation generation): a bot's concurrent requests whose
+# trust ran out at the same moment share one database read (as sessions' liveness does).
+_LOOKUPS: dict[tuple[str, int], asyncio.Future[_SigningKey | None]] = {}
+
+
 async def _signing_key(db: AsyncEngine, master_key: bytes, key_id: str) -> _SigningKey | None:
     cached = _SIGNING_KEYS.get(key_id)
     if (cached is not None and cached[2] == LIVE_SESSIONS.generation
             and cached[1] > time.monotonic()):  # fmt: skip
         return cached[0]
+    lookup = (key_id, LIVE_SESSIONS.generation)
+    pending = _LOOKUPS.get(lookup)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[_SigningKey | None] = asyncio.get_running_loop().create_future()
+    _LOOKUPS[lookup] = future
+    try:
+        key = await _read_signing_key(db, master_key, key_id)
+    except BaseException as error:
+        future.set_exception(error)
+        future.exception()  # retrieved: the waiters (if any) re-raise it
+        raise
+    else:
+        future.set_result(key)
+        return key
+    finally:
+        del _LOOKUPS[lookup]
+
+
+async def _read_signing_key(db: AsyncEngine, master_key: bytes, key_id: str
+                            ) -> _SigningKey | None:  # fmt: skip
     generation = LIVE_SESSIONS.generation
     async with db.connect() as connection:
         row = (
@@ -243,20 +269,22 @@ def _allowed(client_ip: str, allowlist: list[str]) -> bool:
 
 async def authenticate_signed(
     db: AsyncEngine, master_key: bytes, key_id: str, query: bytes, body: bytes, client_ip: str,
-    form_body: bool,
+    form_body: bool, params: dict[str, str] | None = None,
 ) -> Principal:  # fmt: skip
     """The principal of a signed request, or AuthError with a distinct code. ``db`` is
-    only read (on SQLite, pass an engine that begins DEFERRED)."""
+    only read (on SQLite, pass an engine that begins DEFERRED). ``params``: the query's
+    and the form body's fields, if the caller has parsed them already."""
     signature, payload = _signature_and_payload(query, body)
     key = await _signing_key(db, master_key, key_id)
     if key is None:
         raise AuthError("UNKNOWN_API_KEY", "no such API key (X-MBX-APIKEY)")
-    expected = hmac.new(key.secret, payload, hashlib.sha256).hexdigest()
+    expected = hmac.digest(key.secret, payload, "sha256").hex()
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthError("INVALID_SIGNATURE", "signature does not match query string + body")
-    params = form_fields(query)
-    if form_body:
-        form_fields(body, params)
+    if params is None:
+        params = form_fields(query)
+        if form_body:
+            form_fields(body, params)
     _window(params, _now_ms())
     if key.ip_allowlist and not _allowed(client_ip, key.ip_allowlist):
         raise AuthError(

@@ -73,7 +73,7 @@ async def signed_caller(request: Request, params: dict[str, str], permission: st
         raise bad_key_format()
     _check_window(params)
     try:
-        return await caller_with(request, permission)
+        return await caller_with(request, permission, params)
     except CodedError as error:
         if error.code == "TIMESTAMP_OUTSIDE_WINDOW" and _ahead(params):
             raise BinanceError(*BY_CODE["TIMESTAMP_AHEAD"]) from None
