@@ -166,3 +166,48 @@ def test_a_caller_without_an_ip_address_is_outside_every_allowlist(database_url:
             await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_concurrent_requests_of_a_key_share_one_lookup_and_a_revocation_starts_another(
+    database_url: str,
+) -> None:
+    """Many requests of one key at the moment its trust runs out read the database once
+    (not once each); a revocation during that read is not hidden from later requests."""
+
+    async def scenario() -> None:
+        await migrate(database_url)
+        db = create_engine(database_url)
+        try:
+            user = await create_user(db, "bots@example.com", "correct-horse-9", verified=True)
+            key, secret = await api_keys.create_key(
+                db, MASTER_KEY, user.id, "bot", ["read"], [], totp_code=None
+            )
+            reads: list[str] = []
+
+            def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                if "FROM api_keys" in statement:
+                    reads.append(statement)
+
+            event.listen(db.sync_engine, "before_cursor_execute", record)
+
+            async def call() -> Any:
+                return await api_keys.authenticate_signed(
+                    db, MASTER_KEY, key.key_id, _signed_query(secret), b"", "127.0.0.1", False
+                )
+
+            api_keys._SIGNING_KEYS.clear()
+            callers = await asyncio.gather(*(call() for _ in range(20)))
+            assert {c.user_id for c in callers} == {user.id} and len(reads) == 1
+
+            api_keys._SIGNING_KEYS.clear()
+            reading = [asyncio.create_task(call()) for _ in range(5)]
+            await asyncio.sleep(0)  # the lookup has started
+            await api_keys.delete_key(db, user.id, key.key_id)  # a new revocation generation
+            with pytest.raises(AuthError) as deleted:
+                await call()  # after the revocation: its own lookup, which finds no key
+            assert deleted.value.code == "UNKNOWN_API_KEY"
+            await asyncio.gather(*reading, return_exceptions=True)
+        finally:
+            await db.dispose()
+
+    asyncio.run(scenario())
